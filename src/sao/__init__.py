@@ -1,0 +1,11 @@
+"""sao: sparse-from-scratch deep networks with Sparsity-Aware Orthogonal initialization.
+
+Esguerra, Nasir, Tang, Tumian & Ho, "Sparsity-Aware Orthogonal Initialization of Deep
+Neural Networks", IEEE Access 11 (2023).
+"""
+
+from sao import init, topology
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "init", "topology"]

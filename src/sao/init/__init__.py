@@ -1,0 +1,17 @@
+"""``torch.nn.init``-style initializers: orthogonal, SAO, RG-N/RG-U, Delta, SAO-Delta, ECO, SAO-ECO.
+
+Every initializer fills its tensor in place under ``no_grad``, returns it and takes
+``generator`` last. The sparse ones take ``topology=`` so the caller can keep the mask.
+"""
+
+from sao.init.conv import delta_orthogonal_, sao_delta_
+from sao.init.linear import orthogonal_, ramanujan_normal_, ramanujan_uniform_, sao_
+
+__all__ = [
+    "delta_orthogonal_",
+    "orthogonal_",
+    "ramanujan_normal_",
+    "ramanujan_uniform_",
+    "sao_",
+    "sao_delta_",
+]

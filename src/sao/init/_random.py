@@ -1,0 +1,52 @@
+"""Random building blocks shared by the initializers: Haar (semi-)orthogonal matrices."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+ACTIVATIONS = ("linear", "tanh", "relu")
+
+
+def draw_device(generator: torch.Generator | None) -> torch.device:
+    """Where random numbers are drawn: the generator's device, else the CPU."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def haar(batch: int, rows: int, cols: int, generator: torch.Generator | None = None) -> Tensor:
+    """``batch`` Haar-random ``(rows, cols)`` matrices with orthonormal rows or columns (float64).
+
+    QR of a Gaussian ``(max, min)`` matrix with the columns of ``Q`` multiplied by
+    ``sign(diag R)`` (Mezzadri 2007), which makes ``Q`` exactly Haar-distributed on the
+    Stiefel manifold. If ``rows <= cols`` the rows are orthonormal (``W Wᵀ = I``), otherwise
+    the columns (``Wᵀ W = I``).
+    """
+    big, small = max(rows, cols), min(rows, cols)
+    gauss = torch.randn(batch, big, small, generator=generator, dtype=torch.float64, device=draw_device(generator))
+    q, r = torch.linalg.qr(gauss)
+    signs = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
+    q = q * torch.where(signs == 0, torch.ones_like(signs), signs).unsqueeze(-2)
+    return q.transpose(-2, -1) if rows <= cols else q
+
+
+def mirror(half: Tensor) -> Tensor:
+    """``[[H, -H], [-H, H]]`` over the last two axes (Burkholz & Dubatovka 2019).
+
+    A ReLU layer with this weight, fed ``[relu(u); relu(-u)]``, outputs
+    ``[relu(H u); relu(-H u)]``: the ReLU network acts as the linear chain ``H`` on ``u``.
+    """
+    top = torch.cat([half, -half], dim=-1)
+    return torch.cat([top, -top], dim=-2)
+
+
+def check_activation(activation: str) -> bool:
+    """Validate ``activation`` and return whether it needs the mirrored (ReLU) construction."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is not supported; choose from {', '.join(ACTIVATIONS)} "
+                         "('relu' selects the mirrored construction, the others the plain one)")
+    return activation == "relu"
+
+
+def check_generator(generator: torch.Generator | None) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")

@@ -1,0 +1,7 @@
+"""Sparse layers with a fixed SAO topology: ``SparseLinear``, ``SparseConv2d``, ``ECOConv2d``."""
+
+from sao.nn._sparse import BACKENDS
+from sao.nn.conv import SparseConv2d
+from sao.nn.linear import SparseLinear, blocked_linear
+
+__all__ = ["BACKENDS", "SparseConv2d", "SparseLinear", "blocked_linear"]

@@ -1,0 +1,250 @@
+"""The block-regular ("Ramanujan") sparse topology of an SAO layer (paper §IV-A, SPEC §1).
+
+A layer with weight shape ``(m, n) = (out, in)`` and degree ``d`` is built from
+``g = max(m, n) / d`` groups. Up to a row and a column permutation its mask is
+block-diagonal with ``g`` dense blocks of shape ``(m / g, n / g)``:
+
+.. math::
+
+    M[P_r, :][:, P_c] = \\operatorname{blockdiag}(\\mathbf{1}_{m/g \\times n/g}, \\ldots)
+
+so every node of the smaller side has degree ``d = max(m, n) / g`` and every node of the
+larger side has degree ``r = min(m, n) / g``. The sparsity is ``1 - 1/g = 1 - d / max(m, n)``.
+A degree is valid exactly when ``g`` divides both ``m`` and ``n``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Topology", "degree_for_sparsity", "ramanujan", "resolve_degree", "scatter_blocks", "valid_degrees"]
+
+
+@dataclass(frozen=True, eq=False)
+class Topology:
+    """A fixed block-regular sparse connectivity of a ``(out_features, in_features)`` layer.
+
+    Block ``b`` connects the outputs ``row_perm[b*bm:(b+1)*bm]`` densely to the inputs
+    ``col_perm[b*bn:(b+1)*bn]``, where ``(bm, bn) = block_shape``; nothing else is connected.
+
+    Args:
+        out_features: ``m``, rows of the weight.
+        in_features: ``n``, columns of the weight.
+        num_blocks: ``g``; must divide both ``m`` and ``n``.
+        row_perm: ``(m,)`` long tensor, a permutation of ``range(m)``.
+        col_perm: ``(n,)`` long tensor, a permutation of ``range(n)``.
+        mirrored: the topology of the ReLU variant (SPEC §1.4): within each block the second
+            half of the rows (columns) are the first half shifted by ``m/2`` (``n/2``), so a
+            block can hold ``[[B0, -B0], [-B0, B0]]``.
+    """
+
+    out_features: int
+    in_features: int
+    num_blocks: int
+    row_perm: Tensor
+    col_perm: Tensor
+    mirrored: bool = False
+
+    def __post_init__(self) -> None:
+        m, n, g = self.out_features, self.in_features, self.num_blocks
+        if g < 1 or m % g or n % g:
+            raise ValueError(f"num_blocks={g} must divide out_features={m} and in_features={n}")
+        for name, perm, size in (("row_perm", self.row_perm, m), ("col_perm", self.col_perm, n)):
+            if perm.shape != (size,) or not torch.equal(torch.sort(perm).values, torch.arange(size)):
+                raise ValueError(f"{name} must be a permutation of range({size})")
+        if self.mirrored:
+            self._check_mirrored()
+
+    def _check_mirrored(self) -> None:
+        bm, bn = self.block_shape
+        if bm % 2 or bn % 2:
+            raise ValueError(f"a mirrored topology needs even block sides, got {self.block_shape}")
+        for idx, half in ((self.block_rows(), self.out_features // 2), (self.block_cols(), self.in_features // 2)):
+            first, second = idx.chunk(2, dim=1)
+            if not torch.equal(second, first + half):
+                raise ValueError("mirrored=True but the permutations do not pair i with i + size/2")
+
+    @property
+    def block_shape(self) -> tuple[int, int]:
+        """``(bm, bn) = (m / g, n / g)``: the shape of each dense block."""
+        return self.out_features // self.num_blocks, self.in_features // self.num_blocks
+
+    @property
+    def degree(self) -> int:
+        """``d``: the degree of every node on the smaller side, ``max(m, n) / g``."""
+        return max(self.block_shape)
+
+    @property
+    def density(self) -> float:
+        """Fraction of non-zero weights, exactly ``1 / g``."""
+        return 1.0 / self.num_blocks
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of zero weights, exactly ``1 - 1 / g``."""
+        return 1.0 - self.density
+
+    @property
+    def row_degree(self) -> int:
+        """Non-zeros in every row (inputs seen by each output): ``n / g``."""
+        return self.block_shape[1]
+
+    @property
+    def col_degree(self) -> int:
+        """Non-zeros in every column (outputs fed by each input): ``m / g``."""
+        return self.block_shape[0]
+
+    def block_rows(self) -> Tensor:
+        """``(g, bm)`` long tensor: the output indices of each block."""
+        return self.row_perm.view(self.num_blocks, -1)
+
+    def block_cols(self) -> Tensor:
+        """``(g, bn)`` long tensor: the input indices of each block."""
+        return self.col_perm.view(self.num_blocks, -1)
+
+    def mask(self, device: torch.device | str | None = None) -> Tensor:
+        """The bool ``(m, n)`` mask: ``True`` where a weight may be non-zero."""
+        return self.blocks_to_dense(torch.ones(self.num_blocks, *self.block_shape, dtype=torch.bool, device=device))
+
+    def blocks_to_dense(self, blocks: Tensor) -> Tensor:
+        """Scatter ``(g, bm, bn, *k)`` blocks into a new zero ``(m, n, *k)`` tensor (differentiable)."""
+        self._check_blocks(blocks)
+        return scatter_blocks(blocks, self.row_perm.to(blocks.device), self.col_perm.to(blocks.device))
+
+    def dense_to_blocks(self, dense: Tensor) -> Tensor:
+        """Gather the ``(g, bm, bn, *k)`` blocks out of a ``(m, n, *k)`` tensor (differentiable)."""
+        if tuple(dense.shape[:2]) != (self.out_features, self.in_features):
+            raise ValueError(f"expected a tensor of shape ({self.out_features}, {self.in_features}, ...), "
+                             f"got {tuple(dense.shape)}")
+        rows, cols = self.block_rows().to(dense.device), self.block_cols().to(dense.device)
+        return dense[rows[:, :, None], cols[:, None, :]]
+
+    def _check_blocks(self, blocks: Tensor) -> None:
+        if tuple(blocks.shape[:3]) != (self.num_blocks, *self.block_shape):
+            bm, bn = self.block_shape
+            raise ValueError(f"expected blocks of shape ({self.num_blocks}, {bm}, {bn}, ...), got {tuple(blocks.shape)}")
+
+    def __repr__(self) -> str:
+        bm, bn = self.block_shape
+        mirrored = ", mirrored" if self.mirrored else ""
+        return (f"Topology({self.out_features}x{self.in_features}, degree={self.degree}, "
+                f"blocks={self.num_blocks}x({bm}x{bn}), sparsity={self.sparsity:.4%}{mirrored})")
+
+
+def scatter_blocks(blocks: Tensor, row_perm: Tensor, col_perm: Tensor) -> Tensor:
+    """Place ``(g, bm, bn, *k)`` blocks at rows ``row_perm.view(g, bm)`` and columns
+    ``col_perm.view(g, bn)`` of a new zero ``(len(row_perm), len(col_perm), *k)`` tensor.
+
+    Differentiable (an ``index_put``); the indices must be on the blocks' device.
+    """
+    g = blocks.shape[0]
+    rows, cols = row_perm.view(g, -1), col_perm.view(g, -1)
+    dense = blocks.new_zeros(row_perm.numel(), col_perm.numel(), *blocks.shape[3:])
+    return dense.index_put((rows[:, :, None], cols[:, None, :]), blocks)
+
+
+def valid_degrees(m: int, n: int, mirrored: bool = False) -> list[int]:
+    """All degrees ``d`` for which an ``(m, n)`` SAO topology exists, ascending.
+
+    ``d = max(m, n) / g`` for every ``g`` dividing ``gcd(m, n)``; with ``mirrored=True``
+    (ReLU variant) ``g`` must divide ``gcd(m/2, n/2)`` instead.
+    """
+    _check_shape(m, n, mirrored)
+    common = math.gcd(m // 2, n // 2) if mirrored else math.gcd(m, n)
+    return sorted(max(m, n) // g for g in range(1, common + 1) if common % g == 0)
+
+
+def degree_for_sparsity(m: int, n: int, sparsity: float, mirrored: bool = False) -> int:
+    """The degree that gives exactly ``sparsity`` (``= 1 - d / max(m, n)``) for an ``(m, n)`` layer.
+
+    Raises:
+        ValueError: if ``sparsity`` is outside ``[0, 1)`` or no valid degree gives it; the
+            message lists the nearest achievable sparsities.
+    """
+    if not 0.0 <= float(sparsity) < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    degree = max(m, n) * (1.0 - float(sparsity))
+    valid = valid_degrees(m, n, mirrored)
+    if abs(degree - round(degree)) > 1e-6 * max(m, n) or round(degree) not in valid:
+        raise ValueError(f"sparsity={sparsity} is not achievable for a {m}x{n} layer{_kind(mirrored)}; "
+                         f"nearest valid: {_nearest(valid, degree, max(m, n))}")
+    return round(degree)
+
+
+def resolve_degree(m: int, n: int, degree: int | None = None, sparsity: float | None = None,
+                   mirrored: bool = False) -> int:
+    """Check that exactly one of ``degree``/``sparsity`` is given and return the valid degree."""
+    if (degree is None) == (sparsity is None):
+        raise ValueError(f"give exactly one of degree= or sparsity= (got degree={degree}, sparsity={sparsity})")
+    if sparsity is not None:
+        return degree_for_sparsity(m, n, sparsity, mirrored)
+    valid = valid_degrees(m, n, mirrored)
+    if isinstance(degree, bool) or not isinstance(degree, int) or degree not in valid:
+        raise ValueError(f"degree={degree!r} is not valid for a {m}x{n} layer{_kind(mirrored)}; "
+                         f"nearest valid: {_nearest(valid, degree, max(m, n))}; all valid: {valid}")
+    return degree
+
+
+def ramanujan(m: int, n: int, degree: int | None = None, sparsity: float | None = None,
+              generator: torch.Generator | None = None, mirrored: bool = False) -> Topology:
+    """Draw a random SAO topology for an ``(m, n) = (out, in)`` weight (paper §IV-A, SPEC §1.1).
+
+    The larger side is randomly partitioned into ``g = max(m, n) / d`` groups of ``d`` nodes; the
+    smaller side, also randomly permuted, is spread evenly, ``r = min(m, n) / g`` nodes per
+    group, and each of them connects to every node of its group.
+
+    Args:
+        m: output features (rows).
+        n: input features (columns).
+        degree: degree ``d`` of the smaller side's nodes; see :func:`valid_degrees`.
+        sparsity: alternatively, the fraction of zeros ``1 - d / max(m, n)``.
+        generator: source of randomness (both permutations are drawn from it).
+        mirrored: build the topology of the ReLU variant: a random ``(m/2, n/2)`` topology of
+            degree ``d/2``, doubled so each block can hold ``[[B0, -B0], [-B0, B0]]``.
+
+    Returns:
+        A :class:`Topology` whose mask has exactly ``d`` non-zeros per smaller-side node and
+        ``r`` per larger-side node.
+
+    Raises:
+        ValueError: if both or neither of ``degree``/``sparsity`` are given, or the value is not
+            achievable; the message names the nearest valid degrees/sparsities.
+
+    Example:
+        >>> t = ramanujan(8, 8, degree=2, generator=torch.Generator().manual_seed(0))
+        >>> t.mask().sum(dim=1).tolist()
+        [2, 2, 2, 2, 2, 2, 2, 2]
+    """
+    d = resolve_degree(m, n, degree, sparsity, mirrored)
+    if mirrored:
+        half = ramanujan(m // 2, n // 2, degree=d // 2, generator=generator)
+        rows, cols = half.block_rows(), half.block_cols()
+        return Topology(m, n, half.num_blocks, torch.cat([rows, rows + m // 2], 1).flatten(),
+                        torch.cat([cols, cols + n // 2], 1).flatten(), mirrored=True)
+    return Topology(m, n, max(m, n) // d, torch.randperm(m, generator=generator),
+                    torch.randperm(n, generator=generator))
+
+
+def _check_shape(m: int, n: int, mirrored: bool) -> None:
+    for name, v in (("m (out_features)", m), ("n (in_features)", n)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if mirrored and v % 2:
+            raise ValueError(f"the ReLU (mirrored) variant needs even sizes, got {name}={v}")
+
+
+def _kind(mirrored: bool) -> str:
+    return " (ReLU/mirrored variant)" if mirrored else ""
+
+
+def _nearest(valid: list[int], target: float, larger: int) -> str:
+    try:
+        target = float(target)
+    except (TypeError, ValueError):
+        target = valid[0]
+    closest = sorted(valid, key=lambda d: abs(d - target))[:2]
+    return ", ".join(f"degree={d} (sparsity={1 - d / larger:.6g})" for d in sorted(closest))
