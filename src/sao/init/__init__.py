@@ -5,13 +5,16 @@ Every initializer fills its tensor in place under ``no_grad``, returns it and ta
 """
 
 from sao.init.conv import delta_orthogonal_, sao_delta_
+from sao.init.eco import eco_, sao_eco_
 from sao.init.linear import orthogonal_, ramanujan_normal_, ramanujan_uniform_, sao_
 
 __all__ = [
     "delta_orthogonal_",
+    "eco_",
     "orthogonal_",
     "ramanujan_normal_",
     "ramanujan_uniform_",
     "sao_",
     "sao_delta_",
+    "sao_eco_",
 ]

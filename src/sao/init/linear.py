@@ -68,22 +68,28 @@ def orthogonal_(tensor: Tensor, gain: float = 1.0, generator: torch.Generator | 
 
 def resolve_topology(target: Tensor | Sequence[int], degree: int | None, sparsity: float | None,
                      topology: Topology | None, generator: torch.Generator | None,
-                     mirrored: bool = False) -> Topology:
+                     mirrored: bool | None = False) -> Topology:
     """The topology for a weight (or a shape) ``(m, n, ...)``: ``topology`` checked, or a new draw.
 
+    ``mirrored`` is the kind a new draw gets and the kind a given topology must have
+    (``None``: any kind is accepted, a new draw is plain).
+
     Raises:
-        ValueError: if the given topology does not fit the shape, is not mirrored when
-            ``mirrored`` is asked for, or disagrees with a given degree/sparsity.
+        ValueError: if the given topology does not fit the shape, is of the wrong kind, or
+            disagrees with a given degree/sparsity.
     """
     m, n = (target.shape if isinstance(target, Tensor) else target)[:2]
     if topology is None:
-        return ramanujan(m, n, degree, sparsity, generator=generator, mirrored=mirrored)
+        return ramanujan(m, n, degree, sparsity, generator=generator, mirrored=bool(mirrored))
     if not isinstance(topology, Topology):
         raise TypeError(f"topology must be a sao.topology.Topology, got {type(topology).__name__}")
     if (topology.out_features, topology.in_features) != (m, n):
         raise ValueError(f"topology is {topology.out_features}x{topology.in_features} but the weight is {m}x{n}")
     if mirrored and not topology.mirrored:
         raise ValueError("activation='relu' needs a mirrored topology: ramanujan(..., mirrored=True)")
+    if mirrored is False and topology.mirrored:
+        raise ValueError("a mirrored topology holds the ReLU construction [[S0, -S0], [-S0, S0]], which is not "
+                         "orthogonal; use activation='relu' with it, or a plain ramanujan(...) topology")
     asked = (degree, sparsity) != (None, None)
     if asked and resolve_degree(m, n, degree, sparsity, topology.mirrored) != topology.degree:
         raise ValueError(f"degree/sparsity ({degree}, {sparsity}) disagree with the given {topology}")
@@ -189,7 +195,7 @@ def _fill_random_(tensor: Tensor, degree: int | None, sparsity: float | None, ga
                   draw: Callable[..., Tensor]) -> Tensor:
     _check_matrix(tensor, fn)
     check_generator(generator)
-    topology = resolve_topology(tensor, degree, sparsity, topology, generator)
+    topology = resolve_topology(tensor, degree, sparsity, topology, generator, mirrored=None)
     return fill_blocks_(tensor, topology, gain * draw(topology, unit_variance, generator))
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from sao._registry import Registry
+from sao.init.eco import sao_eco_
 from sao.init.linear import rg_normal_blocks, rg_uniform_blocks, sao_blocks
 from sao.topology import Topology
 
@@ -65,3 +66,13 @@ LAYER_INITS.register("sao", LayerInit(lambda t, k, gain, gen: gain * sao_blocks(
 LAYER_INITS.register("rg-normal", LayerInit(lambda t, k, gain, gen: gain * rg_normal_blocks(t, generator=gen), 0))
 LAYER_INITS.register("rg-uniform", LayerInit(lambda t, k, gain, gen: gain * rg_uniform_blocks(t, generator=gen), 0))
 LAYER_INITS.register("sao-delta", LayerInit(lambda t, k, gain, gen: _centre(gain * sao_blocks(t, gen), k), 2, True))
+
+
+def _sao_eco_blocks(topology: Topology, kernel_size: tuple[int, ...], gain: float,
+                    generator: torch.Generator | None) -> Tensor:
+    # ECO mixes all taps through one inverse FFT, so build the (small) dense kernel and cut its blocks.
+    dense = torch.empty(topology.out_features, topology.in_features, *kernel_size, dtype=torch.float64)
+    return topology.dense_to_blocks(sao_eco_(dense, gain=gain, topology=topology, generator=generator))
+
+
+LAYER_INITS.register("sao-eco", LayerInit(_sao_eco_blocks, 2))

@@ -2,6 +2,7 @@
 
 from sao.nn._sparse import BACKENDS
 from sao.nn.conv import SparseConv2d
+from sao.nn.eco import ECOConv2d
 from sao.nn.linear import SparseLinear, blocked_linear
 
-__all__ = ["BACKENDS", "SparseConv2d", "SparseLinear", "blocked_linear"]
+__all__ = ["BACKENDS", "ECOConv2d", "SparseConv2d", "SparseLinear", "blocked_linear"]

@@ -45,7 +45,8 @@ class SparseLayerBase(nn.Module):
         self.activation, self.gain = activation, float(gain)
         self._layer_init = get_layer_init(init, len(kernel_size))
         check_generator(generator)
-        mirrored = check_activation(activation) and self._layer_init.mirrored_for_relu
+        relu = check_activation(activation)
+        mirrored = relu if self._layer_init.mirrored_for_relu else None
         topology = resolve_topology((out_features, in_features), degree, sparsity, topology, generator, mirrored)
         self.num_blocks, self.mirrored, self.kernel_size = topology.num_blocks, topology.mirrored, kernel_size
         device = factory.get("device")

@@ -55,13 +55,13 @@ def spectrum(mask: Tensor) -> Tensor:
     ``|m - n|`` zeros, ``m + n`` values in all.
 
     Example:
-        >>> spectrum(torch.ones(2, 3)).round(decimals=6).tolist()
-        [2.44949, 0.0, 0.0, 0.0, -2.44949]
+        >>> spectrum(torch.ones(1, 3)).round(decimals=5).tolist()  # the star K_{1,3}: ±sqrt(3), 0, 0
+        [1.73205, 0.0, 0.0, -1.73205]
     """
     m = _as_bool_matrix(mask).double()
     sv = torch.linalg.svdvals(m)
     zeros = sv.new_zeros(sum(m.shape) - 2 * sv.numel())
-    return torch.cat([sv, zeros, -sv]).sort(descending=True).values
+    return torch.cat([sv, zeros, -sv]).sort(descending=True).values + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 def components(mask: Tensor) -> Components:

@@ -126,7 +126,8 @@ class Topology:
     def _check_blocks(self, blocks: Tensor) -> None:
         if tuple(blocks.shape[:3]) != (self.num_blocks, *self.block_shape):
             bm, bn = self.block_shape
-            raise ValueError(f"expected blocks of shape ({self.num_blocks}, {bm}, {bn}, ...), got {tuple(blocks.shape)}")
+            raise ValueError(f"expected blocks of shape ({self.num_blocks}, {bm}, {bn}, ...), "
+                             f"got {tuple(blocks.shape)}")
 
     def __repr__(self) -> str:
         bm, bn = self.block_shape

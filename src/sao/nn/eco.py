@@ -1,0 +1,84 @@
+"""``ECOConv2d``: an explicitly constructed orthogonal convolution (Yu et al., ICLR 2022), dense or SAO.
+
+See ``conv-orthogonal.md`` (ECO): a ``k x k`` kernel dilated by ``n/k`` with circular padding
+on an ``n x n`` input has, at every DFT frequency, one of the ``k²`` matrices ``P(a, b)``;
+making them orthogonal makes the convolution orthogonal. Stride ``s`` is an invertible
+space-to-depth ``(c, ns, ns) → (c s², n, n)`` followed by a stride-1 ECO convolution; channel
+changes run the convolution on ``C = max(c_out, c_in s²)`` channels, zero-padding the input
+channels and keeping the first ``c_out`` outputs. Every step is an isometry or a coordinate
+projection, so all singular values of the layer are 1 at initialisation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sao.nn.conv import SparseConv2d
+
+__all__ = ["ECOConv2d"]
+
+
+class ECOConv2d(nn.Module):
+    """An orthogonal convolution for a fixed input size, optionally SAO-sparse (SAO-ECO).
+
+    Args:
+        in_channels: ``c_in``.
+        out_channels: ``c_out``.
+        kernel_size: ``k`` (square), must divide ``input_size / stride``.
+        input_size: side ``N`` of the (square) input feature map; fixed at construction
+            because the dilation ``N / (s k)`` depends on it.
+        stride: ``s``, must divide ``input_size``; done by space-to-depth.
+        degree, sparsity: SAO degree or sparsity of the ``C x C`` channel graph; the default
+            ``sparsity=0.0`` is a dense ECO convolution.
+        bias: learn an additive bias (initialised to zero).
+        backend, gain, generator, device, dtype: as in :class:`SparseConv2d`.
+
+    Shapes:
+        input ``(B, c_in, N, N)`` → output ``(B, c_out, N/s, N/s)``.
+
+    Example:
+        >>> eco = ECOConv2d(16, 32, 3, input_size=18, stride=2, generator=torch.Generator().manual_seed(0))
+        >>> eco(torch.randn(1, 16, 18, 18)).shape
+        torch.Size([1, 32, 9, 9])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, input_size: int, stride: int = 1,
+                 degree: int | None = None, sparsity: float | None = None, bias: bool = True,
+                 backend: str = "blocked", gain: float = 1.0, generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        for name, value in (("kernel_size", kernel_size), ("input_size", input_size), ("stride", stride)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if input_size % stride:
+            raise ValueError(f"stride={stride} must divide input_size={input_size}")
+        size = input_size // stride
+        if size % kernel_size:
+            raise ValueError(f"ECO needs kernel_size to divide the feature size after the stride: kernel_size="
+                             f"{kernel_size} does not divide {size} (input_size={input_size}, stride={stride}); "
+                             f"valid kernel sizes: {[k for k in range(1, size + 1) if size % k == 0]}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.input_size, self.stride = input_size, stride
+        self.channels = max(out_channels, in_channels * stride * stride)
+        if degree is None and sparsity is None:
+            sparsity = 0.0
+        self.conv = SparseConv2d(self.channels, self.channels, kernel_size, padding="same",
+                                 dilation=size // kernel_size, bias=bias, padding_mode="circular", degree=degree,
+                                 sparsity=sparsity, init="sao-eco", backend=backend, activation="linear", gain=gain,
+                                 generator=generator, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels or tuple(x.shape[2:]) != (self.input_size,) * 2:
+            raise ValueError(f"ECOConv2d expects input (B, {self.in_channels}, {self.input_size}, {self.input_size}), "
+                             f"got {tuple(x.shape)}")
+        if self.stride > 1:
+            x = F.pixel_unshuffle(x, self.stride)
+        if x.shape[1] < self.channels:
+            x = F.pad(x, (0, 0, 0, 0, 0, self.channels - x.shape[1]))
+        return self.conv(x)[:, : self.out_channels]
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, input_size={self.input_size}, stride={self.stride}, "
+                f"inner_channels={self.channels}")
