@@ -1,0 +1,167 @@
+"""Plumbing shared by the benchmark scripts: timing, machine header, Markdown tables, JSON.
+
+Timing is a warm-up followed by the median of several repeats. A repeat times a block of
+``number`` back-to-back calls (``number`` chosen so a block lasts at least ``min_block_s``)
+and divides by ``number``, so sub-millisecond calls are not drowned in timer noise; slow
+calls (``number == 1``) are timed one by one. The spread reported is the interquartile range
+of the per-repeat times.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["Measurement", "cpu_model", "fmt_bytes", "fmt_time", "machine_info", "markdown_table", "measure",
+           "measurement_dict", "print_header", "set_threads", "write_json"]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Seconds per call: ``median`` over ``repeats`` blocks of ``number`` calls; ``iqr`` their spread."""
+
+    median: float
+    iqr: float
+    minimum: float
+    repeats: int
+    number: int
+
+
+def measure(fn: Callable[[], object], *, warmup: int = 2, repeats: int = 7, min_block_s: float = 0.02,
+            max_total_s: float | None = None, min_repeats: int = 3) -> Measurement:
+    """Time ``fn()``: ``warmup`` untimed calls, then the median of ``repeats`` timed blocks.
+
+    ``max_total_s`` caps the timed part: for a slow ``fn`` the number of repeats is cut down
+    (never below ``min_repeats``) so one case cannot eat the whole budget.
+    """
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    fn()
+    estimate = max(time.perf_counter() - start, 1e-9)
+    number = max(1, int(min_block_s / estimate))
+    if max_total_s is not None:
+        repeats = max(min_repeats, min(repeats, int(max_total_s / (estimate * number))))
+    times = []
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            times.append((time.perf_counter() - start) / number)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    quartiles = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return Measurement(statistics.median(times), quartiles[2] - quartiles[0], min(times), repeats, number)
+
+
+def set_threads(threads: int | None) -> int:
+    """Set the intra-op thread count if given; return the count in use."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo`` on Linux), else ``platform.processor()``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """What produced the numbers: date, versions, CPU, threads."""
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_num_threads": torch.get_num_threads(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "mkl": torch.backends.mkl.is_available(),
+    }
+
+
+def print_header(title: str, info: dict[str, Any], notes: Sequence[str] = ()) -> None:
+    """A Markdown header: title, machine/version bullet list, free-form notes."""
+    print(f"# {title}\n")
+    print(f"- date: {info['date']}")
+    print(f"- command: `{info['command']}`")
+    print(f"- torch {info['torch']}, Python {info['python']}, {info['platform']}")
+    print(f"- CPU: {info['cpu_model']} (platform.processor: {info['processor'] or 'n/a'}; "
+          f"os.cpu_count: {info['cpu_count']}); torch.get_num_threads(): {info['torch_num_threads']}")
+    print(f"- MKL: {info['mkl']}, oneDNN (mkldnn): {info['mkldnn']}")
+    for note in notes:
+        print(f"- {note}")
+    print()
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None) -> str:
+    """A GitHub Markdown table; ``align`` is one of ``l``/``r`` per column (default: first left, rest right)."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        padded = (c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align, strict=True))
+        return "| " + " | ".join(padded) + " |"
+
+    dashes = (":" + "-" * (w + 1) if a == "l" else "-" * (w + 1) + ":" for w, a in zip(widths, align, strict=True))
+    rule = "|" + "|".join(dashes)
+    return "\n".join([line(cells[0]), rule + "|", *(line(r) for r in cells[1:])])
+
+
+def fmt_time(seconds: float) -> str:
+    """Seconds as a readable duration with 3 significant digits (µs, ms or s)."""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.3g} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds:.3g} s"
+
+
+def fmt_bytes(n: int) -> str:
+    """Bytes in KiB/MiB with 3 significant digits."""
+    if n < 1024**2:
+        return f"{n / 1024:.3g} KiB"
+    return f"{n / 1024**2:.4g} MiB"
+
+
+def write_json(path: str | os.PathLike, info: dict[str, Any], rows: Sequence[dict[str, Any]],
+               config: dict[str, Any]) -> None:
+    """Write ``{"machine": info, "config": config, "rows": rows}`` to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({"machine": info, "config": config, "rows": list(rows)}, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def measurement_dict(m: Measurement, prefix: str) -> dict[str, float | int]:
+    """``m`` as flat JSON fields named ``{prefix}_median_s`` etc."""
+    return {f"{prefix}_{k}{'_s' if k in ('median', 'iqr', 'minimum') else ''}": v for k, v in asdict(m).items()}
