@@ -4,7 +4,9 @@ Timing is a warm-up followed by the median of several repeats. A repeat times a 
 ``number`` back-to-back calls (``number`` chosen so a block lasts at least ``min_block_s``)
 and divides by ``number``, so sub-millisecond calls are not drowned in timer noise; slow
 calls (``number == 1``) are timed one by one. The spread reported is the interquartile range
-of the per-repeat times.
+of the per-repeat times. Functions whose times are compared (a baseline and its contenders) are
+measured round-robin (:func:`measure_interleaved`), so a change in the machine's load during a
+case hits them alike and their ratio stays fair.
 """
 
 from __future__ import annotations
@@ -24,8 +26,21 @@ from typing import Any
 
 import torch
 
-__all__ = ["Measurement", "cpu_model", "fmt_bytes", "fmt_time", "machine_info", "markdown_table", "measure",
-           "measurement_dict", "print_header", "set_threads", "write_json"]
+__all__ = [
+    "Measurement",
+    "cpu_model",
+    "fmt_bytes",
+    "fmt_time",
+    "load_average",
+    "machine_info",
+    "markdown_table",
+    "measure",
+    "measure_interleaved",
+    "measurement_dict",
+    "print_header",
+    "set_threads",
+    "write_json",
+]
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,53 @@ class Measurement:
     number: int
 
 
+def _calibrate(fn: Callable[[], object], warmup: int, min_block_s: float) -> tuple[float, int]:
+    """Run ``warmup`` untimed calls, then one timed call; return its time and the calls per block."""
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    fn()
+    estimate = max(time.perf_counter() - start, 1e-9)
+    return estimate, max(1, int(min_block_s / estimate))
+
+
+def _summarise(times: list[float], number: int) -> Measurement:
+    quartiles = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return Measurement(statistics.median(times), quartiles[2] - quartiles[0], min(times), len(times), number)
+
+
+def measure_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 2, repeats: int = 7,
+                        min_block_s: float = 0.02, max_total_s: float | None = None,
+                        min_repeats: int = 3) -> dict[str, Measurement]:
+    """Time several functions round-robin: each repeat times one block of every function in turn.
+
+    Interleaving makes ratios between the functions robust to slow drifts of the machine's
+    load (other processes, frequency changes): every function sees the same conditions on
+    average. ``max_total_s`` caps the timed part (all functions together): for slow functions the
+    number of repeats is cut down, never below ``min_repeats``.
+    """
+    calib = {name: _calibrate(fn, warmup, min_block_s) for name, fn in fns.items()}
+    if max_total_s is not None:
+        per_round = sum(est * number for est, number in calib.values())
+        repeats = max(min_repeats, min(repeats, int(max_total_s / per_round)))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                number = calib[name][1]
+                start = time.perf_counter()
+                for _ in range(number):
+                    fn()
+                times[name].append((time.perf_counter() - start) / number)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {name: _summarise(t, calib[name][1]) for name, t in times.items()}
+
+
 def measure(fn: Callable[[], object], *, warmup: int = 2, repeats: int = 7, min_block_s: float = 0.02,
             max_total_s: float | None = None, min_repeats: int = 3) -> Measurement:
     """Time ``fn()``: ``warmup`` untimed calls, then the median of ``repeats`` timed blocks.
@@ -46,29 +108,16 @@ def measure(fn: Callable[[], object], *, warmup: int = 2, repeats: int = 7, min_
     ``max_total_s`` caps the timed part: for a slow ``fn`` the number of repeats is cut down
     (never below ``min_repeats``) so one case cannot eat the whole budget.
     """
-    for _ in range(warmup):
-        fn()
-    start = time.perf_counter()
-    fn()
-    estimate = max(time.perf_counter() - start, 1e-9)
-    number = max(1, int(min_block_s / estimate))
-    if max_total_s is not None:
-        repeats = max(min_repeats, min(repeats, int(max_total_s / (estimate * number))))
-    times = []
-    gc_was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
+    return measure_interleaved({"fn": fn}, warmup=warmup, repeats=repeats, min_block_s=min_block_s,
+                               max_total_s=max_total_s, min_repeats=min_repeats)["fn"]
+
+
+def load_average() -> tuple[float, float, float] | None:
+    """``os.getloadavg()`` where available (the 1, 5 and 15 minute run-queue averages)."""
     try:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(number):
-                fn()
-            times.append((time.perf_counter() - start) / number)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    quartiles = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-    return Measurement(statistics.median(times), quartiles[2] - quartiles[0], min(times), repeats, number)
+        return os.getloadavg()
+    except (AttributeError, OSError):
+        return None
 
 
 def set_threads(threads: int | None) -> int:
@@ -104,6 +153,7 @@ def machine_info() -> dict[str, Any]:
         "torch_num_threads": torch.get_num_threads(),
         "mkldnn": torch.backends.mkldnn.is_available(),
         "mkl": torch.backends.mkl.is_available(),
+        "load_average_at_start": load_average(),
     }
 
 
@@ -116,6 +166,10 @@ def print_header(title: str, info: dict[str, Any], notes: Sequence[str] = ()) ->
     print(f"- CPU: {info['cpu_model']} (platform.processor: {info['processor'] or 'n/a'}; "
           f"os.cpu_count: {info['cpu_count']}); torch.get_num_threads(): {info['torch_num_threads']}")
     print(f"- MKL: {info['mkl']}, oneDNN (mkldnn): {info['mkldnn']}")
+    load = info.get("load_average_at_start")
+    if load is not None:
+        busy = " — **the machine was busy: timings are noisy**" if load[0] > 0.5 else ""
+        print(f"- load average at start (1/5/15 min): {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}{busy}")
     for note in notes:
         print(f"- {note}")
     print()

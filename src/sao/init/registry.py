@@ -32,12 +32,26 @@ class LayerInit:
     Attributes:
         draw: ``(topology, kernel_size, gain, generator) -> float64 (g, bm, bn, *kernel_size)``.
         kernel_dims: 0 for linear weights, 2 for conv kernels.
-        mirrored_for_relu: use the mirrored (ReLU) topology when the activation is ReLU.
+        mirrored: which topologies the init takes: ``"for-relu"`` (mirrored exactly when the
+            activation is ReLU: the SAO constructions), ``"never"`` (plain only) or ``"any"``.
+        kernel_rule: ``"odd"`` (needs a centre tap), ``"square"`` or ``"any"`` kernel sides.
     """
 
     draw: BlockDraw
     kernel_dims: int
-    mirrored_for_relu: bool = False
+    mirrored: str = "any"
+    kernel_rule: str = "any"
+
+    def topology_kind(self, relu: bool) -> bool | None:
+        """The ``mirrored`` argument of :func:`sao.init.linear.resolve_topology` for this init."""
+        return {"for-relu": relu, "never": False, "any": None}[self.mirrored]
+
+    def check_kernel(self, kernel_size: tuple[int, ...]) -> None:
+        """Raise ``ValueError`` at once if the init cannot fill kernels of this size."""
+        if self.kernel_rule == "odd" and any(side % 2 == 0 for side in kernel_size):
+            raise ValueError(f"this init needs odd kernel sides (a centre tap), got kernel_size={kernel_size}")
+        if self.kernel_rule == "square" and len(set(kernel_size)) > 1:
+            raise ValueError(f"this init needs a square kernel, got kernel_size={kernel_size}")
 
 
 LAYER_INITS: Registry[LayerInit] = Registry("layer init", "sao.init.registry.LAYER_INITS")
@@ -55,17 +69,16 @@ def get_layer_init(name: str, kernel_dims: int) -> LayerInit:
 
 def _centre(blocks: Tensor, kernel_size: tuple[int, ...]) -> Tensor:
     """Put ``(g, bm, bn)`` blocks at the centre tap of zero ``(g, bm, bn, kh, kw)`` kernels."""
-    if any(side % 2 == 0 for side in kernel_size):
-        raise ValueError(f"init='sao-delta' needs odd kernel sides (a centre tap), got kernel_size={kernel_size}")
     out = blocks.new_zeros(*blocks.shape, *kernel_size)
     out[..., (kernel_size[0] - 1) // 2, (kernel_size[1] - 1) // 2] = blocks
     return out
 
 
-LAYER_INITS.register("sao", LayerInit(lambda t, k, gain, gen: gain * sao_blocks(t, gen), 0, True))
+LAYER_INITS.register("sao", LayerInit(lambda t, k, gain, gen: gain * sao_blocks(t, gen), 0, "for-relu"))
 LAYER_INITS.register("rg-normal", LayerInit(lambda t, k, gain, gen: gain * rg_normal_blocks(t, generator=gen), 0))
 LAYER_INITS.register("rg-uniform", LayerInit(lambda t, k, gain, gen: gain * rg_uniform_blocks(t, generator=gen), 0))
-LAYER_INITS.register("sao-delta", LayerInit(lambda t, k, gain, gen: _centre(gain * sao_blocks(t, gen), k), 2, True))
+LAYER_INITS.register("sao-delta", LayerInit(lambda t, k, gain, gen: _centre(gain * sao_blocks(t, gen), k), 2,
+                                            "for-relu", "odd"))
 
 
 def _sao_eco_blocks(topology: Topology, kernel_size: tuple[int, ...], gain: float,
@@ -75,4 +88,4 @@ def _sao_eco_blocks(topology: Topology, kernel_size: tuple[int, ...], gain: floa
     return topology.dense_to_blocks(sao_eco_(dense, gain=gain, topology=topology, generator=generator))
 
 
-LAYER_INITS.register("sao-eco", LayerInit(_sao_eco_blocks, 2))
+LAYER_INITS.register("sao-eco", LayerInit(_sao_eco_blocks, 2, "never", "square"))

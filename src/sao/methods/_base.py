@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from sao._registry import Registry
 
@@ -129,3 +129,22 @@ def sparsify(model: nn.Module, method: str = "sao", degree: int | None = None, s
     for (name, _), new in zip(layers, chosen.sparsify_layers(layers, settings), strict=True):
         model.set_submodule(name, new)
     return model
+
+
+def connection_mask(module: nn.Module) -> Tensor:
+    """Bool ``(out, in)`` mask of the connections a layer has (kernels, for convolutions).
+
+    Works for :mod:`sao.nn` sparse layers (their ``mask``), layers pruned with
+    :mod:`torch.nn.utils.prune` (a connection exists if any of its kernel taps is unmasked)
+    and plain dense layers (all ``True``).
+    """
+    mask = getattr(module, "mask", None)
+    if isinstance(mask, Tensor):
+        return mask
+    pruned = getattr(module, "weight_mask", None)
+    if isinstance(pruned, Tensor):
+        return (pruned != 0).flatten(2).any(-1) if pruned.dim() > 2 else pruned != 0
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, Tensor) or weight.dim() < 2:
+        raise ValueError(f"{type(module).__name__} has no (out, in[, k, k]) weight")
+    return torch.ones(weight.shape[:2], dtype=torch.bool, device=weight.device)

@@ -30,6 +30,12 @@ def _check_backend(backend: str) -> str:
     return backend
 
 
+def _refresh_row_inverse(module: nn.Module, incompatible_keys: object) -> None:
+    """After ``load_state_dict`` replaced ``row_perm``, recompute its (unsaved) inverse."""
+    with torch.no_grad():
+        module.row_inverse.copy_(torch.argsort(module.row_perm))
+
+
 class SparseLayerBase(nn.Module):
     """Common base of :class:`SparseLinear` and :class:`SparseConv2d` (not used directly).
 
@@ -44,15 +50,16 @@ class SparseLayerBase(nn.Module):
         self.init, self.backend = init, _check_backend(backend)
         self.activation, self.gain = activation, float(gain)
         self._layer_init = get_layer_init(init, len(kernel_size))
+        self._layer_init.check_kernel(kernel_size)
         check_generator(generator)
-        relu = check_activation(activation)
-        mirrored = relu if self._layer_init.mirrored_for_relu else None
+        mirrored = self._layer_init.topology_kind(check_activation(activation))
         topology = resolve_topology((out_features, in_features), degree, sparsity, topology, generator, mirrored)
         self.num_blocks, self.mirrored, self.kernel_size = topology.num_blocks, topology.mirrored, kernel_size
         device = factory.get("device")
         self.register_buffer("row_perm", topology.row_perm.to(device))
         self.register_buffer("col_perm", topology.col_perm.to(device))
         self.register_buffer("row_inverse", torch.argsort(topology.row_perm).to(device), persistent=False)
+        self.register_load_state_dict_post_hook(_refresh_row_inverse)
         if self.backend == "blocked":
             self.blocks = nn.Parameter(torch.empty(topology.num_blocks, *topology.block_shape, *kernel_size, **factory))
         else:

@@ -1,0 +1,69 @@
+"""The static counterpart of Fig. 11: end-to-end Jacobian singular values of FNN-N at initialisation.
+
+For every depth ``N`` and method, FNN-N (tanh, paper Table 1) is initialised orthogonally with
+the paper's gain 1.1, made sparse by the method (first and last layer dense) and probed at one
+input ``x ~ N(0, I)``: the singular values of the Jacobian of the last hidden activation
+(256 values) with respect to the 1024 inputs. Dynamical isometry means they concentrate near
+one value: a small variance, a mean that does not collapse with depth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from sao.analysis._files import plt, save_figure, write_table
+from sao.methods import METHODS, sparsify
+from sao.models import fnn, orthogonal_init_
+
+__all__ = ["DEFAULT_DEPTHS", "DEFAULT_METHODS", "jacobian_rows", "jacobian_singular_values", "run_jacobian"]
+
+DEFAULT_METHODS = ("dense", "sao", "rg-n", "rg-u", "lmp-s", "gmp-s", "lrp", "eoi")
+DEFAULT_DEPTHS = (50, 100, 200, 500, 1000)
+
+
+def jacobian_singular_values(method: str, depth: int, degree: int = 4, gain: float = 1.1, seed: int = 0,
+                             activation: str = "tanh") -> Tensor:
+    """Singular values of ``∂ h_N / ∂ x`` for FNN-``depth`` drawn by ``method`` (float64)."""
+    gen = torch.Generator().manual_seed(seed)
+    model = orthogonal_init_(fnn(depth, activation).double(), gain=gain, activation=activation, generator=gen)
+    if method != "dense":
+        sparsify(model, method, degree=degree, gain=gain, activation=activation, generator=gen)
+    body = nn.Sequential(*list(model)[:-1]).requires_grad_(False)
+    x = torch.randn(body[0].in_features, generator=gen, dtype=torch.float64)
+    return torch.linalg.svdvals(torch.func.jacrev(body)(x))
+
+
+def jacobian_rows(methods: tuple[str, ...] = DEFAULT_METHODS, depths: tuple[int, ...] = DEFAULT_DEPTHS,
+                  degree: int = 4, gain: float = 1.1, seed: int = 0) -> list[dict[str, object]]:
+    """One row per (method, depth): mean, std, variance, min and max of the singular values."""
+    rows = []
+    for method in (m for m in methods if m in METHODS):
+        for depth in depths:
+            sv = jacobian_singular_values(method, depth, degree, gain, seed)
+            rows.append({"method": method, "depth N": depth, "mean σ": float(sv.mean()), "std σ": float(sv.std()),
+                         "var σ": float(sv.var()), "min σ": float(sv.min()), "max σ": float(sv.max())})
+    return rows
+
+
+def run_jacobian(out: Path, methods: tuple[str, ...] = DEFAULT_METHODS, depths: tuple[int, ...] = DEFAULT_DEPTHS,
+                 degree: int = 4, gain: float = 1.1, seed: int = 0) -> list[Path]:
+    """Write ``jacobian.csv``/``.md`` and ``jacobian.png`` (mean and variance vs depth) into ``out``."""
+    rows = jacobian_rows(methods, depths, degree, gain, seed)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
+        mine = [r for r in rows if r["method"] == method]
+        style = {"color": f"C{i}", "marker": "o", "label": method, "linewidth": 2.5 if method == "sao" else 1.2}
+        axes[0].plot([r["depth N"] for r in mine], [max(r["mean σ"], 1e-300) for r in mine], **style)
+        axes[1].plot([r["depth N"] for r in mine], [max(r["var σ"], 1e-300) for r in mine], **style)
+    for ax, what in zip(axes, ("mean", "variance"), strict=True):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("depth N")
+        ax.set_title(f"{what} of the Jacobian's singular values at init", fontsize=9)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"FNN-N, tanh, gain {gain}, degree {degree} (seed {seed})")
+    title = f"Input–output Jacobian of FNN-N at init (tanh, gain {gain}, degree {degree}, seed {seed})"
+    return [*write_table(rows, out, "jacobian", title), save_figure(fig, out, "jacobian")]
