@@ -27,9 +27,12 @@ from typing import Any
 import torch
 
 __all__ = [
+    "CONTENTION_CORES",
     "Measurement",
+    "OtherCpuLoad",
     "cpu_model",
     "fmt_bytes",
+    "fmt_other_load",
     "fmt_time",
     "load_average",
     "machine_info",
@@ -120,6 +123,44 @@ def load_average() -> tuple[float, float, float] | None:
         return None
 
 
+class OtherCpuLoad:
+    """How many CPU cores *other* processes kept busy while a block of code ran (Linux only).
+
+    System-wide busy time from ``/proc/stat`` minus this process's own CPU time
+    (``os.times``), divided by the wall time. On a shared machine a value well above 0 means
+    the timings of that block were taken under contention. ``None`` where ``/proc/stat`` is
+    missing. Use as a context manager; the result is in ``.cores``.
+    """
+
+    def __init__(self) -> None:
+        self.cores: float | None = None
+
+    @staticmethod
+    def _system_busy_s() -> float | None:
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        except (OSError, IndexError):
+            return None
+        ticks = [int(v) for v in fields[1:]]
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+        busy = sum(ticks[:8]) - idle  # user nice system idle iowait irq softirq steal (guest is inside user)
+        return busy / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own_s() -> float:
+        t = os.times()
+        return t.user + t.system
+
+    def __enter__(self) -> OtherCpuLoad:
+        self._busy, self._own, self._wall = self._system_busy_s(), self._own_s(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, wall = self._system_busy_s(), time.perf_counter() - self._wall
+        if busy is not None and self._busy is not None and wall > 0:
+            self.cores = max(0.0, ((busy - self._busy) - (self._own_s() - self._own)) / wall)
+
+
 def set_threads(threads: int | None) -> int:
     """Set the intra-op thread count if given; return the count in use."""
     if threads is not None:
@@ -197,6 +238,14 @@ def fmt_time(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1e3:.3g} ms"
     return f"{seconds:.3g} s"
+
+
+CONTENTION_CORES = 0.2  # "other procs" above this: the timing ran under contention
+
+
+def fmt_other_load(cores: float | None) -> str:
+    """An :class:`OtherCpuLoad` result for a table cell; marked ⚠ above :data:`CONTENTION_CORES`."""
+    return "n/a" if cores is None else f"{cores:.2f}" + (" ⚠" if cores > CONTENTION_CORES else "")
 
 
 def fmt_bytes(n: int) -> str:

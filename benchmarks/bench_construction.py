@@ -23,6 +23,9 @@ import argparse
 import torch
 
 from _common import (
+    CONTENTION_CORES,
+    OtherCpuLoad,
+    fmt_other_load,
     fmt_time,
     machine_info,
     markdown_table,
@@ -62,11 +65,12 @@ def bench_linear(args: argparse.Namespace) -> list[dict]:
             "sparselinear_masked": lambda n=n, d=d, gen=gen: SparseLinear(n, n, degree=d, backend="masked",
                                                                           generator=gen),
         }
-        times = measure_interleaved(fns, **opts)
+        with OtherCpuLoad() as other:
+            times = measure_interleaved(fns, **opts)
         err_orth = _orth_error(torch.nn.init.orthogonal_(w, generator=gen))
         err_sao = _orth_error(sao_(w, degree=d, generator=gen))
         row = {"n": n, "degree": d, "sparsity": 1 - d / n, "nnz": int((w != 0).sum()), "sao_orth_err": err_sao,
-               "torch_orth_err": err_orth}
+               "torch_orth_err": err_orth, "other_cpu_cores": other.cores}
         for name, m in times.items():
             row.update(measurement_dict(m, name))
         row["orthogonal_over_sao"] = times["torch_orthogonal"].median / times["sao"].median
@@ -80,14 +84,17 @@ def bench_eco(args: argparse.Namespace) -> list[dict]:
     opts = {"warmup": args.warmup, "repeats": args.repeats, "max_total_s": args.max_case_s}
     fns = {"eco": lambda: eco_(w, generator=gen)}
     fns.update({f"sao_eco_{s}": lambda s=s: sao_eco_(w, sparsity=s, generator=gen) for s in ECO_SPARSITIES})
-    times = measure_interleaved(fns, **opts)
+    with OtherCpuLoad() as other:
+        times = measure_interleaved(fns, **opts)
     base = times["eco"]
-    rows = [{"init": "eco_ (dense baseline)", "sparsity": 0.0, **measurement_dict(base, "time"), "ratio_vs_eco": 1.0}]
+    rows = [{"init": "eco_ (dense baseline)", "sparsity": 0.0, **measurement_dict(base, "time"), "ratio_vs_eco": 1.0,
+             "other_cpu_cores": other.cores}]
     for s in ECO_SPARSITIES:
         zero_kernels = float((sao_eco_(w, sparsity=s, generator=gen).abs().sum((2, 3)) == 0).float().mean())
         t = times[f"sao_eco_{s}"]
         rows.append({"init": "sao_eco_", "sparsity": s, "zero_kernel_fraction": zero_kernels,
-                     **measurement_dict(t, "time"), "ratio_vs_eco": t.median / base.median})
+                     **measurement_dict(t, "time"), "ratio_vs_eco": t.median / base.median,
+                     "other_cpu_cores": other.cores})
     return rows
 
 
@@ -115,18 +122,21 @@ def main(argv: list[str] | None = None) -> None:
         "of one table row are timed round-robin (same load conditions)",
         "all weights float32; sao_/orthogonal_ fill a preallocated tensor; SparseLinear times the whole constructor "
         "(topology draw + Haar blocks + parameter allocation)",
+        "other procs: CPU cores kept busy by *other* processes while the row was timed (/proc/stat minus this "
+        f"process); above {CONTENTION_CORES} (⚠) the row ran under contention",
     ])
 
     linear = bench_linear(args)
     print("## Fully-connected: `sao_` vs `torch.nn.init.orthogonal_`, and `SparseLinear` construction\n")
     print(markdown_table(
         ["shape", "degree", "sparsity", "sao_ (median ± IQR)", "nn.init.orthogonal_ (dense)", "orthogonal_ / sao_",
-         "SparseLinear blocked", "SparseLinear masked", "max\\|WWᵀ−I\\| sao_", "blocked < 0.1 s"],
+         "SparseLinear blocked", "SparseLinear masked", "max\\|WWᵀ−I\\| sao_", "blocked < 0.1 s", "other procs"],
         [[f"{r['n']}x{r['n']}", r["degree"], f"{r['sparsity']:.4%}",
           f"{fmt_time(r['sao_median_s'])} ± {fmt_time(r['sao_iqr_s'])}",
           fmt_time(r["torch_orthogonal_median_s"]), f"{r['orthogonal_over_sao']:.1f}x",
           fmt_time(r["sparselinear_blocked_median_s"]), fmt_time(r["sparselinear_masked_median_s"]),
-          f"{r['sao_orth_err']:.1e}", "yes" if r["sparselinear_blocked_median_s"] < TARGET_S else "**NO**"]
+          f"{r['sao_orth_err']:.1e}", "yes" if r["sparselinear_blocked_median_s"] < TARGET_S else "**NO**",
+          fmt_other_load(r.get("other_cpu_cores"))]
          for r in linear]))
     big = next(r for r in linear if r["n"] == 4096)
     print(f"\n4096x4096, d=64: sao_ {fmt_time(big['sao_median_s'])} and SparseLinear(blocked) "
@@ -138,9 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     eco = bench_eco(args)
     print(f"## Convolution: `sao_eco_` vs `eco_` on a {ECO_SHAPE} weight\n")
     print(markdown_table(
-        ["init", "sparsity (kernel level)", "zero kernels", "time (median ± IQR)", "time / eco_ time"],
+        ["init", "sparsity (kernel level)", "zero kernels", "time (median ± IQR)", "time / eco_ time", "other procs"],
         [[r["init"], f"{r['sparsity']:.5g}", f"{r['zero_kernel_fraction']:.4%}" if "zero_kernel_fraction" in r else "—",
-          f"{fmt_time(r['time_median_s'])} ± {fmt_time(r['time_iqr_s'])}", f"{r['ratio_vs_eco']:.2f}x"]
+          f"{fmt_time(r['time_median_s'])} ± {fmt_time(r['time_iqr_s'])}", f"{r['ratio_vs_eco']:.2f}x",
+          fmt_other_load(r.get("other_cpu_cores"))]
          for r in eco]))
     print()
 

@@ -30,7 +30,10 @@ import torch
 from torch import nn
 
 from _common import (
+    CONTENTION_CORES,
+    OtherCpuLoad,
     fmt_bytes,
+    fmt_other_load,
     load_average,
     machine_info,
     markdown_table,
@@ -119,7 +122,10 @@ def _bench_models(models: dict[str, nn.Module], x: torch.Tensor, opts: dict) -> 
     load_before = load_average()
     steps = {name: train_step(model, x) for name, model in models.items()}
     row: dict = {}
-    for name, m in measure_interleaved(steps, **opts).items():
+    with OtherCpuLoad() as other:
+        times = measure_interleaved(steps, **opts)
+    row["other_cpu_cores"] = other.cores
+    for name, m in times.items():
         row.update(measurement_dict(m, name))
     for name, model in models.items():
         row.update({f"{name}_{k}": v for k, v in memory(model).items()})
@@ -173,12 +179,13 @@ def print_linear(rows: list[dict], args: argparse.Namespace) -> None:
     print(markdown_table(
         ["width", "degree", "sparsity", "blocks g×(d×d)", "dense nn.Linear", "masked", "blocked",
          "speed-up masked/blocked", "dense/blocked", "masked params+grads (+buffers)",
-         "blocked params+grads (+buffers)", "memory masked/blocked", "max\\|Δy\\|"],
+         "blocked params+grads (+buffers)", "memory masked/blocked", "max\\|Δy\\|", "other procs"],
         [[r["width"], r["degree"], f"{r['sparsity']:.4%}", f"{r['num_blocks']}×({r['degree']}×{r['degree']})",
           f"{r['dense_median_s'] * 1e3:.3g} ms", f"{r['masked_median_s'] * 1e3:.3g} ms",
           f"{r['blocked_median_s'] * 1e3:.3g} ms", speedup_cell(r["speedup_masked_over_blocked"]),
           f"{r['speedup_dense_over_blocked']:.2f}x", _mem_cell(r, "masked"), _mem_cell(r, "blocked"),
-          f"{r['masked_params_grads_bytes'] / r['blocked_params_grads_bytes']:.1f}x", f"{r['max_abs_diff']:.1e}"]
+          f"{r['masked_params_grads_bytes'] / r['blocked_params_grads_bytes']:.1f}x", f"{r['max_abs_diff']:.1e}",
+          fmt_other_load(r.get("other_cpu_cores"))]
          for r in rows]))
     print()
 
@@ -189,11 +196,12 @@ def print_conv(rows: list[dict], args: argparse.Namespace) -> None:
           f"{args.size}×{args.size}, float32, forward + backward\n")
     print(markdown_table(
         ["sparsity", "groups", "dense nn.Conv2d", "masked", "blocked", "speed-up masked/blocked", "dense/blocked",
-         "masked params+grads (+buffers)", "blocked params+grads (+buffers)", "max\\|Δy\\|"],
+         "masked params+grads (+buffers)", "blocked params+grads (+buffers)", "max\\|Δy\\|", "other procs"],
         [[f"{r['sparsity']:.5g}", r["num_blocks"], f"{r['dense_median_s'] * 1e3:.3g} ms",
           f"{r['masked_median_s'] * 1e3:.3g} ms", f"{r['blocked_median_s'] * 1e3:.3g} ms",
           speedup_cell(r["speedup_masked_over_blocked"]), f"{r['speedup_dense_over_blocked']:.2f}x",
-          _mem_cell(r, "masked"), _mem_cell(r, "blocked"), f"{r['max_abs_diff']:.1e}"]
+          _mem_cell(r, "masked"), _mem_cell(r, "blocked"), f"{r['max_abs_diff']:.1e}",
+          fmt_other_load(r.get("other_cpu_cores"))]
          for r in rows]))
     print()
 
@@ -206,7 +214,10 @@ def summary(linear: list[dict], conv: list[dict]) -> None:
     print(f"**Blocked slower than masked in {len(slower)} of {len(cases)} cases**"
           + (f": {', '.join(slower)}." if slower else "."))
     print(f"Smallest speed-up masked/blocked: {worst[1]:.2f}x ({worst[0]}); largest: "
-          f"{max(c[1] for c in cases):.2f}x ({max(cases, key=lambda c: c[1])[0]}).\n")
+          f"{max(c[1] for c in cases):.2f}x ({max(cases, key=lambda c: c[1])[0]}).")
+    busy = [r for r in (*linear, *conv) if (r.get("other_cpu_cores") or 0) > CONTENTION_CORES]
+    print(f"Cases timed under contention from other processes (> {CONTENTION_CORES} cores): "
+          f"{len(busy)} of {len(cases)}.\n")
 
 
 def profile(args: argparse.Namespace) -> None:
@@ -282,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
         "memory: bytes of parameters + their gradients (float32) for the whole stack; in brackets the buffers "
         "(masked: a float32 mask as large as the weight; both: int64 row/col permutations)",
         "max|Δy|: largest difference between the two backends' outputs (same seeds ⇒ same weights)",
+        "other procs: CPU cores kept busy by *other* processes while the case was timed (/proc/stat minus this "
+        f"process); above {CONTENTION_CORES} (⚠) the case ran under contention",
     ])
     linear = bench_linear(args, grid)
     print_linear(linear, args)

@@ -41,7 +41,21 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze_args(parser: argparse.ArgumentParser) -> None:
+    from sao.analysis._cli import add_analyze_args
+
+    add_analyze_args(parser)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from sao.analysis._cli import run_analyze
+
+    return run_analyze(args)
+
+
 COMMANDS.register("demo", ("build a deep SAO network and print its verified properties", _demo_args, _demo))
+COMMANDS.register("analyze", ("spectra, reachability, singular values, Jacobians (paper Figs. 7-11, Table 6)",
+                              _analyze_args, _analyze))
 
 
 def build_parser() -> argparse.ArgumentParser:

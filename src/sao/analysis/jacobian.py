@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from sao.analysis._files import plt, save_figure, write_table
-from sao.methods import METHODS, sparsify
+from sao.analysis.layers import check_methods
+from sao.methods import sparsify
 from sao.models import fnn, orthogonal_init_
 
 __all__ = ["DEFAULT_DEPTHS", "DEFAULT_METHODS", "jacobian_rows", "jacobian_singular_values", "run_jacobian"]
@@ -40,7 +41,7 @@ def jacobian_rows(methods: tuple[str, ...] = DEFAULT_METHODS, depths: tuple[int,
                   degree: int = 4, gain: float = 1.1, seed: int = 0) -> list[dict[str, object]]:
     """One row per (method, depth): mean, std, variance, min and max of the singular values."""
     rows = []
-    for method in (m for m in methods if m in METHODS):
+    for method in check_methods(methods):
         for depth in depths:
             sv = jacobian_singular_values(method, depth, degree, gain, seed)
             rows.append({"method": method, "depth N": depth, "mean σ": float(sv.mean()), "std σ": float(sv.std()),
@@ -52,7 +53,7 @@ def run_jacobian(out: Path, methods: tuple[str, ...] = DEFAULT_METHODS, depths: 
                  degree: int = 4, gain: float = 1.1, seed: int = 0) -> list[Path]:
     """Write ``jacobian.csv``/``.md`` and ``jacobian.png`` (mean and variance vs depth) into ``out``."""
     rows = jacobian_rows(methods, depths, degree, gain, seed)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
         mine = [r for r in rows if r["method"] == method]
         style = {"color": f"C{i}", "marker": "o", "label": method, "linewidth": 2.5 if method == "sao" else 1.2}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from sao.methods import connection_mask, sparsify
+from sao.methods import METHODS, connection_mask, sparsify
 
-__all__ = ["method_stack", "method_weight"]
+__all__ = ["check_methods", "method_stack", "method_weight"]
 
 
 def method_stack(method: str, width: int, depth: int, degree: int | None = None, sparsity: float | None = None,
@@ -30,3 +30,10 @@ def method_weight(method: str, out_features: int, in_features: int, degree: int 
     sparsify(net, method, degree=degree, sparsity=sparsity, backend="masked", exclude="none",
              activation=activation, generator=generator)
     return net[0].weight.detach(), connection_mask(net[0])
+
+
+def check_methods(methods: tuple[str, ...]) -> tuple[str, ...]:
+    """Fail at once, listing the choices, if any name is not a registered sparsify method."""
+    for method in methods:
+        METHODS.get(method)
+    return methods

@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 
 from sao.analysis._files import plt, save_figure, write_table
-from sao.analysis.layers import method_stack
-from sao.methods import METHODS
+from sao.analysis.layers import check_methods, method_stack
 from sao.topology import reachability
 
 __all__ = ["DEFAULT_METHODS", "reachability_rows", "run_reachability"]
@@ -27,7 +26,7 @@ def reachability_rows(methods: tuple[str, ...] = DEFAULT_METHODS, width: int = 2
                       degree: int = 4, seed: int = 0) -> tuple[list[dict[str, object]], dict[str, list[torch.Tensor]]]:
     """Table rows and, per method, the reachability matrices after ``N = 1..depth`` layers."""
     rows, reach = [], {}
-    for method in (m for m in methods if m in METHODS):
+    for method in check_methods(methods):
         masks = [mask for _, mask in method_stack(method, width, depth, degree=degree,
                                                    generator=torch.Generator().manual_seed(seed))]
         reach[method] = reachability(masks, cumulative=True)
@@ -43,7 +42,8 @@ def run_reachability(out: Path, methods: tuple[str, ...] = DEFAULT_METHODS, widt
                      degree: int = 4, seed: int = 0) -> list[Path]:
     """Write ``reachability.csv``/``.md`` and the image grid ``reachability.png`` into ``out``."""
     rows, reach = reachability_rows(methods, width, depth, degree, seed)
-    fig, axes = plt.subplots(len(reach), depth, figsize=(1.6 * depth, 1.8 * len(reach)), squeeze=False)
+    fig, axes = plt.subplots(len(reach), depth, figsize=(1.6 * depth, 1.8 * len(reach)),
+                             squeeze=False, layout="constrained")
     for i, (method, mats) in enumerate(reach.items()):
         for n, mat in enumerate(mats):
             ax = axes[i][n]

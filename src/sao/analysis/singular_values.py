@@ -18,8 +18,7 @@ import torch
 from scipy import stats
 
 from sao.analysis._files import plt, save_figure, write_table
-from sao.analysis.layers import method_weight
-from sao.methods import METHODS
+from sao.analysis.layers import check_methods, method_weight
 
 __all__ = ["DEFAULT_METHODS", "DERIVATIVES", "layer_singular_values", "run_singular_values", "singular_value_rows"]
 
@@ -50,9 +49,10 @@ def singular_value_rows(methods: tuple[str, ...] = DEFAULT_METHODS, width: int =
                         seed: int = 0) -> tuple[list[dict[str, object]], dict[tuple[str, str], np.ndarray]]:
     """Rows of Table 6 (one per method and activation) and the pooled singular values."""
     rows, values = [], {}
+    check_methods(methods)
     for activation in DERIVATIVES:
         dense = layer_singular_values("dense", activation, width, None, None, repeats, seed)
-        for method in (m for m in methods if m in METHODS):
+        for method in methods:
             sv = dense if method == "dense" else layer_singular_values(method, activation, width, degree, sparsity,
                                                                        repeats, seed)
             values[method, activation] = sv
@@ -69,7 +69,8 @@ def run_singular_values(out: Path, methods: tuple[str, ...] = DEFAULT_METHODS, w
                         seed: int = 0) -> list[Path]:
     """Write ``singular_values.csv``/``.md`` and ``singular_values.png`` into ``out``."""
     rows, values = singular_value_rows(methods, width, degree, sparsity, repeats, seed)
-    fig, axes = plt.subplots(1, len(DERIVATIVES), figsize=(5 * len(DERIVATIVES), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(DERIVATIVES), figsize=(5 * len(DERIVATIVES), 3.6),
+                             squeeze=False, layout="constrained")
     bins = np.linspace(0, max(2.5, max(float(v.max()) for v in values.values())), 60)
     for ax, activation in zip(axes[0], DERIVATIVES, strict=True):
         for i, method in enumerate(m for m in methods if (m, activation) in values):

@@ -78,13 +78,17 @@ def run_spectrum(out: Path, sizes: tuple[int, ...] = (128, 256, 512, 1024), degr
     """Write ``spectrum.csv``/``.md`` and the histogram grid ``spectrum.png`` into ``out``."""
     rows, eigs = spectrum_rows(sizes, degree, seed)
     kinds = list(dict.fromkeys(kind for _, kind in eigs))
-    fig, axes = plt.subplots(len(sizes), len(kinds), figsize=(4 * len(kinds), 2.4 * len(sizes)), squeeze=False)
+    fig, axes = plt.subplots(len(sizes), len(kinds), figsize=(4 * len(kinds), 2.4 * len(sizes)),
+                             squeeze=False, layout="constrained")
     for i, size in enumerate(sizes):
         for j, kind in enumerate(kinds):
             ax = axes[i][j]
             ax.hist(eigs[size, kind].numpy(), bins=81, color=f"C{j}")
             ax.set_yscale("log")
+            bound = 2 * math.sqrt(degree - 1)
+            for x in (-bound, bound):
+                ax.axvline(x, color="red", linestyle="--", linewidth=0.8)
             ax.set_title(f"{kind}, {size} nodes/side, d={degree}", fontsize=9)
-    fig.suptitle("Eigenvalues of the bipartite adjacency (log counts)")
+    fig.suptitle("Eigenvalues of the bipartite adjacency (log counts); red: Ramanujan bound ±2√(d−1)")
     title = f"Adjacency spectra, degree {degree} (seed {seed})"
     return [*write_table(rows, out, "spectrum", title), save_figure(fig, out, "spectrum")]

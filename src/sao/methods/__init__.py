@@ -1,6 +1,6 @@
-"""Sparsify methods (SAO, RG-N, RG-U, Dense, LMP-S, GMP-S, LRP) and :func:`sparsify`."""
+"""Sparsify methods (SAO, RG-N, RG-U, Dense, LMP-S, GMP-S, LRP, EOI) and :func:`sparsify`."""
 
-from sao.methods import init_methods, prune_methods
+from sao.methods import eoi_method, init_methods, prune_methods
 from sao.methods._base import (
     EXCLUDE_CHOICES,
     METHODS,
@@ -10,17 +10,20 @@ from sao.methods._base import (
     sparsify,
     target_layers,
 )
+from sao.methods.eoi_method import EOIMethod
 from sao.methods.init_methods import InitMethod
 from sao.methods.prune_methods import PruneMethod
 
 __all__ = [
     "EXCLUDE_CHOICES",
     "METHODS",
+    "EOIMethod",
     "InitMethod",
     "PruneMethod",
     "SparsifyMethod",
     "SparsifySettings",
     "connection_mask",
+    "eoi_method",
     "init_methods",
     "prune_methods",
     "sparsify",

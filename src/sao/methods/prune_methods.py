@@ -55,10 +55,12 @@ def layer_sparsity(module: nn.Module, settings: SparsifySettings) -> float:
     return 1.0 - degree / max(out, inp)
 
 
-def apply_mask(module: nn.Module, connection_mask: Tensor) -> nn.Module:
-    """Attach a bool ``(out, in)`` mask (broadcast over kernel taps) with ``prune.custom_from_mask``."""
-    mask = connection_mask.to(module.weight.device)
-    mask = mask.view(*mask.shape, *[1] * (module.weight.dim() - 2)).expand_as(module.weight)
+def apply_mask(module: nn.Module, mask: Tensor) -> nn.Module:
+    """Attach a bool mask with ``prune.custom_from_mask``: ``(out, in)`` (broadcast over kernel taps) or full-shape."""
+    mask = mask.to(module.weight.device)
+    if mask.dim() == 2:
+        mask = mask.view(*mask.shape, *[1] * (module.weight.dim() - 2))
+    mask = mask.expand_as(module.weight)
     return prune.custom_from_mask(module, "weight", mask.to(module.weight.dtype))
 
 

@@ -1,0 +1,97 @@
+"""``sao analyze NAME --out DIR``: the command-line face of :mod:`sao.analysis`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sao._registry import Registry
+from sao.analysis import jacobian, reachability, singular_values, spectrum
+
+__all__ = ["ANALYSES", "add_analyze_args", "run_analyze"]
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("analysis"), help="output folder (default ./analysis)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def _spectrum_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", type=_ints, default=(128, 256, 512, 1024), help="nodes per side (default 128,...,1024)")
+    p.add_argument("--degree", type=int, default=4, help="degree (default 4)")
+
+
+def _reachability_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", type=_names, default=reachability.DEFAULT_METHODS, help="comma-separated methods")
+    p.add_argument("--width", type=int, default=256, help="layer width (default 256)")
+    p.add_argument("--depth", type=int, default=8, help="layers (default 8)")
+    p.add_argument("--degree", type=int, default=4, help="SAO degree; other methods match its sparsity (default 4)")
+
+
+def _singular_values_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", type=_names, default=singular_values.DEFAULT_METHODS, help="comma-separated methods")
+    p.add_argument("--width", type=int, default=256, help="layer width (default 256)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--degree", type=int, default=None, help="SAO degree (default 2 = 99.2%% sparse at 256)")
+    group.add_argument("--sparsity", type=float, default=None, help="sparsity instead of a degree")
+    p.add_argument("--repeats", type=int, default=10, help="independent layers pooled (default 10)")
+
+
+def _jacobian_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", type=_names, default=jacobian.DEFAULT_METHODS, help="comma-separated methods")
+    p.add_argument("--depths", type=_ints, default=jacobian.DEFAULT_DEPTHS, help="depths N (default 50,...,1000)")
+    p.add_argument("--degree", type=int, default=4, help="SAO degree (default 4)")
+    p.add_argument("--gain", type=float, default=1.1, help="weight gain (default 1.1, the paper's)")
+
+
+def _run_singular_values(a: argparse.Namespace) -> list[Path]:
+    degree = 2 if a.degree is None and a.sparsity is None else a.degree
+    return singular_values.run_singular_values(a.out, a.methods, a.width, degree, a.sparsity, a.repeats, a.seed)
+
+
+Analysis = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], list[Path]]]
+ANALYSES: Registry[Analysis] = Registry("analysis", "sao.analysis._cli.ANALYSES")
+ANALYSES.register("spectrum", ("adjacency spectra of SAO layers (Fig. 7)", _spectrum_args,
+                               lambda a: spectrum.run_spectrum(a.out, a.sizes, a.degree, a.seed)))
+ANALYSES.register("reachability", ("reachability over depth per method (Fig. 8)", _reachability_args,
+                                   lambda a: reachability.run_reachability(a.out, a.methods, a.width, a.depth,
+                                                                           a.degree, a.seed)))
+ANALYSES.register("singular-values", ("one layer's singular values, KS test vs dense orthogonal (Figs. 9-10, "
+                                      "Table 6)", _singular_values_args, _run_singular_values))
+ANALYSES.register("jacobian", ("end-to-end Jacobian of FNN-N at init (static Fig. 11)", _jacobian_args,
+                               lambda a: jacobian.run_jacobian(a.out, a.methods, a.depths, a.degree, a.gain, a.seed)))
+
+
+def add_analyze_args(parser: argparse.ArgumentParser) -> None:
+    """One subcommand per registered analysis, each with its own options."""
+    sub = parser.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
+    for name in ANALYSES:
+        help_text, add_args, _ = ANALYSES.get(name)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p)
+        add_args(p)
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """Run the chosen analysis and list the files it wrote."""
+    start = time.perf_counter()
+    for path in ANALYSES.get(args.analysis)[2](args):
+        print(path)
+    print(f"sao analyze {args.analysis}: done in {time.perf_counter() - start:.1f} s")
+    return 0
