@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 
 import torch
@@ -37,7 +38,7 @@ from _common import (
     load_average,
     machine_info,
     markdown_table,
-    measure_interleaved,
+    measure_uncontended,
     measurement_dict,
     print_header,
     set_threads,
@@ -122,9 +123,7 @@ def _bench_models(models: dict[str, nn.Module], x: torch.Tensor, opts: dict) -> 
     load_before = load_average()
     steps = {name: train_step(model, x) for name, model in models.items()}
     row: dict = {}
-    with OtherCpuLoad() as other:
-        times = measure_interleaved(steps, **opts)
-    row["other_cpu_cores"] = other.cores
+    times, row["other_cpu_cores"], row["attempts"] = measure_uncontended(steps, **opts)
     for name, m in times.items():
         row.update(measurement_dict(m, name))
     for name, model in models.items():
@@ -139,7 +138,8 @@ def _bench_models(models: dict[str, nn.Module], x: torch.Tensor, opts: dict) -> 
 
 def bench_linear(args: argparse.Namespace, grid: list[tuple[int, int]]) -> list[dict]:
     rows = []
-    opts = {"warmup": args.warmup, "repeats": args.repeats, "max_total_s": args.max_case_s}
+    opts = {"warmup": args.warmup, "repeats": args.repeats, "max_total_s": args.max_case_s,
+            "retries": args.retries, "wait_s": args.retry_wait_s}
     for width, degree in grid:
         torch.manual_seed(args.seed)
         x = torch.randn(args.batch, width)
@@ -156,7 +156,8 @@ def bench_linear(args: argparse.Namespace, grid: list[tuple[int, int]]) -> list[
 
 def bench_conv(args: argparse.Namespace) -> list[dict]:
     rows = []
-    opts = {"warmup": args.warmup, "repeats": args.repeats, "max_total_s": args.max_case_s}
+    opts = {"warmup": args.warmup, "repeats": args.repeats, "max_total_s": args.max_case_s,
+            "retries": args.retries, "wait_s": args.retry_wait_s}
     torch.manual_seed(args.seed)
     x = torch.randn(args.conv_batch, args.channels, args.size, args.size)
     for s in CONV_SPARSITIES:
@@ -242,10 +243,14 @@ def profile(args: argparse.Namespace) -> None:
         step = train_step(model, x)
         for _ in range(3):
             step()
-        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        with OtherCpuLoad() as other, torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
             for _ in range(steps):
                 step()
+            wall = time.perf_counter() - start
         print(f"### {title}: backend={backend!r}, {steps} steps (times are totals over the steps)\n")
+        print(f"wall time {wall / steps * 1e3:.3g} ms/step under the profiler; other processes used "
+              f"{fmt_other_load(other.cores)} cores meanwhile\n")
         print("```")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows))
         print("```\n")
@@ -266,17 +271,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
     parser.add_argument("--max-case-s", type=float, default=6.0,
                         help="cap on the timed part of one case (cuts repeats of slow steps, min 3)")
+    parser.add_argument("--retries", type=int, default=3,
+                        help="re-measure a case up to this many times while other processes interfere")
+    parser.add_argument("--retry-wait-s", type=float, default=20.0, help="pause before such a retry")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--quick", action="store_true",
-                        help=f"small grid {QUICK_LINEAR}, conv depth 2, 3 repeats (< 1 min)")
+                        help=f"small grid {QUICK_LINEAR}, conv depth 2, 3 repeats, no retries (< 1 min)")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     parser.add_argument("--profile", metavar="W:D|conv:S", help="profile one case instead of benchmarking")
     parser.add_argument("--profile-steps", type=int, default=10)
     parser.add_argument("--profile-rows", type=int, default=14)
     args = parser.parse_args(argv)
     if args.quick:
-        args.repeats, args.warmup, args.max_case_s, args.conv_depth = 3, 1, 2.0, 2
+        args.repeats, args.warmup, args.max_case_s, args.conv_depth, args.retries = 3, 1, 2.0, 2, 0
     set_threads(args.threads)
     info = machine_info()
     if args.profile:
@@ -286,7 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     grid = list(QUICK_LINEAR) if args.quick else linear_grid(tuple(args.widths))
     print_header("Sparse layers: blocked vs masked backend", info, [
         f"median of {args.repeats} repeats after {args.warmup} warm-up step(s) (slow cases: at least 3 repeats, "
-        f"timed part capped at {args.max_case_s:g} s); one step = zero grads + forward + mean(y²) + backward; "
+        f"timed part capped at {args.max_case_s:g} s; re-measured up to {args.retries} time(s) if other processes "
+        "interfered); one step = zero grads + forward + mean(y²) + backward; "
         "dense, masked and blocked of one case are timed round-robin (same load conditions)",
         "speed-up = masked time / blocked time, both measured in this run (< 1: blocked is slower, marked ⚠); "
         "dense/blocked compares with plain nn.Linear / nn.Conv2d stacks of the same shape",

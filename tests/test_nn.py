@@ -12,7 +12,7 @@ import copy
 import math
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -46,16 +46,6 @@ CONV_CHANNELS = [
 
 Layer = SparseLinear | SparseConv2d
 Factory = Callable[..., Layer]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Run this module single-threaded: its tensors are tiny, and intra-op threads on a shared
-    2-core machine cost far more in synchronisation than they save (about 10x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def gen(seed: int = 0) -> torch.Generator:

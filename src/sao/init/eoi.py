@@ -6,15 +6,23 @@ identity and compose random Givens rotations until the wanted number of non-zero
 Every rotation is orthogonal, so the result is exactly (semi-)orthogonal at any density, with a
 random support. It is the strongest later method the SAO paper is compared against (SPEC §3).
 
-How it is made fast (the paper's reference code applies one rotation at a time and recounts
-``W != 0`` after each): rotations are applied in *rounds* of disjoint pairs, a random perfect
-matching of the lines from one ``randperm``. Disjoint rotations commute, so a round is a batch
-of index operations, and the non-zeros each pair adds are known beforehand from the supports
-(``|S_i Δ S_j|``). The support is tracked as a boolean matrix, never read off ``W != 0``.
-While lines are short the values are stored compressed (sorted column indices and values per
-line, merged by a batched sort); once the longest line fills a quarter of its length they move
-to a dense float64 matrix. Both forms do the same floating-point operations in the same order,
-so the representation never changes a single bit of the result.
+The rotation sequence is the paper's: i.i.d. uniform pairs of distinct lines, i.i.d. angles.
+(Rounds of random perfect matchings would be simpler to batch but change the law of the
+support: after the first round every line has a twin with the same support and the degrees
+are nearly regular, close to an SAO block structure; the i.i.d. sequence gives ragged degrees
+and about half the lines without a twin. Tests pin the sampler to a one-rotation-at-a-time
+reference.) It is made fast without changing a bit of the result:
+
+* a chunk of the sequence is split into *layers* of disjoint pairs, each rotation one layer
+  after the last earlier rotation sharing a line with it; disjoint rotations commute, so
+  applying the layers in turn is the sequential product, with one batch of index operations
+  per layer;
+* the support is tracked exactly as index sets (never read off ``W != 0``, which exact
+  cancellations could fool), and a rotation of lines ``i, j`` adds ``|S_i Δ S_j|`` non-zeros;
+* while lines are short the values are stored compressed (sorted column indices and values
+  per line, pairs merged by a batched sort); once the longest line fills a quarter of its
+  length they move to a dense float64 matrix. Both forms do the same floating-point operations
+  in the same order, so the switch never changes a bit.
 
 Random numbers are drawn in float64 on the generator's device and the matrix is built there
 before being copied into the tensor, so a seed gives bit-identical weights on every dtype.
@@ -29,12 +37,12 @@ import torch
 from torch import Tensor
 
 from sao.init._random import check_generator, draw_device
-from sao.init.conv import _place_centre_, check_conv_weight
+from sao.init.conv import check_conv_weight
 
 __all__ = ["eoi_", "eoi_delta_", "eoi_delta_with_mask_", "eoi_target_nonzeros", "eoi_with_mask_"]
 
 _DENSE_FROM = 0.25  # move to the dense form once the longest line fills this fraction of its length
-_PATIENCE = 8  # batches without a fitting rotation before the smallest overshoot is accepted
+_PATIENCE = 32  # batches without a fitting rotation before the smallest overshoot is accepted
 
 
 # ------------------------------------------------------------------------------------------- arguments
@@ -55,6 +63,8 @@ def eoi_target_nonzeros(m: int, n: int, density: float | None = None, sparsity: 
         >>> eoi_target_nonzeros(100, 100, density=0.07), eoi_target_nonzeros(64, 256, sparsity=0.75)
         (700, 4096)
     """
+    if not (isinstance(m, int) and isinstance(n, int) and m >= 1 and n >= 1):
+        raise ValueError(f"the weight must have positive sizes, got m={m!r}, n={n!r}")
     if (density is None) == (sparsity is None):
         raise ValueError(f"give exactly one of density and sparsity, got density={density!r}, sparsity={sparsity!r}")
     name, value = ("density", density) if sparsity is None else ("sparsity", sparsity)
@@ -82,54 +92,92 @@ def eoi_target_nonzeros(m: int, n: int, density: float | None = None, sparsity: 
 class _Lines:
     """The lines (along the larger side) of the matrix being rotated, with their exact supports.
 
-    ``mask`` is ``(L, s + 1)`` bool whose last column is always False (the padding column of
-    the compressed form) and ``sizes`` holds each line's support size. Values are compressed
-    (``cols``, ``vals``: ``(L, K)`` sorted column indices padded with ``s``, and their values)
-    until the longest line fills ``_DENSE_FROM`` of its length, then dense (``dense``: ``(L, s)``).
+    Compressed form while lines are short: ``cols`` (``(L, K)`` sorted column indices, padded
+    with ``s``) and ``vals``; the support is ``cols``. Dense form once the longest line fills
+    ``_DENSE_FROM`` of its length (checked between chunks, :meth:`settle`): ``dense``
+    (``(L, s)`` float64) and ``mask`` (``(L, s + 1)`` bool, last column always False).
+    ``sizes`` holds each line's support size in both forms; ``mask`` is built on demand in the
+    compressed form and kept up to date from then on.
     """
 
-    def __init__(self, big: int, small: int, device: torch.device, dense: bool) -> None:
+    def __init__(self, big: int, small: int, device: torch.device) -> None:
         self.big, self.small = big, small
         diag = torch.arange(small, device=device)
-        self.mask = torch.zeros(big, small + 1, dtype=torch.bool, device=device)
-        self.mask[diag, diag] = True
         self.sizes = (torch.arange(big, device=device) < small).long()
         self.cols = torch.full((big, 1), small, dtype=torch.long, device=device)
         self.cols[diag, 0] = diag
         self.vals = self.sizes.double().unsqueeze(1)
+        self.width = 1  # columns of ``cols``/``vals`` in use; the rest is spare room, padded
         self.dense: Tensor | None = None
-        if dense:
+        self.mask: Tensor | None = None
+        if _DENSE_FROM * small < 1:
             self._to_dense()
 
+    def _build_mask(self) -> Tensor:
+        if self.mask is None:
+            self.mask = self.cols.new_zeros(self.big, self.small + 1, dtype=torch.bool)
+            self.mask.scatter_(1, self.cols, True)
+            self.mask[:, self.small] = False
+        return self.mask
+
     def _to_dense(self) -> None:
+        self._build_mask()
         full = self.vals.new_zeros(self.big, self.small + 1).scatter_(1, self.cols, self.vals)
         self.dense = full[:, : self.small]
         self.cols = self.vals = None
 
+    def settle(self) -> None:
+        """Move to the dense form if the longest line has outgrown the compressed one."""
+        if self.dense is None and self.width > _DENSE_FROM * self.small:
+            self._to_dense()
+
+    def state(self) -> tuple:
+        used = None if self.dense is not None else (self.cols[:, : self.width], self.vals[:, : self.width])
+        fields = (*(used or (None, None)), self.dense, self.mask, self.sizes)
+        return (self.width, *(None if f is None else f.clone() for f in fields))
+
+    def restore(self, state: tuple) -> None:
+        self.width, self.cols, self.vals, self.dense, self.mask, self.sizes = state
+
     def increases(self, a: Tensor, b: Tensor) -> Tensor:
         """Non-zeros that rotating lines ``a[k]`` and ``b[k]`` would add: ``|S_a Δ S_b|``."""
-        return (self.mask[a] ^ self.mask[b]).sum(1)
-
-    def unite(self, a: Tensor, b: Tensor) -> Tensor:
-        """Give disjoint pairs of lines the union of their supports; return the non-zeros added."""
-        union = self.mask[a] | self.mask[b]
-        size = union.sum(1)
-        added = 2 * size - self.sizes[a] - self.sizes[b]
-        self.mask[a] = self.mask[b] = union
-        self.sizes[a] = self.sizes[b] = size
-        return added
-
-    def rotate(self, a: Tensor, b: Tensor, angle: Tensor) -> None:
-        """Rotate the values of disjoint pairs: ``x_a ← c x_a + s x_b``, ``x_b ← c x_b - s x_a``."""
-        cos, sin = angle.cos().unsqueeze(1), angle.sin().unsqueeze(1)
+        mask = self._build_mask()
         if self.dense is not None:
+            return (mask[a] ^ mask[b]).sum(1)
+        common = mask.view(-1)[b.unsqueeze(1) * (self.small + 1) + self.cols[a, : self.width]].sum(1)
+        return self.sizes[a] + self.sizes[b] - 2 * common
+
+    def rotate(self, a: Tensor, b: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Rotate disjoint pairs ``x_a ← c x_a + s x_b``, ``x_b ← c x_b - s x_a``; return the non-zeros added.
+
+        Both lines of a pair get the union of their supports, which adds ``|S_a Δ S_b|``.
+        """
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        before = self.sizes[a] + self.sizes[b]
+        if self.dense is not None:
+            union = self.mask[a] | self.mask[b]
+            self.mask[a] = self.mask[b] = union
+            self.sizes[a] = self.sizes[b] = union.sum(1)
             xa, xb = self.dense[a], self.dense[b]
             self.dense[a] = cos * xa + sin * xb
             self.dense[b] = cos * xb - sin * xa
-            return
+            return 2 * self.sizes[a] - before
+        # pairs in buckets of similar length (4x apart), so a few long lines do not pad all the others
+        need = torch.maximum(self.sizes[a], self.sizes[b]).clamp(min=1)
+        bucket = torch.ceil(torch.log2(need.double()) / 2).long().clamp(min=4)  # 4**4: short ones are cheap
+        for level in bucket.unique().tolist():
+            pick = (bucket == level).nonzero().squeeze(1)
+            self._merge(a[pick], b[pick], cos[pick], sin[pick], int(need[pick].max()))
+        if self.mask is not None:
+            self.mask[a] = self.mask[b] = self.mask[a] | self.mask[b]
+        return 2 * self.sizes[a] - before
+
+    def _merge(self, a: Tensor, b: Tensor, cos: Tensor, sin: Tensor, width: int) -> None:
+        """The compressed rotation of pairs whose lines hold at most ``width`` entries."""
         # merge the two sorted index lists; the stable sort puts a's copy of a shared column first
-        keys, order = torch.cat([self.cols[a], self.cols[b]], 1).sort(dim=1, stable=True)
-        va, vb = self.vals[a], self.vals[b]
+        cols, vals = self.cols[:, :width], self.vals[:, :width]
+        keys, order = torch.cat([cols[a], cols[b]], 1).sort(dim=1, stable=True)
+        va, vb = vals[a], vals[b]
         new_a = torch.cat([cos * va, sin * vb], 1).gather(1, order)
         new_b = torch.cat([-sin * va, cos * vb], 1).gather(1, order)
         shared = (keys[:, 1:] == keys[:, :-1]) & (keys[:, 1:] < self.small)
@@ -137,22 +185,31 @@ class _Lines:
             new[:, :-1] = torch.where(shared, new[:, :-1] + new[:, 1:], new[:, :-1])
             new[:, 1:][shared] = 0.0
         keys[:, 1:][shared] = self.small
-        keys, order = keys.sort(dim=1, stable=True)
-        width = max(self.cols.shape[1], int((keys < self.small).sum(1).max()))
-        if width > self.cols.shape[1]:
-            pad = width - self.cols.shape[1]
+        kept = keys < self.small  # move the kept entries to the front, in order
+        size = kept.sum(1)
+        order = torch.where(kept, kept.cumsum(1), size.unsqueeze(1) + (~kept).cumsum(1)) - 1
+        keys = torch.empty_like(keys).scatter_(1, order, keys)
+        new_a = torch.empty_like(new_a).scatter_(1, order, new_a)
+        new_b = torch.empty_like(new_b).scatter_(1, order, new_b)
+        width = int(size.max())  # >= the old lengths: rows keep only padding past it
+        self.width = max(self.width, width)
+        if width > self.cols.shape[1]:  # grow the room geometrically: re-padding is a full copy
+            pad = min(max(width, 2 * self.cols.shape[1]), self.small) - self.cols.shape[1]
             self.cols = torch.nn.functional.pad(self.cols, (0, pad), value=self.small)
             self.vals = torch.nn.functional.pad(self.vals, (0, pad))
-        self.cols[a] = self.cols[b] = keys[:, :width]
-        self.vals[a] = new_a.gather(1, order[:, :width])
-        self.vals[b] = new_b.gather(1, order[:, :width])
-        if width > _DENSE_FROM * self.small:
-            self._to_dense()
+        self.cols[a, :width] = self.cols[b, :width] = keys[:, :width]
+        self.vals[a, :width] = new_a[:, :width]
+        self.vals[b, :width] = new_b[:, :width]
+        self.sizes[a] = self.sizes[b] = size
 
-    def values(self) -> Tensor:
-        if self.dense is None:
-            self._to_dense()
-        return self.dense
+    def nonzeros(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The entries of the support as ``(line, column, value)``; the values exactly as rotated."""
+        if self.dense is not None:
+            line, col = self.mask[:, : self.small].nonzero(as_tuple=True)
+            return line, col, self.dense[line, col]
+        kept = self.cols < self.small
+        line = torch.arange(self.big, device=kept.device).unsqueeze(1).expand_as(kept)[kept]
+        return line, self.cols[kept], self.vals[kept]
 
 
 # ------------------------------------------------------------------------------------------- the sampler
@@ -161,101 +218,115 @@ def _layers(a: Tensor, b: Tensor) -> list[Tensor]:
     """Split a sequence of rotations into layers of disjoint pairs that keep its order.
 
     Rotation ``t`` goes one layer after the last earlier rotation that shares a line with it,
-    so applying the layers in turn gives exactly the sequential product (disjoint rotations
-    commute). Returns the rotations' positions, layer by layer.
+    so applying the layers in turn gives exactly the sequential product (rotations of
+    disjoint pairs commute). Returns the rotations' positions, layer by layer.
     """
     last: dict[int, int] = {}
     depth = []
-    for x, y in zip(a.tolist(), b.tolist()):
+    for x, y in zip(a.tolist(), b.tolist(), strict=True):
         layer = max(last.get(x, -1), last.get(y, -1)) + 1
         last[x] = last[y] = layer
         depth.append(layer)
+    if not depth:
+        return []
     depth_t = torch.tensor(depth, dtype=torch.long, device=a.device)
-    order = depth_t.argsort(stable=True)
-    return list(order.split(torch.bincount(depth_t).tolist())) if depth else []
+    return list(depth_t.argsort(stable=True).split(torch.bincount(depth_t).tolist()))
 
 
-def _apply(lines: _Lines, a: Tensor, b: Tensor, angle: Tensor, layers: list[Tensor], supports: bool = True,
-           values: bool = True) -> Tensor:
-    """Apply rotations layer by layer to the supports and/or values; return each one's added non-zeros."""
-    added = torch.zeros(len(a), dtype=torch.long, device=a.device)
+def _apply(lines: _Lines, rotations: tuple[Tensor, ...], layers: list[Tensor]) -> Tensor:
+    """Apply a sequence of rotations ``(a, b, cos, sin)`` layer by layer; return the non-zeros each one added."""
+    added = torch.zeros(len(rotations[0]), dtype=torch.long, device=rotations[0].device)
     for layer in layers:
-        if layer.numel() == 0:
-            continue
-        if supports:
-            added[layer] = lines.unite(a[layer], b[layer])
-        if values:
-            lines.rotate(a[layer], b[layer], angle[layer])
+        if layer.numel():
+            added[layer] = lines.rotate(*(part[layer] for part in rotations))
     return added
 
 
-def _eoi_lines(big: int, small: int, target: int, generator: torch.Generator | None,
-               dense_from_start: bool = False) -> tuple[Tensor, Tensor]:
-    """Float64 ``(big, small)`` lines with orthonormal columns and their exact bool support.
+def _draw(big: int, count: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``count`` rotations ``(a, b, cos θ, sin θ)``: uniform pairs of distinct lines, ``θ ~ U[0, 2π)``."""
+    device = draw_device(generator)
+    a = torch.randint(big, (count,), generator=generator, device=device)
+    b = torch.randint(big - 1, (count,), generator=generator, device=device)
+    angle = 2 * math.pi * torch.rand(count, generator=generator, dtype=torch.float64, device=device)
+    return a, b + (b >= a), angle.cos(), angle.sin()
 
-    The paper's sequence: i.i.d. uniform pairs of distinct lines with angles ``U[0, 2π)``, applied
-    until the support holds ``target`` entries. It is drawn in chunks of ``big`` rotations; each
-    chunk's supports are grown first (layer by layer, giving every rotation's increase), the
-    prefix that stays within the target is found, and only that prefix is applied to the
-    values. If the next rotation would overshoot, the sequence continues by rejection: rotations
-    that would overshoot are skipped, until one lands on the target. Should ``_PATIENCE``
-    batches of ``big`` candidates hold none that fits (e.g. the square identity plus one entry:
-    every rotation of it adds two), the candidate that overshoots least in the last batch is
-    applied: ``target <= nnz <= target + small - 1``.
+
+def _eoi_lines(big: int, small: int, target: int, generator: torch.Generator | None) -> _Lines:
+    """``big`` orthonormal-column lines of length ``small`` whose supports hold ``target`` entries.
+
+    The paper's sequence: i.i.d. uniform pairs of distinct lines with angles ``U[0, 2π)``,
+    applied until the support holds ``target`` entries. It is drawn in chunks of up to ``big``
+    rotations (fewer near the end), each applied in layers (:func:`_layers`); a chunk that
+    passes the target is undone and only its prefix that stays below the target (or lands on
+    it) is applied again. If the next rotation would overshoot, the sequence goes on by
+    rejection: rotations that would overshoot are skipped until one lands on the target.
+    Should ``_PATIENCE`` batches of ``big`` candidates hold none that fits (e.g. the square
+    identity plus one entry: every rotation of it adds two), the least overshooting candidate
+    seen is applied: ``target <= nnz <= target + small - 1``, as an increase is at most
+    ``|S_a ∪ S_b| <= small``.
     """
     device = draw_device(generator)
-    lines = _Lines(big, small, device, dense=dense_from_start)
+    lines = _Lines(big, small, device)
     left = target - small
 
-    def draw(count: int) -> tuple[Tensor, Tensor, Tensor]:
-        a = torch.randint(big, (count,), generator=generator, device=device)
-        b = torch.randint(big - 1, (count,), generator=generator, device=device)
-        angle = 2 * math.pi * torch.rand(count, generator=generator, dtype=torch.float64, device=device)
-        return a, b + (b >= a), angle
-
+    chunk = big
     while left > 0:  # the paper's sequence, one chunk at a time
-        a, b, angle = draw(big)
-        layers = _layers(a, b)
-        mask, sizes = lines.mask.clone(), lines.sizes.clone()
-        total = _apply(lines, a, b, angle, layers, values=False).cumsum(0)
+        lines.settle()
+        rotations = _draw(big, chunk, generator)
+        layers = _layers(*rotations[:2])
+        before = lines.state()
+        total = _apply(lines, rotations, layers).cumsum(0)
         if int(total[-1]) < left:
-            _apply(lines, a, b, angle, layers, supports=False)
             left -= int(total[-1])
+            # near the end, draw about as many as the last chunk's rate says are missing (increases grow)
+            chunk = max(1, min(big, math.ceil(left * chunk / max(1, int(total[-1])))))
             continue
         keep = int((total < left).sum())
-        keep += int(total[keep]) == left  # the rotation that lands on the target exactly is kept
-        lines.mask, lines.sizes = mask, sizes
-        prefix = [layer[layer < keep] for layer in layers]
-        left -= int(_apply(lines, a, b, angle, prefix).sum())
+        keep += int(total[keep]) == left  # the rotation that lands on the target is kept
+        lines.restore(before)
+        left -= int(_apply(lines, rotations, [layer[layer < keep] for layer in layers]).sum())
         break
-    misses = 0
-    while left > 0:  # rejection: skip rotations that would overshoot
-        a, b, angle = draw(big)
-        added = lines.increases(a, b)
+    misses, best, huge = 0, None, small + 1
+    lines.settle()
+    while left > 0:  # rejection: skip the rotations that would overshoot
+        rotations = _draw(big, big, generator)
+        a, b = rotations[:2]
+        # |S_a Δ S_b| >= ||S_a| - |S_b||: only pairs of similar sizes can fit, so only they are counted
+        near = (lines.sizes[a] - lines.sizes[b]).abs() <= 2 * left
+        if misses >= _PATIENCE and best is None:
+            near[:] = True
+        added = torch.full_like(a, huge)
+        added[near] = lines.increases(a[near], b[near])
         fits = ((added > 0) & (added <= left)).nonzero()
-        if len(fits):
-            stop = int(fits[0])
-        else:
+        stop = int(fits[0]) if len(fits) else len(a)
+        take = (added[:stop] == 0).nonzero().squeeze(1)  # these add nothing, so later counts stay valid
+        if stop < len(a):
+            take = torch.cat([take, take.new_tensor([stop])])
+        else:  # none fits: remember the candidate that overshoots least
             misses += 1
-            if misses < _PATIENCE:
-                stop = len(a)
-            else:  # accept the smallest overshoot, after the zero-increase rotations before it
-                stop = int(torch.where(added > 0, added, added.max() + 1).argmin())
-        take = torch.cat([(added[:stop] == 0).nonzero().squeeze(1), torch.tensor([stop], device=device)])
-        take = take[take < len(a)]
-        a, b, angle = a[take], b[take], angle[take]
-        left -= int(_apply(lines, a, b, angle, _layers(a, b)).sum())
-    return lines.values(), lines.mask[:, :small]
+            least = int(torch.where(added > 0, added, huge).argmin())
+            if 0 < int(added[least]) < huge and (best is None or int(added[least]) < best[0]):
+                best = (int(added[least]), tuple(part[least : least + 1] for part in rotations))
+        left -= int(_apply(lines, tuple(part[take] for part in rotations), _layers(a[take], b[take])).sum())
+        if left > 0 and misses >= _PATIENCE and best is not None:
+            left -= int(lines.rotate(*best[1]).sum())  # its increase is unchanged: only zero ones came since
+    return lines
 
 
-def _eoi(m: int, n: int, density: float | None, sparsity: float | None, gain: float,
-         generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    """Float64 ``(m, n)`` EOI matrix times ``gain`` and its bool support, on the draw device."""
-    target = eoi_target_nonzeros(m, n, density, sparsity)
-    values, mask = _eoi_lines(max(m, n), min(m, n), target, generator)
-    if m <= n:  # the lines are the columns
-        values, mask = values.T, mask.T
-    return gain * values, mask.contiguous()
+def _eoi_into_(out: Tensor, target: int, gain: float, generator: torch.Generator | None) -> Tensor:
+    """Write ``gain`` times an ``(m, n)`` EOI matrix with ``target`` non-zeros into the 2-D view ``out``.
+
+    Returns the bool support, on ``out``'s device.
+    """
+    m, n = out.shape
+    line, col, value = _eoi_lines(max(m, n), min(m, n), target, generator).nonzeros()
+    rows, cols = (col, line) if m <= n else (line, col)  # the lines are the columns when m <= n
+    rows, cols = rows.to(out.device), cols.to(out.device)
+    out.zero_()
+    out[rows, cols] = (gain * value).to(out.device, out.dtype)
+    mask = torch.zeros(m, n, dtype=torch.bool, device=out.device)
+    mask[rows, cols] = True
+    return mask
 
 
 # ------------------------------------------------------------------------------------------- initializers
@@ -275,25 +346,31 @@ def eoi_with_mask_(tensor: Tensor, density: float | None = None, sparsity: float
         W = g \\, G_T \\cdots G_1 W_0 \\;(m > n), \\qquad
         W W^\\top = g^2 I_m \\;\\text{or}\\; W^\\top W = g^2 I_n.
 
-    A rotation of lines ``i, j`` makes both supports ``S_i ∪ S_j``; rotations are added until
-    the support has ``t = ceil(density · m · n)`` entries (:func:`eoi_target_nonzeros`).
-    **Guarantee:** ``t <= nnz <= t + min(m, n) - 1``. The sampler aims at ``t`` exactly (first
-    fit in the last round, then a search for a rotation that fits); it overshoots only when no
-    rotation it examines adds at most the missing count (e.g. the square identity plus one
-    entry: every rotation of it adds two), and then by the smallest increase it found.
+    A rotation of lines ``i, j`` makes both supports ``S_i ∪ S_j``, adding ``|S_i Δ S_j|``
+    non-zeros; the i.i.d. sequence of rotations stops when the support reaches
+    ``t = ceil(density · m · n)`` entries (:func:`eoi_target_nonzeros`).
 
-    The rotations come in rounds of disjoint pairs (a random perfect matching per round)
-    instead of the paper's independent pairs; only the last round is cut short. Like the
-    paper's construction, the support always contains the diagonal of the padded identity
-    (supports only grow). The returned mask is the exact support; ``tensor != 0`` equals it up
-    to exact cancellations, which have probability zero.
+    **Density guarantee:** ``t <= nnz <= t + min(m, n) - 1``, and ``nnz == t`` in the great
+    majority of draws (95 % of random shapes up to 80 x 80; the others overshoot by a few). When
+    the next rotation would overshoot, the sequence goes on by rejection (rotations that would
+    overshoot are skipped) until one lands on ``t``; after 32 batches of ``max(m, n)``
+    candidates without one that fits, the least overshooting candidate seen is applied. That
+    happens when no rotation can fit, e.g. ``t = n + 1`` for a square ``n x n``: every
+    rotation of the identity adds two.
+
+    Properties of EOI worth knowing (the paper's, not this implementation's): the support
+    always contains the diagonal of the padded identity (supports only grow); degrees are
+    ragged, not regular; and for ``m != n`` a line of the larger side that no rotation reached
+    stays zero, so a wide weight can have dead inputs (a tall one dead outputs) at low density.
+    The returned mask is the exact support: ``tensor != 0`` equals it up to exact
+    cancellations, which have probability zero.
 
     Args:
         tensor: 2-D weight ``(out, in)``.
         density: fraction of non-zeros, in ``(0, 1]``, at least ``min(m, n) / (m n)``.
         sparsity: alternatively the fraction of zeros, ``1 - density``.
         gain: multiplier ``g``.
-        generator: source of randomness (matchings, angles, endgame searches).
+        generator: source of randomness (line pairs and angles).
 
     Returns:
         ``(tensor, mask)``: the filled tensor and a bool ``(out, in)`` mask on its device.
@@ -318,9 +395,8 @@ def eoi_with_mask_(tensor: Tensor, density: float | None = None, sparsity: float
         shape = tuple(getattr(tensor, "shape", ()))
         raise ValueError(f"eoi_ expects a non-empty 2-D (out, in) weight, got shape {shape}")
     check_generator(generator)
-    values, mask = _eoi(*tensor.shape, density, sparsity, gain, generator)
-    tensor.copy_(values.to(tensor.device))
-    return tensor, mask.to(tensor.device)
+    target = eoi_target_nonzeros(*tensor.shape, density, sparsity)
+    return tensor, _eoi_into_(tensor, target, gain, generator)
 
 
 @torch.no_grad()
@@ -388,10 +464,10 @@ def eoi_delta_with_mask_(tensor: Tensor, density: float | None = None, sparsity:
     """
     check_conv_weight(tensor, "eoi_delta_", odd=True)
     check_generator(generator)
-    values, mask = _eoi(*tensor.shape[:2], density, sparsity, gain, generator)
-    _place_centre_(tensor, values)
-    kernel_mask = mask.to(tensor.device)[:, :, None, None].expand(tensor.shape).contiguous()
-    return tensor, kernel_mask
+    target = eoi_target_nonzeros(*tensor.shape[:2], density, sparsity)
+    tensor.zero_()
+    mask = _eoi_into_(tensor[:, :, (tensor.shape[2] - 1) // 2, (tensor.shape[3] - 1) // 2], target, gain, generator)
+    return tensor, mask[:, :, None, None].expand(tensor.shape).contiguous()
 
 
 @torch.no_grad()

@@ -94,6 +94,19 @@ class SparseLayerBase(nn.Module):
             return scatter_blocks(self.blocks, self.row_perm, self.col_perm)
         return self.weight_orig * self.weight_mask
 
+    def _factory(self) -> tuple[torch.device, torch.dtype]:
+        """Device and dtype of the stored weights."""
+        stored = self.blocks if self.backend == "blocked" else self.weight_orig
+        return stored.device, stored.dtype
+
+    @torch.no_grad()
+    def _copy_into(self, dense: nn.Module) -> nn.Module:
+        """Copy the dense weight view and the bias into the plain layer ``dense``; return it."""
+        dense.weight.copy_(self.weight)
+        if self.bias is not None:
+            dense.bias.copy_(self.bias)
+        return dense
+
     @property
     def mask(self) -> Tensor:
         """Bool ``(out, in)`` mask of the connections (kernels, for convolutions) that exist."""

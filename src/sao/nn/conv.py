@@ -78,15 +78,10 @@ class SparseConv2d(SparseLayerBase):
 
     def to_dense(self) -> nn.Conv2d:
         """A plain :class:`torch.nn.Conv2d` computing the same function (a copy)."""
-        w = self.weight.detach()
-        dense = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                          self.dilation, bias=self.bias is not None, padding_mode=self.padding_mode,
-                          device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(w)
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        device, dtype = self._factory()
+        return self._copy_into(nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                                         self.padding, self.dilation, bias=self.bias is not None,
+                                         padding_mode=self.padding_mode, device=device, dtype=dtype))
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

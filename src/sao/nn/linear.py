@@ -83,13 +83,9 @@ class SparseLinear(SparseLayerBase):
 
     def to_dense(self) -> nn.Linear:
         """A plain :class:`torch.nn.Linear` computing the same function (a copy)."""
-        w = self.weight.detach()
-        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None, device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(w)
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        device, dtype = self._factory()
+        return self._copy_into(nn.Linear(self.in_features, self.out_features, self.bias is not None,
+                                         device=device, dtype=dtype))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self._sparse_repr()}"

@@ -1,0 +1,23 @@
+"""Suite-wide test settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from hypothesis import settings
+
+# Property tests are derandomized so CI sees the same examples every run.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("ci")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread() -> Iterator[None]:
+    """Run the suite single-threaded: its tensors are small, and intra-op threads on a shared
+    2-core machine cost far more in synchronisation than they save (about 10x measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
