@@ -223,7 +223,15 @@ def machine_info() -> dict[str, Any]:
         "mkldnn": torch.backends.mkldnn.is_available(),
         "mkl": torch.backends.mkl.is_available(),
         "load_average_at_start": load_average(),
+        "other_cpu_cores_at_start": _sample_other_load(),
     }
+
+
+def _sample_other_load(seconds: float = 1.0) -> float | None:
+    """Cores used by other processes over a short idle sample (the load average lags by minutes)."""
+    with OtherCpuLoad() as other:
+        time.sleep(seconds)
+    return other.cores
 
 
 def print_header(title: str, info: dict[str, Any], notes: Sequence[str] = ()) -> None:
@@ -235,10 +243,13 @@ def print_header(title: str, info: dict[str, Any], notes: Sequence[str] = ()) ->
     print(f"- CPU: {info['cpu_model']} (platform.processor: {info['processor'] or 'n/a'}; "
           f"os.cpu_count: {info['cpu_count']}); torch.get_num_threads(): {info['torch_num_threads']}")
     print(f"- MKL: {info['mkl']}, oneDNN (mkldnn): {info['mkldnn']}")
-    load = info.get("load_average_at_start")
+    load, other = info.get("load_average_at_start"), info.get("other_cpu_cores_at_start")
     if load is not None:
-        busy = " — **the machine was busy: timings are noisy**" if load[0] > 0.5 else ""
-        print(f"- load average at start (1/5/15 min): {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}{busy}")
+        print(f"- load average at start (1/5/15 min, lags; includes any earlier run): "
+              f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}")
+    if other is not None:
+        busy = " — **the machine is busy: timings will be noisy**" if other > CONTENTION_CORES else ""
+        print(f"- other processes at start (1 s sample): {other:.2f} cores{busy}")
     for note in notes:
         print(f"- {note}")
     print()

@@ -144,4 +144,4 @@ def test_orthogonal_init_of_whole_model() -> None:
     w = model[0].weight.detach()
     assert torch.allclose(w.T @ w, 1.21 * torch.eye(8), atol=1e-5)
     assert float(model[1].weight.detach()[:, :, 0, 0].abs().sum()) == 0.0  # Delta: only the centre tap
-    assert float(model[0].bias.abs().sum()) == 0.0
+    assert float(model[0].bias.detach().abs().sum()) == 0.0
