@@ -5,6 +5,7 @@ Measures, per square width/degree (256/4, 1024/16, 4096/64):
 - ``sao.init.sao_`` filling a preallocated float32 ``(n, n)`` tensor (the dense SAO matrix);
 - ``torch.nn.init.orthogonal_`` on the same tensor: the dense baseline (QR of an ``n x n``
   Gaussian), and the ratio ``orthogonal_ / sao_``;
+- ``sao.init.eoi_`` (EOI, Nowak et al. 2024) at the same density ``d / n``, and ``eoi_ / sao_``;
 - ``SparseLinear(n, n, degree=d, backend="blocked")``: a whole layer that stores only its
   ``(g, bm, bn)`` blocks and never materialises the dense matrix (``backend="masked"``, which
   allocates the dense weight and mask, for comparison);
@@ -34,7 +35,7 @@ from _common import (
     set_threads,
     write_json,
 )
-from sao.init import eco_, sao_, sao_eco_
+from sao.init import eco_, eoi_, sao_, sao_eco_
 from sao.nn import SparseLinear
 
 LINEAR_CASES = ((256, 4), (1024, 16), (4096, 64))
@@ -60,6 +61,7 @@ def bench_linear(args: argparse.Namespace) -> list[dict]:
         fns = {
             "sao": lambda w=w, d=d, gen=gen: sao_(w, degree=d, generator=gen),
             "torch_orthogonal": lambda w=w, gen=gen: torch.nn.init.orthogonal_(w, generator=gen),
+            "eoi": lambda w=w, d=d, gen=gen: eoi_(w, density=d / w.shape[0], generator=gen),
             "sparselinear_blocked": lambda n=n, d=d, gen=gen: SparseLinear(n, n, degree=d, backend="blocked",
                                                                            generator=gen),
             "sparselinear_masked": lambda n=n, d=d, gen=gen: SparseLinear(n, n, degree=d, backend="masked",
@@ -67,12 +69,15 @@ def bench_linear(args: argparse.Namespace) -> list[dict]:
         }
         times, other_cores, attempts = measure_uncontended(fns, **opts)
         err_orth = _orth_error(torch.nn.init.orthogonal_(w, generator=gen))
+        err_eoi = _orth_error(eoi_(w, density=d / n, generator=gen))
         err_sao = _orth_error(sao_(w, degree=d, generator=gen))
         row = {"n": n, "degree": d, "sparsity": 1 - d / n, "nnz": int((w != 0).sum()), "sao_orth_err": err_sao,
+               "eoi_orth_err": err_eoi,
                "torch_orth_err": err_orth, "other_cpu_cores": other_cores, "attempts": attempts}
         for name, m in times.items():
             row.update(measurement_dict(m, name))
         row["orthogonal_over_sao"] = times["torch_orthogonal"].median / times["sao"].median
+        row["eoi_over_sao"] = times["eoi"].median / times["sao"].median
         rows.append(row)
     return rows
 
@@ -130,13 +135,15 @@ def main(argv: list[str] | None = None) -> None:
     ])
 
     linear = bench_linear(args)
-    print("## Fully-connected: `sao_` vs `torch.nn.init.orthogonal_`, and `SparseLinear` construction\n")
+    print("## Fully-connected: `sao_` vs `torch.nn.init.orthogonal_` and EOI, and `SparseLinear` construction\n")
     print(markdown_table(
         ["shape", "degree", "sparsity", "sao_ (median ± IQR)", "nn.init.orthogonal_ (dense)", "orthogonal_ / sao_",
+         "eoi_ (same density)", "eoi_ / sao_", "max\\|WWᵀ−I\\| eoi_",
          "SparseLinear blocked", "SparseLinear masked", "max\\|WWᵀ−I\\| sao_", "blocked < 0.1 s", "other procs"],
         [[f"{r['n']}x{r['n']}", r["degree"], f"{r['sparsity']:.4%}",
           f"{fmt_time(r['sao_median_s'])} ± {fmt_time(r['sao_iqr_s'])}",
           fmt_time(r["torch_orthogonal_median_s"]), f"{r['orthogonal_over_sao']:.1f}x",
+          fmt_time(r["eoi_median_s"]), f"{r['eoi_over_sao']:.1f}x", f"{r['eoi_orth_err']:.1e}",
           fmt_time(r["sparselinear_blocked_median_s"]), fmt_time(r["sparselinear_masked_median_s"]),
           f"{r['sao_orth_err']:.1e}", "yes" if r["sparselinear_blocked_median_s"] < TARGET_S else "**NO**",
           fmt_other_load(r.get("other_cpu_cores"))]
