@@ -11,6 +11,7 @@ case hits them alike and their ratio stays fair.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import gc
 import json
@@ -30,6 +31,7 @@ __all__ = [
     "CONTENTION_CORES",
     "Measurement",
     "OtherCpuLoad",
+    "add_timing_args",
     "cpu_model",
     "fmt_bytes",
     "fmt_other_load",
@@ -304,3 +306,17 @@ def write_json(path: str | os.PathLike, info: dict[str, Any], rows: Sequence[dic
 def measurement_dict(m: Measurement, prefix: str) -> dict[str, float | int]:
     """``m`` as flat JSON fields named ``{prefix}_median_s`` etc."""
     return {f"{prefix}_{k}{'_s' if k in ('median', 'iqr', 'minimum') else ''}": v for k, v in asdict(m).items()}
+
+
+def add_timing_args(parser: argparse.ArgumentParser, repeats: int, warmup: int, max_case_s: float) -> None:
+    """The timing options every benchmark script shares (defaults differ per script)."""
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed repeats per case (median reported)")
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed calls before timing")
+    parser.add_argument("--max-case-s", type=float, default=max_case_s,
+                        help="cap on the timed part of one case (cuts repeats of slow calls, min 3)")
+    parser.add_argument("--retries", type=int, default=3,
+                        help="re-measure a case up to this many times while other processes interfere")
+    parser.add_argument("--retry-wait-s", type=float, default=20.0, help="pause before such a retry")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")

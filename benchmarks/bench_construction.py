@@ -25,6 +25,7 @@ import torch
 
 from _common import (
     CONTENTION_CORES,
+    add_timing_args,
     fmt_other_load,
     fmt_time,
     machine_info,
@@ -105,17 +106,8 @@ def bench_eco(args: argparse.Namespace) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=9, help="timed repeats per case (median reported)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
-    parser.add_argument("--max-case-s", type=float, default=15.0,
-                        help="cap on the timed part of one case (cuts repeats of slow calls, min 3)")
-    parser.add_argument("--retries", type=int, default=3,
-                        help="re-measure a case up to this many times while other processes interfere")
-    parser.add_argument("--retry-wait-s", type=float, default=20.0, help="pause before such a retry")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    add_timing_args(parser, repeats=9, warmup=2, max_case_s=15.0)
     parser.add_argument("--quick", action="store_true", help="3 repeats, 1 warm-up, no retries (smoke test)")
-    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.warmup, args.max_case_s, args.retries = 3, 1, 3.0, 0

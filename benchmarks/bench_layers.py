@@ -33,6 +33,7 @@ from torch import nn
 from _common import (
     CONTENTION_CORES,
     OtherCpuLoad,
+    add_timing_args,
     fmt_bytes,
     fmt_other_load,
     load_average,
@@ -267,18 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--conv-batch", type=int, default=64, help="conv batch size")
     parser.add_argument("--conv-depth", type=int, default=4, help="SparseConv2d layers per stack")
     parser.add_argument("--no-conv", action="store_true", help="skip the conv section")
-    parser.add_argument("--repeats", type=int, default=15, help="timed repeats per case (median reported)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
-    parser.add_argument("--max-case-s", type=float, default=6.0,
-                        help="cap on the timed part of one case (cuts repeats of slow steps, min 3)")
-    parser.add_argument("--retries", type=int, default=3,
-                        help="re-measure a case up to this many times while other processes interfere")
-    parser.add_argument("--retry-wait-s", type=float, default=20.0, help="pause before such a retry")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    add_timing_args(parser, repeats=15, warmup=3, max_case_s=6.0)
     parser.add_argument("--quick", action="store_true",
                         help=f"small grid {QUICK_LINEAR}, conv depth 2, 3 repeats, no retries (< 1 min)")
-    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     parser.add_argument("--profile", metavar="W:D|conv:S", help="profile one case instead of benchmarking")
     parser.add_argument("--profile-steps", type=int, default=10)
     parser.add_argument("--profile-rows", type=int, default=14)

@@ -16,21 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sao.init.eoi as eoi_module
+from helpers import assert_semi_orthogonal, gen
 from sao.init import eoi_, eoi_delta_, eoi_delta_with_mask_, eoi_with_mask_
 from sao.init.eoi import eoi_target_nonzeros
 
 F64 = torch.float64
 PROPERTY = settings(max_examples=30, deadline=None, derandomize=True)
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def assert_semi_orthogonal(w: torch.Tensor, gain: float = 1.0, atol: float = 1e-10) -> None:
-    m, n = w.shape
-    gram = w @ w.T if m <= n else w.T @ w
-    torch.testing.assert_close(gram, gain**2 * torch.eye(min(m, n), dtype=w.dtype), atol=atol, rtol=0)
 
 
 def draw(m: int, n: int, seed: int = 0, **kw) -> tuple[torch.Tensor, torch.Tensor]:

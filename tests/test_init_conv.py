@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
+from helpers import gen
 from sao.init import delta_orthogonal_, eco_, sao_delta_, sao_eco_
 from sao.init.eco import _eco_kernels, eco_frequency_index
 from sao.spectral import conv_singular_values, operator_singular_values
@@ -23,10 +24,6 @@ from sao.topology import ramanujan
 
 ATOL = 1e-6
 CHANNELS = [(8, 8), (4, 8), (8, 4)]
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def assert_all_equal(values: Tensor, target: float, count: int) -> None:

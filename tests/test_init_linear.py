@@ -11,21 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from helpers import assert_semi_orthogonal, gen
 from sao.init import orthogonal_, ramanujan_normal_, ramanujan_uniform_, sao_
 from sao.topology import ramanujan
 
 FAST = settings(max_examples=60, deadline=None, derandomize=True)
 F64 = torch.float64
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def assert_semi_orthogonal(w: torch.Tensor, gain: float = 1.0, atol: float = 1e-10) -> None:
-    m, n = w.shape
-    gram = w @ w.T if m <= n else w.T @ w
-    torch.testing.assert_close(gram, gain**2 * torch.eye(min(m, n), dtype=w.dtype), atol=atol, rtol=0)
 
 
 @st.composite

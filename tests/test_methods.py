@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import sao
+from helpers import gen
 from sao._registry import Registry
 from sao.methods import METHODS, SparsifyMethod, target_layers
 from sao.nn import SparseConv2d, SparseLinear
@@ -23,10 +24,6 @@ def cnn() -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
                          nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(32, 10))
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def test_sao_sparsifies_all_but_first_and_last() -> None:

@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
+from helpers import gen
 from sao.nn import BACKENDS, ECOConv2d, SparseConv2d, SparseLinear
 from sao.nn._sparse import SparseLayerBase
 from sao.spectral import operator_singular_values
@@ -46,10 +47,6 @@ CONV_CHANNELS = [
 
 Layer = SparseLinear | SparseConv2d
 Factory = Callable[..., Layer]
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def backend_pair(factory: Factory, seed: int = 0) -> tuple[Layer, Layer]:

@@ -7,14 +7,11 @@ import torch
 from torch import nn
 
 import sao
+from helpers import gen
 from sao.methods import connection_mask
 from sao.methods.pruning import global_magnitude_masks, kept_count, magnitude_mask, random_mask
 from sao.models import create_model, fnn, list_models, orthogonal_init_
 from sao.topology._random_graphs import configuration_model
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.984375, 0.99])
