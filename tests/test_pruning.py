@@ -11,7 +11,7 @@ from helpers import gen
 from sao.methods import connection_mask
 from sao.methods.pruning import global_magnitude_masks, kept_count, magnitude_mask, random_mask
 from sao.models import create_model, fnn, list_models, orthogonal_init_
-from sao.topology._random_graphs import configuration_model
+from sao.topology import configuration_model
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.984375, 0.99])

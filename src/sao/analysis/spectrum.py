@@ -21,8 +21,7 @@ from torch import Tensor
 from sao.analysis._files import plt, save_figure, write_table
 from sao.analysis.layers import method_weight
 from sao.methods import METHODS
-from sao.topology import components, ramanujan, spectrum
-from sao.topology._random_graphs import configuration_model
+from sao.topology import components, configuration_model, ramanujan, spectrum
 
 __all__ = ["run_spectrum", "spectrum_rows"]
 

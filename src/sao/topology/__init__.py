@@ -2,7 +2,8 @@
 
 The public names are :class:`Topology`, :func:`ramanujan`, :func:`valid_degrees`,
 :func:`degree_for_sparsity`, :func:`resolve_degree`, :func:`scatter_blocks`, :func:`spectrum`,
-:func:`components` and :func:`reachability`.
+:func:`components`, :func:`reachability` and, for contrast, random biregular graphs from
+:func:`configuration_model`.
 """
 
 from sao.topology._graph import Components, components, reachability, spectrum
@@ -14,11 +15,13 @@ from sao.topology._ramanujan import (
     scatter_blocks,
     valid_degrees,
 )
+from sao.topology._random_graphs import configuration_model
 
 __all__ = [
     "Components",
     "Topology",
     "components",
+    "configuration_model",
     "degree_for_sparsity",
     "ramanujan",
     "reachability",
