@@ -63,7 +63,7 @@ def test_grid_skips_finished_and_reports_failures(tmp_path: Path) -> None:
     run_grid(runs[:2], square, tmp_path, log=quiet)
     results = run_grid(runs, square, tmp_path, log=quiet)
     assert [r["value"] for r in results] == [0, 1, 4, 9] and len(CALLS) == 4
-    with pytest.raises(RuntimeError, match="1 run\\(s\\) failed.*bad"):
+    with pytest.raises(RuntimeError, match=r"1 run\(s\) failed.*bad"):
         run_grid([*runs, Run("bad", {"x": 9, "fail": True})], square, tmp_path, log=quiet)
     assert len(finished_results(tmp_path)) == 4  # the failed run is not reported
 

@@ -80,7 +80,7 @@ def test_method_without_conv_form_and_grouped_conv() -> None:
 
 
 def test_unknown_method_lists_choices() -> None:
-    with pytest.raises(ValueError, match=r"choose from: .*rg-n, rg-u, sao"):
+    with pytest.raises(ValueError, match=r"choose from: dense, eoi, .*rg-u, sao"):
         sao.sparsify(mlp(), method="magic", degree=4)
 
 

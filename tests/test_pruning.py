@@ -142,3 +142,34 @@ def test_orthogonal_init_of_whole_model() -> None:
     assert torch.allclose(w.T @ w, 1.21 * torch.eye(8), atol=1e-5)
     assert float(model[1].weight.detach()[:, :, 0, 0].abs().sum()) == 0.0  # Delta: only the centre tap
     assert float(model[0].bias.detach().abs().sum()) == 0.0
+
+
+# ---------------------------------------------------------------- -T flavour and RG-S/T
+
+@pytest.mark.parametrize("method", ["lmp-t", "gmp-t", "rg-t"])
+def test_t_methods_keep_trained_weights_and_prune_them(method: str) -> None:
+    net = fnn(3)
+    trained = [net[i].weight.detach().clone() for i in (2, 4, 6)]
+    sao.sparsify(net, method, degree=4, generator=gen())
+    for i, w in zip((2, 4, 6), trained, strict=True):
+        assert torch.equal(net[i].weight_orig, w)  # same weights, now masked
+        mask = net[i].weight_mask.bool()
+        assert torch.equal(net[i].weight, w * mask)
+    kept = sum(int(net[i].weight_mask.sum()) for i in (2, 4, 6))
+    total = sum(net[i].weight.numel() for i in (2, 4, 6))
+    assert kept == 3 * 256 * 4  # every row keeps degree-4 many weights (the 256 x 512 layer: 4 of 512)
+
+
+def test_lmp_t_prunes_the_smallest_trained_weights() -> None:
+    net = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 2))
+    sao.sparsify(net, "lmp-t", sparsity=0.75)
+    w, mask = net[1].weight_orig.detach().abs(), net[1].weight_mask.bool()
+    assert int(mask.sum()) == 64 and w[mask].min() >= w[~mask].max()
+
+
+def test_rg_s_uses_an_sao_topology_as_mask_on_orthogonal_weights() -> None:
+    net = sao.sparsify(fnn(2), "rg-s", degree=4, generator=gen())
+    mask = connection_mask(net[2])
+    assert mask.sum(1).unique().tolist() == [4] and mask.sum(0).unique().tolist() == [2]  # 256 x 512, d = 4
+    w = net[2].weight_orig.detach()
+    assert torch.allclose(w @ w.T, torch.eye(256), atol=1e-5)  # the dense weights were orthogonal before masking

@@ -1,8 +1,10 @@
-"""Pruning baselines as sparsify methods (paper §III-E): Dense, LMP-S, GMP-S, LRP.
+"""Pruning baselines as sparsify methods (paper §III-E): Dense, LMP-S/T, GMP-S/T, LRP, RG-S/T.
 
-Each target layer is rebuilt as a plain ``nn.Linear``/``nn.Conv2d`` with an orthogonal
-initialisation (``orthogonal_`` for linear layers, Delta-orthogonal for convolutions), then
-pruned at once — the ``-S`` flavour: prune right after initialisation, then train. The mask is
+``-S`` methods rebuild each target layer as a plain ``nn.Linear``/``nn.Conv2d`` with an
+orthogonal initialisation (``orthogonal_`` for linear layers, Delta-orthogonal for
+convolutions) and prune it at once: prune right after initialisation, then train. ``-T``
+methods prune the layers as they are — apply them to a dense model after training it, then
+fine-tune (the paper's train–prune–fine-tune flow). The mask is
 attached with :func:`torch.nn.utils.prune.custom_from_mask`, so the layer has
 ``weight_orig``/``weight_mask`` and masked weights get zero gradients. Linear layers prune
 single weights; convolutions prune whole kernels by their L1 norm.
@@ -21,11 +23,11 @@ from torch.nn.utils import prune
 from sao.init import delta_orthogonal_, orthogonal_
 from sao.methods._base import METHODS, SparsifyMethod, SparsifySettings
 from sao.methods.pruning import global_magnitude_masks, magnitude_mask, random_mask
-from sao.topology import resolve_degree
+from sao.topology import ramanujan, resolve_degree
 
 __all__ = ["PruneMethod", "apply_mask", "fresh_orthogonal_copy", "layer_sparsity"]
 
-RULES = ("none", "local-magnitude", "global-magnitude", "random")
+RULES = ("none", "local-magnitude", "global-magnitude", "random", "sao-mask")
 
 
 def fresh_orthogonal_copy(module: nn.Module, settings: SparsifySettings) -> nn.Module:
@@ -66,14 +68,19 @@ def apply_mask(module: nn.Module, mask: Tensor) -> nn.Module:
 
 @dataclass(frozen=True)
 class PruneMethod(SparsifyMethod):
-    """Orthogonal init, then prune by ``rule`` (one of :data:`RULES`) at the settings' sparsity.
+    """Prune by ``rule`` (one of :data:`RULES`) at the settings' sparsity.
 
     Attributes:
         rule: ``"none"`` (dense baseline), ``"local-magnitude"`` (LMP), ``"global-magnitude"``
-            (GMP, one threshold over all target layers) or ``"random"`` (LRP).
+            (GMP, one threshold over all target layers), ``"random"`` (LRP) or ``"sao-mask"``
+            (RG-S/RG-T: an SAO topology's mask used as a pruning mask).
+        reinit: ``True`` for the ``-S`` flavour (fresh orthogonal weights, then prune);
+            ``False`` for ``-T`` (prune the layers as they are, e.g. after dense training,
+            keeping their trained weights; fine-tune afterwards).
     """
 
     rule: str
+    reinit: bool = True
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -83,17 +90,22 @@ class PruneMethod(SparsifyMethod):
         for name, module in layers:
             if type(module) is nn.Conv2d and module.groups != 1:
                 raise ValueError(f"layer {name!r} ({module}): grouped convolutions cannot be pruned here; exclude it")
-        new = [fresh_orthogonal_copy(module, settings) for _, module in layers]
+        new = [fresh_orthogonal_copy(m, settings) if self.reinit else m for _, m in layers]
         if self.rule == "none" or not new:
             return new
+        return [apply_mask(m, mask) for m, mask in zip(new, self.masks(layers, new, settings), strict=True)]
+
+    def masks(self, layers: list[tuple[str, nn.Module]], new: list[nn.Module],
+              settings: SparsifySettings) -> list[Tensor]:
+        """The bool ``(out, in)`` connection masks of the ``new`` layers under this rule."""
         if self.rule == "global-magnitude":
-            sparsity = _common_sparsity(layers, settings)
-            masks = global_magnitude_masks([m.weight for m in new], sparsity)
-        elif self.rule == "local-magnitude":
-            masks = [magnitude_mask(m.weight, layer_sparsity(m, settings)) for m in new]
-        else:
-            masks = [random_mask(m.weight.shape[:2], layer_sparsity(m, settings), settings.generator) for m in new]
-        return [apply_mask(m, mask) for m, mask in zip(new, masks, strict=True)]
+            return global_magnitude_masks([m.weight for m in new], _common_sparsity(layers, settings))
+        if self.rule == "local-magnitude":
+            return [magnitude_mask(m.weight, layer_sparsity(m, settings)) for m in new]
+        if self.rule == "sao-mask":
+            return [ramanujan(*m.weight.shape[:2], degree=settings.degree, sparsity=settings.sparsity,
+                              generator=settings.generator).mask() for m in new]
+        return [random_mask(m.weight.shape[:2], layer_sparsity(m, settings), settings.generator) for m in new]
 
 
 def _common_sparsity(layers: list[tuple[str, nn.Module]], settings: SparsifySettings) -> float:
@@ -109,4 +121,8 @@ METHODS.register("dense", PruneMethod("none"))
 METHODS.register("lmp-s", PruneMethod("local-magnitude"))
 METHODS.register("gmp-s", PruneMethod("global-magnitude"))
 METHODS.register("lrp", PruneMethod("random"))
+METHODS.register("rg-s", PruneMethod("sao-mask"))
+METHODS.register("lmp-t", PruneMethod("local-magnitude", reinit=False))
+METHODS.register("gmp-t", PruneMethod("global-magnitude", reinit=False))
+METHODS.register("rg-t", PruneMethod("sao-mask", reinit=False))
 
