@@ -1,0 +1,121 @@
+"""Fixed train / validation / test splits, stratified index selection and the data loaders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["Splits", "loaders", "stratified_split"]
+
+
+@dataclass(frozen=True)
+class Splits:
+    """A dataset cut into fixed train, validation and test parts.
+
+    Attributes:
+        name: the registered dataset name.
+        train: training examples (shuffled by :func:`loaders`).
+        val: validation examples, taken from the training data; tune and select on these.
+        test: held-out examples, reported only, never tuned or selected on.
+        num_classes: number of labels (labels are ``int64`` in ``0 … num_classes − 1``).
+        input_shape: shape of one input, e.g. ``(1024,)`` or ``(1, 32, 32)``.
+    """
+
+    name: str
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+    def loaders(self, batch_size: int, seed: int, device: torch.device | str | None = None,
+                num_workers: int = 0) -> tuple[DataLoader, DataLoader, DataLoader]:
+        """Train / val / test loaders; see :func:`loaders`."""
+        return loaders(self, batch_size, seed, device=device, num_workers=num_workers)
+
+
+def loaders(splits: Splits, batch_size: int, seed: int, device: torch.device | str | None = None,
+            num_workers: int = 0) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """Make the train, validation and test loaders of ``splits``.
+
+    The training loader reshuffles every epoch from its own ``torch.Generator`` seeded with
+    ``seed``: the same seed gives the same sequence of batches, independent of the global RNG.
+    Validation and test loaders keep the dataset order.
+
+    Args:
+        splits: the splits to load.
+        batch_size: examples per batch (≥ 1), for all three loaders.
+        seed: seed of the training-order generator.
+        device: where the batches will go; memory is pinned only for a CUDA device. Default ``None`` (CPU).
+        num_workers: loader worker processes (≥ 0). Default ``0``.
+
+    Returns:
+        ``(train, val, test)`` loaders; the last training batch may be smaller.
+
+    Raises:
+        ValueError: ``batch_size < 1`` or ``num_workers < 0``.
+
+    >>> import torch
+    >>> from torch.utils.data import TensorDataset
+    >>> ds = TensorDataset(torch.arange(6.0).unsqueeze(1), torch.zeros(6, dtype=torch.long))
+    >>> train, val, test = loaders(Splits("toy", ds, ds, ds, 1, (1,)), batch_size=4, seed=0)
+    >>> [len(x) for x, _ in train], next(iter(val))[0].flatten().tolist()
+    ([4, 2], [0.0, 1.0, 2.0, 3.0])
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+    pin = device is not None and torch.device(device).type == "cuda"
+    common = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": pin}
+    train = DataLoader(splits.train, shuffle=True, generator=torch.Generator().manual_seed(seed), **common)
+    val = DataLoader(splits.val, shuffle=False, **common)
+    test = DataLoader(splits.test, shuffle=False, **common)
+    return train, val, test
+
+
+def stratified_split(labels: torch.Tensor, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick ``size`` indices with each class in proportion to its share of ``labels``.
+
+    Class ``c`` with ``n_c`` of the ``n`` examples gets ``⌊size · n_c / n⌋`` picks; the
+    remaining picks go one each to the classes with the largest fractional parts (ties to
+    the smaller label), so the total is exactly ``size`` and each class is within one of
+    its exact share. Within a class the picks are a ``generator``-random subset.
+
+    Args:
+        labels: 1-D integer labels.
+        size: how many to pick, ``0 ≤ size ≤ len(labels)``.
+        generator: source of the random choice within each class.
+
+    Returns:
+        ``(picked, rest)``: sorted ``int64`` indices into ``labels``, disjoint, covering all.
+
+    Raises:
+        ValueError: ``labels`` is not 1-D or ``size`` is out of range.
+
+    >>> picked, rest = stratified_split(torch.tensor([0, 0, 0, 0, 1, 1]), 3, torch.Generator().manual_seed(0))
+    >>> len(picked), len(rest)
+    (3, 3)
+    """
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {tuple(labels.shape)}")
+    n = labels.numel()
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= n:
+        raise ValueError(f"size must be an integer in [0, {n}], got {size!r}")
+    classes, counts = torch.unique(labels, return_counts=True)
+    exact = counts.double() * size / max(n, 1)
+    quota = exact.floor().long()
+    short = size - int(quota.sum())
+    # Largest remainder first; the stable sort keeps ties in label order.
+    order = torch.sort(exact - quota, descending=True, stable=True).indices
+    quota[order[:short]] += 1
+    picked = []
+    for c, k in zip(classes.tolist(), quota.tolist(), strict=True):
+        members = torch.nonzero(labels == c).flatten()
+        picked.append(members[torch.randperm(members.numel(), generator=generator)[:k]])
+    chosen = torch.zeros(n, dtype=torch.bool)
+    if picked:
+        chosen[torch.cat(picked)] = True
+    return torch.nonzero(chosen).flatten(), torch.nonzero(~chosen).flatten()
