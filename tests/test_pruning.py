@@ -156,7 +156,6 @@ def test_t_methods_keep_trained_weights_and_prune_them(method: str) -> None:
         mask = net[i].weight_mask.bool()
         assert torch.equal(net[i].weight, w * mask)
     kept = sum(int(net[i].weight_mask.sum()) for i in (2, 4, 6))
-    total = sum(net[i].weight.numel() for i in (2, 4, 6))
     assert kept == 3 * 256 * 4  # every row keeps degree-4 many weights (the 256 x 512 layer: 4 of 512)
 
 

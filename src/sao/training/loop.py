@@ -1,0 +1,241 @@
+"""The training loop: ``train(model, {"train": ..., "val": ...}, config, run_dir)``.
+
+Reads top to bottom: set up (device, SGD, schedule, isometry probe), resume from
+``run_dir/checkpoint.pt`` or start afresh (epoch-0 line and checkpoint), then per epoch: train,
+evaluate, measure the Jacobian spectrum, append a line to ``metrics.jsonl``, write the checkpoint
+atomically, call ``on_epoch_end``. Files in ``run_dir``:
+
+- ``config.json``: the resolved config (``config``, ``device``, ``torch`` version, ``model_class``);
+- ``metrics.jsonl`` / ``metrics.csv``: one line per epoch (see :mod:`sao.training.metrics`);
+- ``checkpoint.pt``: the state after the last finished epoch (see :mod:`sao.training.checkpoint`).
+
+**Resume.** Calling :func:`train` again with the same ``run_dir`` and config continues after the
+last checkpointed epoch (a finished or diverged run does nothing more) and gives bit-identical
+weights to an uninterrupted run on CPU: model, optimizer, scheduler, the torch/CUDA/Python/numpy
+RNGs and the train loader's shuffling generator are restored, and ``metrics.jsonl`` lines newer
+than the checkpoint (written before a crash) are dropped. For exact shuffling build the train
+loader with ``generator=torch.Generator().manual_seed(...)`` (without one, shuffling draws from the
+global torch RNG, which is restored as well, but is shared with everything else). The validation
+set picks nothing: the test set, when given, is only reported.
+
+**Interruption.** Any exception (``KeyboardInterrupt`` included) ends the call; the checkpoint of the
+last finished epoch stays valid. ``on_epoch_end(row)`` runs after each epoch's checkpoint is
+written — the place for an external stop (raise) or extra logging.
+
+**Divergence.** When the training loss becomes NaN or ±inf the epoch stops, its line is written
+with ``status = "diverged"`` (metrics ``null``), and :func:`train` returns ``status="diverged"``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from sao._atomic import atomic_write_bytes
+from sao.training.checkpoint import CHECKPOINT_FORMAT, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from sao.training.config import TrainConfig, resolve_device
+from sao.training.isometry import jacobian_spectrum, probe_batch
+from sao.training.metrics import append_metrics, truncate_metrics
+from sao.training.schedule import build_optimizer, build_scheduler
+
+__all__ = ["evaluate", "train"]
+
+LOADER_KEYS = ("train", "val", "test")
+_CHECK_EVERY = 20  # batches between host syncs for the progress bar and the divergence check
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu") -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (fraction) of ``model`` on ``loader``, in eval mode without grad."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
+    with torch.no_grad():
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            logits = model(inputs)
+            loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()
+            correct += (logits.argmax(dim=1) == targets).sum()
+            count += targets.shape[0]
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("cannot evaluate on an empty loader")
+    return float(loss_sum) / count, int(correct) / count
+
+
+def _train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                 device: torch.device, bar: tqdm) -> tuple[float, float]:
+    """One pass over ``loader``; returns (mean loss, accuracy), the loss non-finite if training diverged."""
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
+    for step, (inputs, targets) in enumerate(loader, start=1):
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(inputs)
+        loss = F.cross_entropy(logits, targets)
+        loss_sum += loss.detach().double() * targets.shape[0]
+        correct += (logits.detach().argmax(dim=1) == targets).sum()
+        count += targets.shape[0]
+        bar.update(1)
+        if step % _CHECK_EVERY == 0:  # NaN/inf stays in the sum, so the end-of-epoch check never misses it
+            mean = float(loss_sum) / count
+            if not np.isfinite(mean):
+                return mean, int(correct) / count
+            bar.set_postfix(loss=f"{mean:.4f}", acc=f"{int(correct) / count:.3f}")
+        loss.backward()
+        if config.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+    if count == 0:
+        raise ValueError("the train loader yielded no batches")
+    mean, acc = float(loss_sum) / count, int(correct) / count
+    bar.set_postfix(loss=f"{mean:.4f}", acc=f"{acc:.3f}")
+    return mean, acc
+
+
+def _measure(model: nn.Module, loaders: Mapping[str, DataLoader], probe: Tensor | None,
+             device: torch.device) -> dict[str, Any]:
+    """Validation (and test) loss/accuracy and the Jacobian spectrum of the current model."""
+    row: dict[str, Any] = {}
+    row["val_loss"], row["val_acc"] = evaluate(model, loaders["val"], device)
+    if "test" in loaders:
+        row["test_loss"], row["test_acc"] = evaluate(model, loaders["test"], device)
+    row["jacobian_mean"], row["jacobian_var"] = jacobian_spectrum(model, probe) if probe is not None else (None, None)
+    return row
+
+
+def _row(epoch: int, status: str, lr: float | None, train: tuple[float | None, float | None],
+         measured: dict[str, Any], has_test: bool, seconds: float) -> dict[str, Any]:
+    row = {"epoch": epoch, "status": status, "lr": lr, "train_loss": train[0], "train_acc": train[1],
+           "val_loss": measured.get("val_loss"), "val_acc": measured.get("val_acc")}
+    if has_test:
+        row |= {"test_loss": measured.get("test_loss"), "test_acc": measured.get("test_acc")}
+    return row | {"jacobian_mean": measured.get("jacobian_mean"), "jacobian_var": measured.get("jacobian_var"),
+                  "seconds": seconds}
+
+
+def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """A run resumes only under the config it started with (the device may differ)."""
+    current = config.to_dict()
+    differ = sorted(k for k in set(saved) | set(current) if k != "device" and saved.get(k) != current.get(k))
+    if differ:
+        details = ", ".join(f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in differ)
+        raise ValueError(f"checkpoint {path} was written with a different config ({details}); "
+                         "use a new run_dir or the original config")
+
+
+def _result(rows: list[dict[str, Any]], run_dir: Path, epoch: int, status: str) -> dict[str, Any]:
+    """The run summary, from its metric lines (so a resumed or re-invoked run reports the same)."""
+    last = rows[-1] if rows else {"epoch": epoch, "status": status, "val_acc": None}  # metrics.jsonl was deleted
+    trained = [r for r in rows if r["epoch"] >= 1 and r["status"] == "ok" and r["val_acc"] is not None]
+    best = max(trained, key=lambda r: r["val_acc"], default=None)
+    return {"status": "diverged" if last["status"] == "diverged" else "completed", "epochs_run": last["epoch"],
+            "val_acc": last["val_acc"], "test_acc": last.get("test_acc"),
+            "best_val_acc": best["val_acc"] if best else None, "best_epoch": best["epoch"] if best else None,
+            "seconds": sum(r["seconds"] or 0.0 for r in rows), "run_dir": str(run_dir)}
+
+
+def train(model: nn.Module, loaders: Mapping[str, DataLoader], config: TrainConfig, run_dir: Path | str,
+          progress: bool = True, on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train ``model`` with SGD on ``loaders["train"]`` for ``config.epochs`` epochs, resumably.
+
+    Args:
+        model: any classifier ``(B, ...) → (B, classes)`` trained with cross-entropy; moved to the
+            config's device. On resume its weights are replaced by the checkpoint's.
+        loaders: ``"train"`` and ``"val"`` (map-style datasets of ``(input, target)``), optional
+            ``"test"`` (reported only). Build ``"train"`` with a seeded ``torch.Generator`` for
+            exact resume (see the module docstring).
+        config: the run's settings; must equal the saved one when resuming (device aside).
+        run_dir: folder of ``config.json``, ``metrics.jsonl``/``.csv`` and ``checkpoint.pt``.
+        progress: show a tqdm bar per epoch on stderr (only on a terminal).
+        on_epoch_end: called with each epoch's metric line after its checkpoint is written.
+
+    Returns:
+        ``status`` (``"completed"`` or ``"diverged"``), ``epochs_run``, the last line's ``val_acc`` and
+        ``test_acc`` (``None`` after divergence), ``best_val_acc``/``best_epoch`` over trained epochs,
+        ``seconds`` (wall time summed over all epochs, across resumes) and ``run_dir``.
+
+    Raises:
+        ValueError: on missing/unknown loader keys, an unreadable checkpoint (naming the file) or a
+            checkpoint written under a different config.
+    """
+    if "train" not in loaders or "val" not in loaders or set(loaders) - set(LOADER_KEYS):
+        raise ValueError(f"loaders must have keys 'train' and 'val' (and optionally 'test'), got {sorted(loaders)}")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
+    device = resolve_device(config.device)
+    model.to(device)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config)
+    probe = probe_batch(loaders["val"], config.isometry_probe)
+    probe = probe.to(device) if probe is not None else None
+    has_test = "test" in loaders
+    resolved = {"config": config.to_dict(), "device": str(device), "torch": torch.__version__,
+                "model_class": f"{type(model).__module__}.{type(model).__qualname__}"}
+    atomic_write_bytes(run_dir / "config.json", (json.dumps(resolved, indent=2) + "\n").encode())
+
+    def checkpoint(epoch: int, status: str) -> None:
+        rng, loader_rng = capture_rng(loaders["train"])
+        save_checkpoint(ckpt_path, {
+            "format": CHECKPOINT_FORMAT, "epoch": epoch, "status": status, "config": config.to_dict(),
+            "model_class": resolved["model_class"], "num_parameters": sum(p.numel() for p in model.parameters()),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": rng, "loader_rng": loader_rng})
+
+    if ckpt_path.exists():
+        saved = load_checkpoint(ckpt_path, map_location=device)
+        _check_resumable(saved["config"], config, ckpt_path)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        restore_rng(saved["rng"], saved["loader_rng"], loaders["train"])
+        start, status = int(saved["epoch"]), saved["status"]
+        rows = truncate_metrics(metrics_path, start)
+    else:
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+        truncate_metrics(metrics_path, -1)
+        began = time.perf_counter()
+        measured = _measure(model, loaders, probe, device)
+        rows = [append_metrics(metrics_path, _row(0, "init", None, (None, None), measured, has_test,
+                                                  time.perf_counter() - began))]
+        checkpoint(0, "ok")
+        start, status = 0, "ok"
+        if on_epoch_end is not None:
+            on_epoch_end(rows[-1])
+
+    epoch = start
+    while epoch < config.epochs and status != "diverged":
+        epoch += 1
+        began = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        with tqdm(total=len(loaders["train"]), desc=f"epoch {epoch}/{config.epochs}", leave=False,
+                  disable=None if progress else True) as bar:
+            train_loss, train_acc = _train_epoch(model, loaders["train"], optimizer, config, device, bar)
+        if not np.isfinite(train_loss):
+            status, measured = "diverged", {}
+        else:
+            scheduler.step()
+            measured = _measure(model, loaders, probe, device)
+        rows.append(append_metrics(metrics_path, _row(epoch, status, lr, (train_loss, train_acc), measured, has_test,
+                                                      time.perf_counter() - began)))
+        checkpoint(epoch, status)
+        if on_epoch_end is not None:
+            on_epoch_end(rows[-1])
+    return _result(rows, run_dir, epoch, status)

@@ -1,0 +1,221 @@
+"""sao.training: learning, metrics log, exact resume, divergence, schedules, checkpoints, isometry."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from helpers import gen
+from sao.training import (
+    METRIC_KEYS,
+    TrainConfig,
+    jacobian_spectrum,
+    load_checkpoint,
+    lr_factor,
+    lr_for_depth,
+    read_metrics,
+    resolve_device,
+    train,
+)
+from sao.training.schedule import build_optimizer, build_scheduler
+
+FEATURES, CLASSES = 16, 4
+
+
+def _dataset(n: int, seed: int) -> TensorDataset:
+    """Separable data: class centres far apart in 16-D plus unit noise."""
+    g = gen(seed)
+    centres = 3.0 * torch.randn(CLASSES, FEATURES, generator=gen(123))
+    y = torch.randint(0, CLASSES, (n,), generator=g)
+    return TensorDataset(centres[y] + torch.randn(n, FEATURES, generator=g), y)
+
+
+def _loaders(test: bool = True) -> dict[str, DataLoader]:
+    loaders = {"train": DataLoader(_dataset(256, 1), batch_size=32, shuffle=True, generator=gen(7)),
+               "val": DataLoader(_dataset(128, 2), batch_size=64)}
+    if test:
+        loaders["test"] = DataLoader(_dataset(128, 3), batch_size=64)
+    return loaders
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(FEATURES, 32), nn.Tanh(), nn.Dropout(0.1), nn.Linear(32, CLASSES))
+
+
+CFG = TrainConfig(epochs=4, batch_size=32, lr=0.05, schedule="cosine", warmup_epochs=1, device="cpu", isometry_probe=4)
+
+
+class _Stop(KeyboardInterrupt):
+    """Stands for a kill after a given epoch (raised from on_epoch_end, after the checkpoint)."""
+
+
+def _stop_after(k: int):
+    def hook(row: dict) -> None:
+        if row["epoch"] == k:
+            raise _Stop
+    return hook
+
+
+def _without_seconds(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_learns_and_logs(tmp_path: Path) -> None:
+    result = train(_model(), _loaders(), CFG, tmp_path, progress=False)
+    assert result["status"] == "completed" and result["epochs_run"] == 4
+    assert result["val_acc"] > 0.8 and result["best_val_acc"] >= result["val_acc"]
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3, 4]
+    assert all(list(r) == list(METRIC_KEYS) for r in rows)
+    assert rows[0]["status"] == "init" and rows[0]["train_loss"] is None and rows[0]["jacobian_mean"] > 0
+    assert all(r["status"] == "ok" and r["jacobian_var"] >= 0 for r in rows[1:])
+    assert rows[-1]["val_acc"] > rows[0]["val_acc"] + 0.3  # chance is 0.25
+    assert [r["lr"] for r in rows[1:]] == pytest.approx([CFG.lr * lr_factor(e, CFG) for e in range(4)])
+    csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].split(",") == list(METRIC_KEYS) and len(csv_lines) == 6
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert TrainConfig.from_dict(saved["config"]) == CFG and saved["device"] == "cpu"
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["epoch"] == 4 and ckpt["status"] == "ok" and ckpt["config"] == CFG.to_dict()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "config.json", "metrics.csv",
+                                                         "metrics.jsonl"]  # no temporary files left
+
+
+def test_resume_is_exact(tmp_path: Path) -> None:
+    model_a = _model()
+    train(model_a, _loaders(), CFG, tmp_path / "a", progress=False)
+    with pytest.raises(_Stop):
+        train(_model(), _loaders(), CFG, tmp_path / "b", progress=False, on_epoch_end=_stop_after(2))
+    assert [r["epoch"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl")] == [0, 1, 2]
+    # a crash after epoch 3's line but before its checkpoint: that line must be dropped on resume
+    with (tmp_path / "b" / "metrics.jsonl").open("a") as handle:
+        handle.write(json.dumps({"epoch": 3, "status": "ok"}) + "\n{\"epoch\": 4, \"stat")
+    torch.manual_seed(999)  # the resumed run must not depend on the caller's RNG state
+    model_b = _model(seed=5)  # a fresh object with other weights: the checkpoint replaces them
+    loaders_b = _loaders()
+    loaders_b["train"].generator.manual_seed(42)  # the loader generator is restored from the checkpoint too
+    result_b = train(model_b, loaders_b, CFG, tmp_path / "b", progress=False)
+    assert result_b["epochs_run"] == 4
+    for (name, pa), pb in zip(model_a.state_dict().items(), model_b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+    rows_a, rows_b = (read_metrics(tmp_path / r / "metrics.jsonl") for r in "ab")
+    assert _without_seconds(rows_a) == _without_seconds(rows_b)
+
+
+def test_finished_run_does_nothing_more(tmp_path: Path) -> None:
+    cfg = TrainConfig(epochs=2, lr=0.05, device="cpu", isometry_probe=0)
+    first = train(_model(), _loaders(test=False), cfg, tmp_path, progress=False)
+    before = (tmp_path / "metrics.jsonl").read_text()
+    calls: list[dict] = []
+    again = train(_model(), _loaders(test=False), cfg, tmp_path, progress=False, on_epoch_end=calls.append)
+    assert calls == [] and (tmp_path / "metrics.jsonl").read_text() == before
+    assert again == first and first["test_acc"] is None
+    assert all(r["jacobian_mean"] is None for r in read_metrics(tmp_path / "metrics.jsonl"))
+
+
+def test_divergence_stops_cleanly(tmp_path: Path) -> None:
+    cfg = TrainConfig(epochs=5, lr=1e6, weight_decay=0.0, device="cpu", isometry_probe=2)
+    def relu_net() -> nn.Module:  # unbounded activations: the loss overflows instead of saturating
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(FEATURES, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, CLASSES))
+
+    calls: list[dict] = []
+    result = train(relu_net(), _loaders(), cfg, tmp_path, progress=False, on_epoch_end=calls.append)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert result["status"] == "diverged" and result["val_acc"] is None
+    assert result["epochs_run"] < 5 and rows[-1]["epoch"] == result["epochs_run"]
+    assert rows[-1]["status"] == "diverged" and rows[-1]["train_loss"] is None
+    assert len(calls) == len(rows)
+    assert "NaN" not in (tmp_path / "metrics.jsonl").read_text()  # strict JSON
+    assert train(relu_net(), _loaders(), cfg, tmp_path, progress=False) == result  # no more epochs
+    assert len(read_metrics(tmp_path / "metrics.jsonl")) == len(rows)
+
+
+def test_schedules() -> None:
+    multi = TrainConfig(epochs=200, schedule="multistep", milestones=(50, 150), warmup_epochs=3)
+    assert [lr_factor(e, multi) for e in (0, 1, 2, 3, 49, 50, 149, 150, 199)] == pytest.approx(
+        [0.25, 0.5, 0.75, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+    cos = TrainConfig(epochs=11, schedule="cosine", warmup_epochs=1)
+    assert [lr_factor(e, cos) for e in (0, 1, 6)] == pytest.approx([0.5, 1.0, 0.5])
+    assert lr_factor(10, cos) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.9)))
+    assert lr_factor(7, TrainConfig(epochs=10)) == 1.0
+    model = nn.Linear(2, 2)
+    opt = build_optimizer(model, TrainConfig(lr=0.1, schedule="multistep", milestones=(1,), nesterov=True))
+    sched = build_scheduler(opt, TrainConfig(lr=0.1, schedule="multistep", milestones=(1,)))
+    assert opt.param_groups[0]["nesterov"] and opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+def test_lr_for_depth() -> None:
+    table = {1: 1e-2, 50: 1e-2, 60: 1e-2, 61: 1e-3, 200: 1e-3, 400: 1e-3, 401: 1e-4, 600: 1e-4, 1000: 1e-4}
+    assert {n: lr_for_depth(n) for n in table} == table
+    with pytest.raises(ValueError, match="depth"):
+        lr_for_depth(0)
+
+
+@pytest.mark.parametrize(("field", "value", "match"), [
+    ("schedule", "linear", "unknown lr schedule 'linear'; choose from: constant, cosine, multistep"),
+    ("epochs", 0, "epochs=0"),
+    ("lr", float("nan"), "lr=nan"),
+    ("device", "tpu", "device='tpu'"),
+    ("nesterov", True, "nesterov"),
+])
+def test_config_errors(field: str, value: object, match: str) -> None:
+    kwargs = {field: value, **({"momentum": 0.0} if field == "nesterov" else {})}
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
+
+
+def test_config_round_trip_and_device() -> None:
+    cfg = TrainConfig(milestones=[3, 5], max_grad_norm=1.0)
+    assert cfg.milestones == (3, 5) and TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+        TrainConfig.from_dict({"epochs": 1, "lr_max": 1})
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"checkpoint .*checkpoint\.pt is unreadable"):
+        train(_model(), _loaders(), CFG, tmp_path, progress=False)
+
+
+def test_changed_config_is_refused(tmp_path: Path) -> None:
+    cfg = TrainConfig(epochs=1, lr=0.05, device="cpu", isometry_probe=0)
+    train(_model(), _loaders(), cfg, tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"different config \(lr: 0.05 → 0.1\)"):
+        train(_model(), _loaders(), TrainConfig(epochs=1, lr=0.1, device="cpu", isometry_probe=0), tmp_path)
+
+
+def test_bad_loaders(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'train' and 'val'"):
+        train(_model(), {"train": _loaders()["train"]}, CFG, tmp_path)
+
+
+@pytest.mark.parametrize("shape", [(6, 6), (4, 6)])
+def test_jacobian_spectrum_of_orthogonal_linear(shape: tuple[int, int]) -> None:
+    q = torch.linalg.qr(torch.randn(max(shape), max(shape), generator=gen(0), dtype=torch.float64))[0]
+    layer = nn.Linear(shape[1], shape[0]).double()
+    with torch.no_grad():
+        layer.weight.copy_(q[: shape[0], : shape[1]])
+    layer.train()
+    mean, var = jacobian_spectrum(layer, torch.randn(5, shape[1], generator=gen(1), dtype=torch.float64))
+    assert mean == pytest.approx(1.0, abs=1e-12) and var == pytest.approx(0.0, abs=1e-12)
+    assert layer.training and layer.weight.grad is None  # mode restored, no grad side effects
+
+
+def test_jacobian_spectrum_scales_with_gain_and_flattens_inputs() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3, bias=False)).double()
+    with torch.no_grad():
+        model[1].weight.copy_(2.0 * torch.eye(3, 12, dtype=torch.float64))
+    mean, var = jacobian_spectrum(model, torch.randn(2, 3, 2, 2, dtype=torch.float64))
+    assert mean == pytest.approx(2.0) and var == pytest.approx(0.0, abs=1e-12)
