@@ -53,7 +53,25 @@ def _analyze(args: argparse.Namespace) -> int:
     return run_analyze(args)
 
 
+def _lazy(name: str) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
+    """Argument adder and runner of ``sao.experiments._cli`` command ``name``, imported on use."""
+    def add(parser: argparse.ArgumentParser) -> None:
+        from sao.experiments import _cli
+
+        getattr(_cli, f"add_{name}_args")(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        from sao.experiments import _cli
+
+        return getattr(_cli, f"run_{name}")(args)
+
+    return add, run
+
+
 COMMANDS.register("demo", ("build a deep SAO network and print its verified properties", _demo_args, _demo))
+COMMANDS.register("train", ("train one FNN-N run (any method, depth, seed; resumable)", *_lazy("train")))
+COMMANDS.register("reproduce", ("reproduce a table of the paper: sweep, resume, report", *_lazy("reproduce")))
+COMMANDS.register("report", ("turn a sweep folder into tables and figures", *_lazy("report")))
 COMMANDS.register("analyze", ("spectra, reachability, singular values, Jacobians (paper Figs. 7-11, Table 6)",
                               _analyze_args, _analyze))
 

@@ -43,10 +43,15 @@ def table_rows(results: Sequence[Mapping[str, Any]], metric: str = "test_acc", s
     """One row per method, one column per depth: ``mean ± std (n)`` of ``metric × scale``.
 
     ``known`` maps ``(method, depth)`` to the paper's number, shown beside ours as ``[paper X]``.
+    Runs that diverged are counted and shown as ``(k diverged)``; their metrics are left out.
     """
     cells = aggregate(results, metric)
-    methods = sorted({m for m, _ in cells})
-    depths = sorted({d for _, d in cells})
+    diverged: dict[tuple[str, int], int] = defaultdict(int)
+    for r in results:
+        if r.get("status") == "diverged":
+            diverged[str(r["config"]["method"]), int(r["config"]["depth"])] += 1
+    methods = sorted({m for m, _ in cells} | {m for m, _ in diverged})
+    depths = sorted({d for _, d in cells} | {d for _, d in diverged})
     rows = []
     for method in methods:
         row = {"method": method}
@@ -56,6 +61,8 @@ def table_rows(results: Sequence[Mapping[str, Any]], metric: str = "test_acc", s
             if values:
                 mean, std = _mean_std([scale * v for v in values])
                 text = f"{mean:.2f} ± {std:.2f} ({len(values)})"
+            if diverged.get((method, depth)):
+                text += f" ({diverged[method, depth]} diverged)"
             if known and (method, depth) in known:
                 text += f" [paper {known[method, depth]:.2f}]"
             row[f"N={depth}"] = text

@@ -1,0 +1,135 @@
+"""Paper Table 7 / Fig. 11: deep sparse tanh MLPs (FNN-N) on MNIST, every method, every depth.
+
+One run = one (method, depth, seed). The model is FNN-N (Table 1), every layer orthogonal with
+the paper's gain 1.1, then made sparse by the method at degree 4 (98.4 % sparse in the
+256-wide layers; the first and last layers stay dense). ``-S`` methods and SAO/RG are sparse
+from the start and train ``epochs``; ``-T`` methods train dense for ``epochs``, are pruned, and
+fine-tune for ``epochs`` more (paper Fig. 1). SGD with momentum 0.9, weight decay 1e-4, the
+learning rate by depth of SPEC §4.
+
+Presets:
+
+- ``quick`` — minutes on 2 CPU cores: MNIST-5k, depths 10, 50 and 200, Dense/SAO/GMP-S/RG-N, 3 epochs;
+- ``cpu`` — every depth 50…1000 on MNIST-5k, the paper's methods, 10 epochs (hours on 2 cores);
+- ``paper`` — full MNIST (``--data-root``), 100 epochs, 3 seeds: GPU-sized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sao.data import create_splits, loaders
+from sao.experiments.runner import Run
+from sao.methods import METHODS, connection_mask, sparsify
+from sao.models import fnn, orthogonal_init_
+from sao.training import TrainConfig, lr_for_depth, read_metrics, train
+
+__all__ = ["KNOWN_TABLE7", "PRESETS", "Table7Preset", "run_table7", "table7_runs"]
+
+PAPER_METHODS = ("dense", "gmp-t", "gmp-s", "rg-u", "rg-n", "sao")
+
+
+@dataclass(frozen=True)
+class Table7Preset:
+    """The grid and settings of one preset (see the module docstring)."""
+
+    depths: tuple[int, ...]
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    epochs: int
+    dataset: str = "mnist5k"
+    degree: int = 4
+    gain: float = 1.1
+    batch_size: int = 128
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Table7Preset] = {
+    "quick": Table7Preset(depths=(10, 50, 200), methods=("dense", "sao", "gmp-s", "rg-n"), seeds=(0,), epochs=3),
+    "cpu": Table7Preset(depths=(50, 200, 400, 600, 800, 1000), methods=PAPER_METHODS, seeds=(0,), epochs=10),
+    "paper": Table7Preset(depths=(50, 200, 400, 600, 800, 1000), methods=PAPER_METHODS, seeds=(0, 1, 2),
+                          epochs=100, dataset="mnist"),
+}
+
+#: What survives of Table 7 in the paper's text (SPEC "Known numbers"): at N = 1000 pruning and
+#: the other Ramanujan constructions stay at chance. SAO's "within 1.65 points of dense" is relative.
+KNOWN_TABLE7: dict[tuple[str, int], float] = {(m, 1000): 10.0 for m in ("gmp-t", "gmp-s", "rg-u", "rg-n")}
+
+
+def table7_runs(preset: str, data_root: str | None = None, device: str = "auto") -> list[Run]:
+    """The runs of ``preset``, each a JSON config (the run directory is named by its hash)."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r} is not known; choose from {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    runs = []
+    for method in p.methods:
+        METHODS.get(method)
+        for depth in p.depths:
+            for seed in p.seeds:
+                config = {"experiment": "table7", "method": method, "depth": depth, "seed": seed, "epochs": p.epochs,
+                          "dataset": p.dataset, "data_root": data_root, "degree": p.degree, "gain": p.gain,
+                          "batch_size": p.batch_size, "lr": lr_for_depth(depth), "device": device}
+                runs.append(Run(f"{method}-N{depth}-s{seed}", config))
+    return runs
+
+
+def _weight_sparsity(modules: list[nn.Module]) -> float:
+    zeros = sum(int((m.weight == 0).sum()) for m in modules)
+    return zeros / sum(m.weight.numel() for m in modules)
+
+
+def measured_sparsity(model: nn.Module) -> dict[str, float]:
+    """Fraction of zero weights measured from the weights: sparsified layers, dense layers, overall."""
+    layers = [m for m in model.modules() if isinstance(getattr(m, "weight", None), torch.Tensor)
+              and m.weight.dim() >= 2]
+    sparse = [m for m in layers if not bool(connection_mask(m).all())]
+    dense = [m for m in layers if m not in sparse]
+    per_layer = [_weight_sparsity([m]) for m in sparse]
+    return {"sparsity_sparse_layers": _weight_sparsity(sparse) if sparse else 0.0,
+            "sparsity_sparse_layers_min": min(per_layer, default=0.0),
+            "sparsity_sparse_layers_max": max(per_layer, default=0.0),
+            "sparsity_dense_layers": _weight_sparsity(dense) if dense else 0.0,
+            "sparsity_overall": _weight_sparsity(layers)}
+
+
+def _train_config(config: dict[str, Any]) -> TrainConfig:
+    return TrainConfig(epochs=config["epochs"], batch_size=config["batch_size"], lr=config["lr"],
+                       gain=config["gain"], seed=config["seed"], device=config["device"])
+
+
+def run_table7(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Train one Table 7 run in ``run_dir`` (resumable) and return its result."""
+    # Collapsed (pruned) networks carry subnormal activations, which are 10-100x slower on CPUs;
+    # flushing them to zero changes no result worth having (they are below 1e-38).
+    torch.set_flush_denormal(True)
+    splits = create_splits(config["dataset"], root=config["data_root"])
+    data = dict(zip(("train", "val", "test"), loaders(splits, config["batch_size"], config["seed"]), strict=True))
+    gen = torch.Generator().manual_seed(config["seed"])
+    model = orthogonal_init_(fnn(config["depth"]), gain=config["gain"], generator=gen)
+    method, settings = config["method"], {"degree": config["degree"], "gain": config["gain"], "generator": gen}
+    cfg = _train_config(config)
+    if method.endswith("-t"):
+        dense = train(model, data, cfg, Path(run_dir) / "dense", progress=False)
+        if dense["status"] == "diverged":
+            return {**dense, "phase": "dense", **measured_sparsity(model)}
+        sparsify(model, method, **settings)
+        metrics_dir = Path(run_dir) / "finetune"
+        result = train(model, data, cfg, metrics_dir, progress=False)
+    else:
+        if method != "dense":
+            sparsify(model, method, **settings)
+        # a subfolder: train() writes its own config.json, which must not replace the run's
+        metrics_dir = Path(run_dir) / "train"
+        result = train(model, data, cfg, metrics_dir, progress=False)
+    lines = [r for r in read_metrics(metrics_dir / "metrics.jsonl") if r.get("jacobian_mean") is not None]
+    jac = {"jacobian_mean_init": lines[0]["jacobian_mean"] if lines else None,
+           "jacobian_var_init": lines[0]["jacobian_var"] if lines else None,
+           "jacobian_mean": lines[-1]["jacobian_mean"] if lines else None,
+           "jacobian_var": lines[-1]["jacobian_var"] if lines else None}
+    result = {k: v for k, v in result.items() if k != "run_dir"}
+    return {**result, **jac, **measured_sparsity(model)}
