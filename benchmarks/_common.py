@@ -320,3 +320,11 @@ def add_timing_args(parser: argparse.ArgumentParser, repeats: int, warmup: int, 
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+
+
+def write_sections_json(args: argparse.Namespace, info: dict[str, Any], **sections: Sequence[dict[str, Any]]) -> None:
+    """If ``--json`` was given, write every section's rows (tagged ``section``) with the machine info."""
+    if args.json:
+        rows = [{"section": name, **row} for name, section in sections.items() for row in section]
+        write_json(args.json, info, rows, vars(args))
+        print(f"(rows written to {args.json})")

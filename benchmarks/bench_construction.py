@@ -34,7 +34,7 @@ from _common import (
     measurement_dict,
     print_header,
     set_threads,
-    write_json,
+    write_sections_json,
 )
 from sao.init import eco_, eoi_, sao_, sao_eco_
 from sao.nn import SparseLinear
@@ -157,10 +157,7 @@ def main(argv: list[str] | None = None) -> None:
          for r in eco]))
     print()
 
-    if args.json:
-        rows = [{"section": "linear", **r} for r in linear] + [{"section": "eco", **r} for r in eco]
-        write_json(args.json, info, rows, vars(args))
-        print(f"(rows written to {args.json})")
+    write_sections_json(args, info, linear=linear, eco=eco)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from _common import (
     measurement_dict,
     print_header,
     set_threads,
-    write_json,
+    write_sections_json,
 )
 from sao.nn import SparseConv2d, SparseLinear
 from sao.topology import valid_degrees
@@ -303,10 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     if conv:
         print_conv(conv, args)
     summary(linear, conv)
-    if args.json:
-        rows = [{"section": "linear", **r} for r in linear] + [{"section": "conv", **r} for r in conv]
-        write_json(args.json, info, rows, vars(args))
-        print(f"(rows written to {args.json})")
+    write_sections_json(args, info, linear=linear, conv=conv)
 
 
 if __name__ == "__main__":
