@@ -45,7 +45,7 @@ from _common import (
     set_threads,
     write_sections_json,
 )
-from sao.nn import SparseConv2d, SparseLinear
+from sao.nn import SparseConv2d, SparseLinear, fuse_sparse_chains
 from sao.topology import valid_degrees
 
 WIDTHS = (256, 1024, 4096)
@@ -132,6 +132,8 @@ def _bench_models(models: dict[str, nn.Module], x: torch.Tensor, opts: dict) -> 
     with torch.no_grad():
         row["max_abs_diff"] = float((models["masked"](x) - models["blocked"](x)).abs().max())
     row["speedup_masked_over_blocked"] = row["masked_median_s"] / row["blocked_median_s"]
+    if "fused" in models:
+        row["speedup_masked_over_fused"] = row["masked_median_s"] / row["fused_median_s"]
     row["speedup_dense_over_blocked"] = row["dense_median_s"] / row["blocked_median_s"]
     row["load_average_1min_before"] = load_before[0] if load_before else None
     return row
@@ -146,6 +148,7 @@ def bench_linear(args: argparse.Namespace, grid: list[tuple[int, int]]) -> list[
         x = torch.randn(args.batch, width)
         models = {"dense": linear_stack(width, None, args.depth, None, args.seed),
                   **{b: linear_stack(width, degree, args.depth, b, args.seed) for b in BACKENDS}}
+        models["fused"] = fuse_sparse_chains(models["blocked"], min_layers=1)  # same parameters, one gather/layer
         row = {"width": width, "degree": degree, "sparsity": 1 - degree / width, "num_blocks": width // degree,
                "batch": args.batch, "depth": args.depth, **_bench_models(models, x, opts)}
         rows.append(row)
@@ -180,11 +183,12 @@ def print_linear(rows: list[dict], args: argparse.Namespace) -> None:
     print(f"## Linear: {args.depth} x SparseLinear(w, w) + tanh, batch {args.batch}, float32, forward + backward\n")
     print(markdown_table(
         ["width", "degree", "sparsity", "blocks g×(d×d)", "dense nn.Linear", "masked", "blocked",
-         "speed-up masked/blocked", "dense/blocked", "masked params+grads (+buffers)",
+         "speed-up masked/blocked", "fused chain", "masked/fused", "dense/blocked", "masked params+grads (+buffers)",
          "blocked params+grads (+buffers)", "memory masked/blocked", "max\\|Δy\\|", "other procs"],
         [[r["width"], r["degree"], f"{r['sparsity']:.4%}", f"{r['num_blocks']}×({r['degree']}×{r['degree']})",
           f"{r['dense_median_s'] * 1e3:.3g} ms", f"{r['masked_median_s'] * 1e3:.3g} ms",
           f"{r['blocked_median_s'] * 1e3:.3g} ms", speedup_cell(r["speedup_masked_over_blocked"]),
+          f"{r['fused_median_s'] * 1e3:.3g} ms", speedup_cell(r["speedup_masked_over_fused"]),
           f"{r['speedup_dense_over_blocked']:.2f}x", _mem_cell(r, "masked"), _mem_cell(r, "blocked"),
           f"{r['masked_params_grads_bytes'] / r['blocked_params_grads_bytes']:.1f}x", f"{r['max_abs_diff']:.1e}",
           fmt_other_load(r.get("other_cpu_cores"))]

@@ -1,8 +1,18 @@
-"""Sparse layers with a fixed SAO topology: ``SparseLinear``, ``SparseConv2d``, ``ECOConv2d``."""
+"""Sparse layers with a fixed SAO topology: ``SparseLinear``, ``SparseConv2d``, ``ECOConv2d``, ``FusedSparseChain``."""
 
 from sao.nn._sparse import BACKENDS
+from sao.nn.chain import ELEMENTWISE, FusedSparseChain, fuse_sparse_chains
 from sao.nn.conv import SparseConv2d
 from sao.nn.eco import ECOConv2d
 from sao.nn.linear import SparseLinear, blocked_linear
 
-__all__ = ["BACKENDS", "ECOConv2d", "SparseConv2d", "SparseLinear", "blocked_linear"]
+__all__ = [
+    "BACKENDS",
+    "ELEMENTWISE",
+    "ECOConv2d",
+    "FusedSparseChain",
+    "SparseConv2d",
+    "SparseLinear",
+    "blocked_linear",
+    "fuse_sparse_chains",
+]

@@ -1,0 +1,108 @@
+"""``FusedSparseChain``: run a stack of blocked ``SparseLinear`` layers feature-major, one gather each.
+
+Layer by layer, the blocked backend gathers its inputs into block order, multiplies, reorders the
+``(g, B, bm)`` product to ``(B, m)`` and gathers the outputs back: three memory passes around
+one small batched matmul. In a chain ``SparseLinear → activation → SparseLinear → …`` with
+elementwise activations, the output gather of layer ``l`` and the input gather of layer ``l + 1``
+compose into one gather by ``row_inverse_l[col_perm_{l+1}]``, and keeping activations
+feature-major ``(features, batch)`` makes the product ``blocks @ x`` land directly in that
+layout. The chain then costs one row gather and one matmul per layer (a transpose at each end).
+It computes exactly the function of the layers it wraps and shares their parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from sao.nn.linear import SparseLinear
+
+__all__ = ["ELEMENTWISE", "FusedSparseChain", "fuse_sparse_chains"]
+
+#: Activations that act on each feature alone (so they commute with feature permutations).
+ELEMENTWISE: tuple[type[nn.Module], ...] = (nn.Tanh, nn.ReLU, nn.Identity, nn.Sigmoid, nn.GELU, nn.SiLU,
+                                            nn.LeakyReLU, nn.ELU, nn.Hardtanh, nn.Softplus)
+
+
+class FusedSparseChain(nn.Module):
+    """``act_k(L_k( … act_1(L_1(x)) … ))`` for blocked :class:`SparseLinear` layers ``L_i``.
+
+    Args:
+        layers: blocked ``SparseLinear`` layers with ``layers[i].out_features ==
+            layers[i + 1].in_features``.
+        activations: one elementwise module per layer (see :data:`ELEMENTWISE`), applied after it.
+
+    Shapes:
+        input ``(..., layers[0].in_features)`` → output ``(..., layers[-1].out_features)``.
+
+    The layers stay submodules (``self.layers``), so their parameters are shared and trained in place.
+    """
+
+    def __init__(self, layers: list[SparseLinear], activations: list[nn.Module]) -> None:
+        super().__init__()
+        if not layers or len(layers) != len(activations):
+            raise ValueError("give one activation per layer, and at least one layer")
+        for i, (layer, act) in enumerate(zip(layers, activations, strict=True)):
+            if not isinstance(layer, SparseLinear) or layer.backend != "blocked":
+                raise ValueError(f"layers[{i}] must be a SparseLinear with backend='blocked', got {layer}")
+            if type(act) not in ELEMENTWISE:
+                raise ValueError(f"activations[{i}] = {act} is not elementwise; allowed: "
+                                 f"{', '.join(t.__name__ for t in ELEMENTWISE)}")
+            if i and layers[i - 1].out_features != layer.in_features:
+                raise ValueError(f"layers[{i - 1}] has {layers[i - 1].out_features} outputs but layers[{i}] "
+                                 f"takes {layer.in_features} inputs")
+        self.layers, self.activations = nn.ModuleList(layers), nn.ModuleList(activations)
+
+    def _gather_index(self, i: int) -> Tensor:
+        layer = self.layers[i]
+        return layer.col_perm if i == 0 else self.layers[i - 1].row_inverse[layer.col_perm]
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        h = x.reshape(-1, x.shape[-1]).t()  # (features, batch)
+        batch = h.shape[1]
+        for i, (layer, act) in enumerate(zip(self.layers, self.activations, strict=True)):
+            g, bm, bn = layer.blocks.shape
+            xs = h.index_select(0, self._gather_index(i)).view(g, bn, batch)
+            if layer.bias is None:
+                z = torch.bmm(layer.blocks, xs)
+            else:
+                z = torch.baddbmm(layer.bias.index_select(0, layer.row_perm).view(g, bm, 1), layer.blocks, xs)
+            h = act(z.view(g * bm, batch))
+        return h.index_select(0, self.layers[-1].row_inverse).t().reshape(*lead, -1)
+
+    def extra_repr(self) -> str:
+        return f"{len(self.layers)} layers, {self.layers[0].in_features} -> {self.layers[-1].out_features}"
+
+
+def fuse_sparse_chains(model: nn.Sequential, min_layers: int = 2) -> nn.Sequential:
+    """A new ``nn.Sequential`` in which every run of ``(blocked SparseLinear, elementwise act)`` pairs
+    of at least ``min_layers`` layers is one :class:`FusedSparseChain` (parameters shared, not copied).
+
+    The result computes the same function; its ``state_dict`` keys differ from ``model``'s.
+    """
+    items, out, run = list(model), [], []
+
+    def flush() -> None:
+        if len(run) >= min_layers:
+            out.append(FusedSparseChain([p[0] for p in run], [p[1] for p in run]))
+        else:
+            out.extend(m for pair in run for m in pair)
+        run.clear()
+
+    i = 0
+    while i < len(items):
+        layer, act = items[i], items[i + 1] if i + 1 < len(items) else None
+        fits = (isinstance(layer, SparseLinear) and layer.backend == "blocked" and type(act) in ELEMENTWISE
+                and (not run or run[-1][0].out_features == layer.in_features))
+        if fits:
+            run.append((layer, act))
+            i += 2
+            continue
+        flush()
+        if isinstance(layer, SparseLinear) and layer.backend == "blocked" and type(act) in ELEMENTWISE:
+            continue  # size mismatch with the previous run: start a new run at this layer
+        out.append(layer)
+        i += 1
+    flush()
+    return nn.Sequential(*out)

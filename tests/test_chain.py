@@ -1,0 +1,60 @@
+"""FusedSparseChain computes exactly what its blocked SparseLinear layers compute, forward and backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import sao
+from helpers import gen
+from sao.nn import FusedSparseChain, SparseLinear, fuse_sparse_chains
+
+
+def chain_model(bias: bool, act: type[nn.Module] = nn.Tanh) -> nn.Sequential:
+    g = gen(3)
+    sizes = [(32, 64, 8), (64, 64, 8), (64, 16, 4)]
+    layers: list[nn.Module] = [nn.Linear(8, 32, dtype=torch.float64), nn.Tanh()]
+    for n, m, d in sizes:
+        layers += [SparseLinear(n, m, degree=d, bias=bias, generator=g, dtype=torch.float64), act()]
+    layers.append(nn.Linear(16, 3, dtype=torch.float64))
+    model = nn.Sequential(*layers)
+    with torch.no_grad():
+        for layer in model:
+            if isinstance(layer, SparseLinear) and layer.bias is not None:
+                layer.bias.normal_(generator=g)
+    return model
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("act", [nn.Tanh, nn.ReLU])
+def test_fused_chain_equals_layers(bias: bool, act: type[nn.Module]) -> None:
+    model = chain_model(bias, act)
+    fused = fuse_sparse_chains(model)
+    assert sum(isinstance(m, FusedSparseChain) for m in fused) == 1 and len(fused) == 4
+    x = torch.randn(5, 2, 8, dtype=torch.float64, generator=gen(1), requires_grad=True)
+    y_ref, y = model(x), fused(x)
+    torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=0)
+    grads_ref = torch.autograd.grad(y_ref.square().sum(), [x, *model.parameters()])
+    grads = torch.autograd.grad(y.square().sum(), [x, *model.parameters()])  # same Parameter objects
+    for a, b in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_fused_chain_on_sparsified_fnn() -> None:
+    from sao.models import fnn
+
+    model = sao.sparsify(fnn(4).double(), degree=4, generator=gen())
+    fused = fuse_sparse_chains(model)
+    assert any(isinstance(m, FusedSparseChain) for m in fused)
+    x = torch.randn(3, 1024, dtype=torch.float64)
+    torch.testing.assert_close(fused(x), model(x), atol=1e-12, rtol=0)
+
+
+def test_fused_chain_errors() -> None:
+    with pytest.raises(ValueError, match="backend='blocked'"):
+        FusedSparseChain([SparseLinear(8, 8, degree=2, backend="masked")], [nn.Tanh()])
+    with pytest.raises(ValueError, match="not elementwise"):
+        FusedSparseChain([SparseLinear(8, 8, degree=2)], [nn.Softmax(dim=-1)])
+    with pytest.raises(ValueError, match="outputs but"):
+        FusedSparseChain([SparseLinear(8, 8, degree=2), SparseLinear(16, 8, degree=2)], [nn.Tanh(), nn.Tanh()])
