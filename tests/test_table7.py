@@ -91,5 +91,11 @@ def test_cli_train_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert len(finished_results(tmp_path)) == 1
     assert main(["report", str(tmp_path)]) == 0
     assert "| sao |" in capsys.readouterr().out
+    assert main(["train", "--method", "sao", "--depth", "2", "--epochs", "1", "--batch-size", "256", "--activation",
+                 "relu", "--schedule", "cosine", "--warmup-epochs", "1", "--nesterov", "--max-grad-norm", "1.0",
+                 "--device", "cpu", "--out", str(tmp_path)]) == 0
+    relu_run = next(r for r in finished_results(tmp_path) if r["config"]["activation"] == "relu")
+    assert relu_run["config"]["schedule"] == "cosine" and relu_run["status"] == "completed"
     assert main(["train", "--method", "nope", "--out", str(tmp_path)]) == 2
+    assert main(["train", "--schedule", "sometimes", "--out", str(tmp_path)]) == 2
     assert main(["reproduce", "table7", "--preset", "huge", "--out", str(tmp_path)]) == 2

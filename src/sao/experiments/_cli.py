@@ -93,6 +93,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=None, help="default: the paper's learning rate for the depth")
     p.add_argument("--device", default="auto")
+    p.add_argument("--activation", default="tanh", help="tanh (paper), relu (mirrored SAO) or linear")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    p.add_argument("--schedule", default="constant", help="constant, multistep or cosine")
+    p.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up epochs")
+    p.add_argument("--max-grad-norm", type=float, default=None, help="clip the gradient norm (default: no clipping)")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="parent folder of the run (default runs/train)")
 
 
@@ -108,7 +115,9 @@ def run_train(args: argparse.Namespace) -> int:
         "experiment": "table7", "method": args.method, "depth": args.depth, "seed": args.seed, "epochs": args.epochs,
         "dataset": args.dataset, "data_root": args.data_root, "degree": args.degree, "gain": args.gain,
         "batch_size": args.batch_size, "lr": args.lr if args.lr is not None else lr_for_depth(args.depth),
-        "device": args.device}
+        "device": args.device, "activation": args.activation, "momentum": args.momentum,
+        "weight_decay": args.weight_decay, "nesterov": args.nesterov, "schedule": args.schedule,
+        "warmup_epochs": args.warmup_epochs, "max_grad_norm": args.max_grad_norm}
     result = run_one(Run(f"{args.method}-N{args.depth}-s{args.seed}", config), table7.run_table7, args.out)
     keys = ("status", "epochs_run", "val_acc", "test_acc", "best_val_acc", "jacobian_mean", "jacobian_var",
             "sparsity_sparse_layers", "sparsity_overall", "seconds", "run_dir")
