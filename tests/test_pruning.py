@@ -172,3 +172,15 @@ def test_rg_s_uses_an_sao_topology_as_mask_on_orthogonal_weights() -> None:
     assert mask.sum(1).unique().tolist() == [4] and mask.sum(0).unique().tolist() == [2]  # 256 x 512, d = 4
     w = net[2].weight_orig.detach()
     assert torch.allclose(w @ w.T, torch.eye(256), atol=1e-5)  # the dense weights were orthogonal before masking
+
+
+def test_orthogonal_init_leaves_pruned_and_sparse_layers_alone() -> None:
+    net = sao.sparsify(fnn(2), "lmp-s", degree=4, generator=gen())
+    with torch.no_grad():
+        net[2].bias.fill_(1.0)
+    before = net[2].weight_orig.detach().clone()
+    orthogonal_init_(net, gain=2.0, generator=gen(1))
+    assert torch.equal(net[2].weight_orig, before) and bool((net[2].bias == 1.0).all())
+    assert torch.equal(net[2].weight, net[2].weight_orig * net[2].weight_mask)  # the computed weight untouched
+    w = net[0].weight.detach()
+    assert torch.allclose(w @ w.T, 4.0 * torch.eye(512), atol=1e-4)  # plain layers are re-initialised

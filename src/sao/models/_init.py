@@ -17,10 +17,12 @@ def orthogonal_init_(model: nn.Module, gain: float = 1.0, activation: str = "tan
 
     Biases are set to zero. Applied before :func:`sao.sparsify`, this makes the dense layers
     that stay dense (first and last) orthogonal too, as in the paper (§III-C, §III-D).
-    Convolutions with even kernels get ``orthogonal_`` over the flattened kernel instead.
+    Convolutions with even kernels get ``orthogonal_`` over the flattened kernel instead. Sparse
+    layers (:mod:`sao.nn`) and pruned layers keep their weights.
     """
     for module in model.modules():
-        if type(module) not in (nn.Linear, nn.Conv2d):
+        # pruned layers (torch.nn.utils.prune) expose a computed ``weight``: writing it would do nothing
+        if type(module) not in (nn.Linear, nn.Conv2d) or hasattr(module, "weight_orig"):
             continue
         w = module.weight
         if isinstance(module, nn.Conv2d) and all(k % 2 for k in module.kernel_size) and module.groups == 1:
