@@ -25,9 +25,14 @@ def check_conv_weight(tensor: Tensor, fn: str, odd: bool = False) -> None:
         raise ValueError(f"{fn} needs odd kernel sides so the kernel has a centre tap, got {tuple(tensor.shape[2:])}")
 
 
+def centre_tap(kernel_size: tuple[int, ...]) -> tuple[int, ...]:
+    """Index of the centre tap of a kernel with odd sides, ``((kh - 1) // 2, (kw - 1) // 2)``."""
+    return tuple((side - 1) // 2 for side in kernel_size)
+
+
 def _place_centre_(tensor: Tensor, matrix: Tensor) -> Tensor:
     tensor.zero_()
-    tensor[:, :, (tensor.shape[2] - 1) // 2, (tensor.shape[3] - 1) // 2] = matrix.to(tensor.device, tensor.dtype)
+    tensor[(..., *centre_tap(tensor.shape[2:]))] = matrix.to(tensor.device, tensor.dtype)
     return tensor
 
 

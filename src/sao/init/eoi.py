@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from sao.init._random import check_generator, draw_device
-from sao.init.conv import check_conv_weight
+from sao.init.conv import centre_tap, check_conv_weight
 
 __all__ = ["eoi_", "eoi_delta_", "eoi_delta_with_mask_", "eoi_target_nonzeros", "eoi_with_mask_"]
 
@@ -466,7 +466,7 @@ def eoi_delta_with_mask_(tensor: Tensor, density: float | None = None, sparsity:
     check_generator(generator)
     target = eoi_target_nonzeros(*tensor.shape[:2], density, sparsity)
     tensor.zero_()
-    mask = _eoi_into_(tensor[:, :, (tensor.shape[2] - 1) // 2, (tensor.shape[3] - 1) // 2], target, gain, generator)
+    mask = _eoi_into_(tensor[(..., *centre_tap(tensor.shape[2:]))], target, gain, generator)
     return tensor, mask[:, :, None, None].expand(tensor.shape).contiguous()
 
 

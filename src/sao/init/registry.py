@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from sao._registry import Registry
+from sao.init.conv import centre_tap
 from sao.init.eco import sao_eco_
 from sao.init.linear import rg_normal_blocks, rg_uniform_blocks, sao_blocks
 from sao.topology import Topology
@@ -70,7 +71,7 @@ def get_layer_init(name: str, kernel_dims: int) -> LayerInit:
 def _centre(blocks: Tensor, kernel_size: tuple[int, ...]) -> Tensor:
     """Put ``(g, bm, bn)`` blocks at the centre tap of zero ``(g, bm, bn, kh, kw)`` kernels."""
     out = blocks.new_zeros(*blocks.shape, *kernel_size)
-    out[..., (kernel_size[0] - 1) // 2, (kernel_size[1] - 1) // 2] = blocks
+    out[(..., *centre_tap(kernel_size))] = blocks
     return out
 
 
