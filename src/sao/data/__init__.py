@@ -18,7 +18,7 @@ from sao.data._mnist import (  # registers "mnist5k" and "mnist"
     preprocess_mnist,
 )
 from sao.data._registry import DATASETS, DatasetBuilder, create_splits, list_datasets
-from sao.data._splits import Splits, loaders, stratified_split
+from sao.data._splits import ShardedBatchSampler, Splits, loaders, stratified_split
 
 __all__ = [
     "DATASETS",
@@ -26,6 +26,7 @@ __all__ = [
     "MNIST_STD",
     "SPLIT_SEED",
     "DatasetBuilder",
+    "ShardedBatchSampler",
     "Splits",
     "create_splits",
     "list_datasets",

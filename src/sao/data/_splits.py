@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["Splits", "loaders", "stratified_split"]
+__all__ = ["ShardedBatchSampler", "Splits", "loaders", "stratified_split"]
 
 
 @dataclass(frozen=True)
@@ -31,18 +32,58 @@ class Splits:
     input_shape: tuple[int, ...]
 
     def loaders(self, batch_size: int, seed: int, device: torch.device | str | None = None,
-                num_workers: int = 0) -> tuple[DataLoader, DataLoader, DataLoader]:
+                num_workers: int = 0, shard: tuple[int, int] = (0, 1)) -> tuple[DataLoader, DataLoader, DataLoader]:
         """Train / val / test loaders; see :func:`loaders`."""
-        return loaders(self, batch_size, seed, device=device, num_workers=num_workers)
+        return loaders(self, batch_size, seed, device=device, num_workers=num_workers, shard=shard)
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Rank ``rank``'s share of each shuffled global batch, for data-parallel training.
+
+    Every epoch draws one permutation of ``range(size)`` from ``generator`` — the same draws, in
+    the same order, as ``DataLoader(shuffle=True, generator=generator)`` makes, so with
+    ``world_size=1`` the batches are exactly those of the ordinary loader. Global batch ``i`` is
+    positions ``[i·B, (i+1)·B)`` of the permutation; rank ``r`` of ``W`` gets every ``W``-th of them
+    starting at ``r``. The ranks' shares are disjoint and together form the global batch, so
+    averaging their gradients reproduces single-process training with batch ``B``.
+
+    Raises:
+        ValueError: ``batch_size`` not a multiple of ``world_size`` (unequal shares would weigh
+            examples unequally), a bad rank, or a last batch too small to give every rank an example.
+    """
+
+    def __init__(self, size: int, batch_size: int, generator: torch.Generator, rank: int = 0,
+                 world_size: int = 1) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if batch_size % world_size:
+            raise ValueError(f"batch_size={batch_size} must be a multiple of the world size {world_size} "
+                             "(each process takes an equal share of every batch)")
+        if 0 < size % batch_size < world_size:
+            raise ValueError(f"the last batch of {size % batch_size} example(s) cannot be shared by "
+                             f"{world_size} processes; choose another batch size")
+        self.size, self.batch_size, self.generator = size, batch_size, generator
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return -(-self.size // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.size, generator=self.generator).tolist()
+        torch.randperm(self.size, generator=self.generator)  # RandomSampler draws (and drops) a second one
+        for start in range(0, self.size, self.batch_size):
+            yield order[start:start + self.batch_size][self.rank::self.world_size]
 
 
 def loaders(splits: Splits, batch_size: int, seed: int, device: torch.device | str | None = None,
-            num_workers: int = 0) -> tuple[DataLoader, DataLoader, DataLoader]:
+            num_workers: int = 0, shard: tuple[int, int] = (0, 1)) -> tuple[DataLoader, DataLoader, DataLoader]:
     """Make the train, validation and test loaders of ``splits``.
 
     The training loader reshuffles every epoch from its own ``torch.Generator`` seeded with
     ``seed``: the same seed gives the same sequence of batches, independent of the global RNG.
-    Validation and test loaders keep the dataset order.
+    Validation and test loaders keep the dataset order. With ``shard=(rank, world_size)`` and
+    ``world_size > 1`` the training loader yields this rank's share of each global batch of
+    ``batch_size`` (:class:`ShardedBatchSampler`); validation and test stay whole on every rank.
 
     Args:
         splits: the splits to load.
@@ -50,12 +91,13 @@ def loaders(splits: Splits, batch_size: int, seed: int, device: torch.device | s
         seed: seed of the training-order generator.
         device: where the batches will go; memory is pinned only for a CUDA device. Default ``None`` (CPU).
         num_workers: loader worker processes (≥ 0). Default ``0``.
+        shard: ``(rank, world_size)`` of data-parallel training (see :mod:`sao.training.distributed`).
 
     Returns:
         ``(train, val, test)`` loaders; the last training batch may be smaller.
 
     Raises:
-        ValueError: ``batch_size < 1`` or ``num_workers < 0``.
+        ValueError: ``batch_size < 1``, ``num_workers < 0`` or a shard that cannot split the batches.
 
     >>> import torch
     >>> from torch.utils.data import TensorDataset
@@ -70,7 +112,14 @@ def loaders(splits: Splits, batch_size: int, seed: int, device: torch.device | s
         raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
     pin = device is not None and torch.device(device).type == "cuda"
     common = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": pin}
-    train = DataLoader(splits.train, shuffle=True, generator=torch.Generator().manual_seed(seed), **common)
+    generator = torch.Generator().manual_seed(seed)
+    rank, world_size = shard
+    if world_size > 1:
+        sampler = ShardedBatchSampler(len(splits.train), batch_size, generator, rank, world_size)  # type: ignore[arg-type]
+        train = DataLoader(splits.train, batch_sampler=sampler, generator=generator, num_workers=num_workers,
+                           pin_memory=pin)
+    else:
+        train = DataLoader(splits.train, shuffle=True, generator=generator, **common)
     val = DataLoader(splits.val, shuffle=False, **common)
     test = DataLoader(splits.test, shuffle=False, **common)
     return train, val, test

@@ -9,9 +9,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["TrainConfig", "lr_for_depth", "resolve_device"]
+__all__ = ["AMP_DTYPES", "TrainConfig", "lr_for_depth", "resolve_device"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+#: Mixed-precision choices of :attr:`TrainConfig.amp` and the autocast dtype of each.
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA if available, else CPU), "cpu" or "cuda[:i]"
     isometry_probe: int = 8  # probe examples for the Jacobian spectrum at init and after each epoch; 0 disables
     max_grad_norm: float | None = None  # clip the total gradient norm to this value; None: no clipping
+    amp: str | None = None  # mixed precision: None (float32), "bf16" or "fp16" (fp16 adds a gradient scaler)
+    cudnn_benchmark: bool = False  # let cuDNN pick the fastest conv algorithms (CUDA only; not bit-reproducible)
 
     def __post_init__(self) -> None:
         from sao.training.schedule import SCHEDULES  # here to avoid an import cycle
@@ -65,6 +69,8 @@ class TrainConfig:
                "None or a positive number")
         _check("device", self.device, isinstance(self.device, str) and self.device.split(":")[0] in DEVICE_CHOICES,
                f"one of {', '.join(DEVICE_CHOICES)} (cuda may carry an index, e.g. 'cuda:1')")
+        _check("amp", self.amp, self.amp is None or self.amp in AMP_DTYPES, f"None or one of {', '.join(AMP_DTYPES)}")
+        _check("cudnn_benchmark", self.cudnn_benchmark, isinstance(self.cudnn_benchmark, bool), "True or False")
         SCHEDULES.get(self.schedule)  # ValueError listing the known schedules
 
     def to_dict(self) -> dict[str, Any]:

@@ -24,10 +24,23 @@ written — the place for an external stop (raise) or extra logging.
 
 **Divergence.** When the training loss becomes NaN or ±inf the epoch stops, its line is written
 with ``status = "diverged"`` (metrics ``null``), and :func:`train` returns ``status="diverged"``.
+
+**Devices and precision.** ``config.device`` ``"auto"`` takes CUDA when present; ``config.amp``
+runs forward and loss under ``torch.autocast`` in bf16 or fp16 (fp16 with a gradient scaler,
+whose state is checkpointed); ``config.cudnn_benchmark`` sets ``torch.backends.cudnn.benchmark``
+for CUDA runs. Evaluation and the Jacobian probe run in float32.
+
+**Data parallel.** Inside a ``torch.distributed`` process group (see
+:mod:`sao.training.distributed`; ``sao train`` under ``torchrun``) the model is wrapped in
+``DistributedDataParallel``, the train loader must be sharded (``loaders(..., shard=(rank, W))``),
+training loss/accuracy are summed over ranks, and only rank 0 writes files and shows progress;
+every rank returns the same result. World size 1 is the ordinary single-process run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import random
 import time
@@ -39,14 +52,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from sao._atomic import atomic_write_bytes
+from sao.data import ShardedBatchSampler
 from sao.training.checkpoint import CHECKPOINT_FORMAT, capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from sao.training.config import TrainConfig, resolve_device
+from sao.training.config import AMP_DTYPES, TrainConfig, resolve_device
+from sao.training.distributed import all_reduce_sum, device_for_rank, is_main_process, world
 from sao.training.isometry import jacobian_spectrum, probe_batch
-from sao.training.metrics import append_metrics, truncate_metrics
+from sao.training.metrics import append_metrics, clean_row, read_metrics, truncate_metrics
 from sao.training.schedule import build_optimizer, build_scheduler
 
 __all__ = ["evaluate", "train"]
@@ -75,9 +91,24 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str = 
     return float(loss_sum) / count, int(correct) / count
 
 
-def _train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, config: TrainConfig,
-                 device: torch.device, bar: tqdm) -> tuple[float, float]:
-    """One pass over ``loader``; returns (mean loss, accuracy), the loss non-finite if training diverged."""
+def autocast(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``amp`` (``"bf16"``/``"fp16"``) on ``device``; a no-op context for ``None``."""
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp is not None else contextlib.nullcontext()
+
+
+def _global_mean(loss_sum: Tensor, correct: Tensor, count: int) -> tuple[float, float]:
+    """Mean loss and accuracy over every rank's examples so far (one all-reduce in a process group)."""
+    totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(count), dtype=torch.float64,
+                                                                   device=loss_sum.device)])
+    all_reduce_sum(totals)
+    loss, hits, n = totals.tolist()
+    return loss / n, hits / n
+
+
+def _train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, config: TrainConfig, device: torch.device,
+                 bar: tqdm) -> tuple[float, float]:
+    """One pass over ``loader``; returns (mean loss, accuracy) over all ranks, the loss non-finite if it diverged."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -85,24 +116,27 @@ def _train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
     for step, (inputs, targets) in enumerate(loader, start=1):
         inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        logits = model(inputs)
-        loss = F.cross_entropy(logits, targets)
+        with autocast(device, config.amp):
+            logits = model(inputs)
+            loss = F.cross_entropy(logits, targets)
         loss_sum += loss.detach().double() * targets.shape[0]
         correct += (logits.detach().argmax(dim=1) == targets).sum()
         count += targets.shape[0]
         bar.update(1)
         if step % _CHECK_EVERY == 0:  # NaN/inf stays in the sum, so the end-of-epoch check never misses it
-            mean = float(loss_sum) / count
+            mean, acc = _global_mean(loss_sum, correct, count)  # every rank takes the same decision
             if not np.isfinite(mean):
-                return mean, int(correct) / count
-            bar.set_postfix(loss=f"{mean:.4f}", acc=f"{int(correct) / count:.3f}")
-        loss.backward()
+                return mean, acc
+            bar.set_postfix(loss=f"{mean:.4f}", acc=f"{acc:.3f}")
+        scaler.scale(loss).backward()
         if config.max_grad_norm is not None:
+            scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
     if count == 0:
         raise ValueError("the train loader yielded no batches")
-    mean, acc = float(loss_sum) / count, int(correct) / count
+    mean, acc = _global_mean(loss_sum, correct, count)
     bar.set_postfix(loss=f"{mean:.4f}", acc=f"{acc:.3f}")
     return mean, acc
 
@@ -129,13 +163,21 @@ def _row(epoch: int, status: str, lr: float | None, train: tuple[float | None, f
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
-    """A run resumes only under the config it started with (the device may differ)."""
+    """A run resumes only under the config it started with (the device may differ).
+
+    Fields missing from ``saved`` (checkpoints older than the field) count as their default.
+    """
     current = config.to_dict()
+    saved = {**_defaults(), **saved}
     differ = sorted(k for k in set(saved) | set(current) if k != "device" and saved.get(k) != current.get(k))
     if differ:
         details = ", ".join(f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in differ)
         raise ValueError(f"checkpoint {path} was written with a different config ({details}); "
                          "use a new run_dir or the original config")
+
+
+def _defaults() -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def _result(rows: list[dict[str, Any]], run_dir: Path, epoch: int, status: str) -> dict[str, Any]:
@@ -175,67 +217,99 @@ def train(model: nn.Module, loaders: Mapping[str, DataLoader], config: TrainConf
     """
     if "train" not in loaders or "val" not in loaders or set(loaders) - set(LOADER_KEYS):
         raise ValueError(f"loaders must have keys 'train' and 'val' (and optionally 'test'), got {sorted(loaders)}")
+    _check_sharded(loaders["train"])
+    main = is_main_process()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
-    device = resolve_device(config.device)
+    device = device_for_rank(resolve_device(config.device))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark
     model.to(device)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     probe = probe_batch(loaders["val"], config.isometry_probe)
     probe = probe.to(device) if probe is not None else None
     has_test = "test" in loaders
-    resolved = {"config": config.to_dict(), "device": str(device), "torch": torch.__version__,
+    resolved = {"config": config.to_dict(), "device": str(device), "world_size": world()[1], "torch": torch.__version__,
                 "model_class": f"{type(model).__module__}.{type(model).__qualname__}"}
-    atomic_write_bytes(run_dir / "config.json", (json.dumps(resolved, indent=2) + "\n").encode())
+    if main:
+        atomic_write_bytes(run_dir / "config.json", (json.dumps(resolved, indent=2) + "\n").encode())
+
+    def log(row: dict[str, Any]) -> None:
+        rows.append(append_metrics(metrics_path, row) if main else clean_row(row))
 
     def checkpoint(epoch: int, status: str) -> None:
+        if not main:
+            return
         rng, loader_rng = capture_rng(loaders["train"])
         save_checkpoint(ckpt_path, {
             "format": CHECKPOINT_FORMAT, "epoch": epoch, "status": status, "config": config.to_dict(),
             "model_class": resolved["model_class"], "num_parameters": sum(p.numel() for p in model.parameters()),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": rng, "loader_rng": loader_rng})
+            "scaler": scaler.state_dict(), "rng": rng, "loader_rng": loader_rng})
 
+    rows: list[dict[str, Any]] = []
     if ckpt_path.exists():
         saved = load_checkpoint(ckpt_path, map_location=device)
         _check_resumable(saved["config"], config, ckpt_path)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+        if saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
         restore_rng(saved["rng"], saved["loader_rng"], loaders["train"])
         start, status = int(saved["epoch"]), saved["status"]
-        rows = truncate_metrics(metrics_path, start)
+        rows = truncate_metrics(metrics_path, start) if main else [
+            r for r in read_metrics(metrics_path) if r["epoch"] <= start]
     else:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         np.random.seed(config.seed)
-        truncate_metrics(metrics_path, -1)
+        if main:
+            truncate_metrics(metrics_path, -1)
         began = time.perf_counter()
         measured = _measure(model, loaders, probe, device)
-        rows = [append_metrics(metrics_path, _row(0, "init", None, (None, None), measured, has_test,
-                                                  time.perf_counter() - began))]
+        log(_row(0, "init", None, (None, None), measured, has_test, time.perf_counter() - began))
         checkpoint(0, "ok")
         start, status = 0, "ok"
         if on_epoch_end is not None:
             on_epoch_end(rows[-1])
 
+    net = _data_parallel(model, device)
     epoch = start
     while epoch < config.epochs and status != "diverged":
         epoch += 1
         began = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         with tqdm(total=len(loaders["train"]), desc=f"epoch {epoch}/{config.epochs}", leave=False,
-                  disable=None if progress else True) as bar:
-            train_loss, train_acc = _train_epoch(model, loaders["train"], optimizer, config, device, bar)
+                  disable=None if progress and main else True) as bar:
+            train_loss, train_acc = _train_epoch(net, loaders["train"], optimizer, scaler, config, device, bar)
         if not np.isfinite(train_loss):
             status, measured = "diverged", {}
         else:
             scheduler.step()
             measured = _measure(model, loaders, probe, device)
-        rows.append(append_metrics(metrics_path, _row(epoch, status, lr, (train_loss, train_acc), measured, has_test,
-                                                      time.perf_counter() - began)))
+        log(_row(epoch, status, lr, (train_loss, train_acc), measured, has_test, time.perf_counter() - began))
         checkpoint(epoch, status)
         if on_epoch_end is not None:
             on_epoch_end(rows[-1])
     return _result(rows, run_dir, epoch, status)
+
+
+def _check_sharded(loader: DataLoader) -> None:
+    """In a process group each rank must train on its own share of every batch, not the whole batch."""
+    rank, world_size = world()
+    sampler = loader.batch_sampler
+    if world_size > 1 and not (isinstance(sampler, ShardedBatchSampler) and sampler.world_size == world_size
+                               and sampler.rank == rank):
+        raise ValueError(f"rank {rank} of {world_size}: the train loader must be sharded for data-parallel "
+                         f"training; build it with sao.data.loaders(..., shard=({rank}, {world_size}))")
+
+
+def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel inside a process group, else ``model`` itself."""
+    if world()[1] == 1:
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

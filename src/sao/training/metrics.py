@@ -19,14 +19,16 @@ from typing import Any
 
 from sao._atomic import atomic_write_bytes
 
-__all__ = ["METRIC_KEYS", "append_metrics", "read_metrics", "truncate_metrics"]
+__all__ = ["METRIC_KEYS", "append_metrics", "clean_row", "read_metrics", "truncate_metrics"]
 
 METRIC_KEYS = ("epoch", "status", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                "jacobian_mean", "jacobian_var", "seconds")
 
 
-def _clean(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
+def clean_row(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with every non-finite float replaced by ``None`` (what :func:`append_metrics` writes)."""
+    return {key: None if isinstance(value, float) and not math.isfinite(value) else value
+            for key, value in row.items()}
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -71,7 +73,7 @@ def truncate_metrics(path: Path, last_epoch: int) -> list[dict[str, Any]]:
 def append_metrics(path: Path, row: dict[str, Any]) -> dict[str, Any]:
     """Append ``row`` (non-finite numbers as ``null``) as one line and refresh the CSV view; return it cleaned."""
     path = Path(path)
-    row = {key: _clean(value) for key, value in row.items()}
+    row = clean_row(row)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         handle.write(json.dumps(row) + "\n")
