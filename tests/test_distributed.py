@@ -115,7 +115,7 @@ def test_shares_partition_every_global_batch(size: int, share: int, world_size: 
     assert all(len(s) == len(whole) for s in shares)
     for i, global_batch in enumerate(whole):
         parts = [s[i] for s in shares]
-        assert sorted(sum(parts, [])) == sorted(global_batch)
+        assert sorted(i for part in parts for i in part) == sorted(global_batch)
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 

@@ -99,3 +99,23 @@ def test_cli_train_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["train", "--method", "nope", "--out", str(tmp_path)]) == 2
     assert main(["train", "--schedule", "sometimes", "--out", str(tmp_path)]) == 2
     assert main(["reproduce", "table7", "--preset", "huge", "--out", str(tmp_path)]) == 2
+
+
+def test_reproduce_precision_flags_enter_the_run_configs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sao.experiments._cli as cli
+
+    seen: dict[str, list[Run]] = {}
+
+    def capture(runs: list[Run], *args: object, **kwargs: object) -> None:
+        seen.setdefault("runs", []).extend(runs)
+        raise KeyboardInterrupt  # stop before training anything
+
+    monkeypatch.setattr(cli, "run_grid", capture)
+    assert main(["reproduce", "table7", "--preset", "quick", "--out", str(tmp_path)]) == 130
+    plain = seen.pop("runs")
+    assert all("amp" not in r.config for r in plain)  # default runs keep their hashes
+    assert main(["reproduce", "table7", "--preset", "quick", "--amp", "bf16", "--cudnn-benchmark",
+                 "--out", str(tmp_path)]) == 130
+    mixed = seen["runs"]
+    assert all(r.config["amp"] == "bf16" and r.config["cudnn_benchmark"] for r in mixed)
+    assert {r.hash for r in mixed}.isdisjoint({r.hash for r in plain})

@@ -42,21 +42,44 @@ EXPERIMENTS.register("table7", Experiment("Table 7: FNN-N on MNIST", table7.tabl
 
 
 def add_reproduce_args(p: argparse.ArgumentParser) -> None:
+    from sao.experiments.launchers import LAUNCHERS
+
     p.add_argument("experiment", choices=EXPERIMENTS.names(), help="which table of the paper")
-    p.add_argument("--preset", default="quick", help="quick (minutes, CPU), cpu (hours, CPU) or paper (GPU)")
+    p.add_argument("--preset", default="quick", help="quick (minutes, CPU), cpu (about an hour, CPU) or paper (GPU)")
     p.add_argument("--out", type=Path, default=None, help="sweep folder (default runs/EXPERIMENT-PRESET)")
     p.add_argument("--workers", type=int, default=1, help="runs in parallel (processes; default 1)")
     p.add_argument("--data-root", default=None, help="folder with the dataset files (full MNIST: MNIST/raw/...)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:i]")
+    _add_precision_args(p)
+    p.add_argument("--launcher", choices=LAUNCHERS.names(), default="local",
+                   help="local (processes on this machine, default) or ray (one Ray task per run)")
+    p.add_argument("--address", default=None, help="ray: cluster address, e.g. auto or ray://HEAD:10001 "
+                                                   "(default: RAY_ADDRESS, else a local instance)")
+    p.add_argument("--cpus-per-run", type=int, default=None, help="ray: CPUs (and torch threads) per run (default 1)")
+    p.add_argument("--gpus-per-run", type=float, default=None,
+                   help="ray: GPUs per run, fractions below 1 share a GPU (default 0)")
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
+    from sao.experiments.launchers import LaunchOptions
+
     exp = EXPERIMENTS.get(args.experiment)
     if args.preset not in exp.presets:
         raise ValueError(f"preset={args.preset!r} is not known; choose from {', '.join(exp.presets)}")
+    ray_flags = {"--address": args.address, "--cpus-per-run": args.cpus_per_run, "--gpus-per-run": args.gpus_per_run}
+    if args.launcher != "ray" and any(v is not None for v in ray_flags.values()):
+        raise ValueError(f"{', '.join(f for f, v in ray_flags.items() if v is not None)} need --launcher ray")
+    if args.launcher == "ray" and args.workers != 1:
+        raise ValueError("--workers is for --launcher local; Ray runs as many runs as the cluster has room for")
+    options = LaunchOptions(workers=args.workers, address=args.address,
+                            cpus_per_run=1 if args.cpus_per_run is None else args.cpus_per_run,
+                            gpus_per_run=0 if args.gpus_per_run is None else args.gpus_per_run)
     out = args.out or Path("runs") / f"{args.experiment}-{args.preset}"
+    # precision settings enter a run's config (and so its hash) only when asked for
+    overrides = {k: v for k, v in (("amp", args.amp), ("cudnn_benchmark", args.cudnn_benchmark)) if v}
+    runs = [Run(r.label, {**r.config, **overrides}) for r in exp.runs(args.preset, args.data_root, args.device)]
     start = time.perf_counter()
-    run_grid(exp.runs(args.preset, args.data_root, args.device), exp.run_fn, out, workers=args.workers)
+    run_grid(runs, exp.run_fn, out, launcher=args.launcher, options=options)
     print(f"sweep finished in {time.perf_counter() - start:.0f} s: {out}")
     return _report(out, out, exp)
 
@@ -100,10 +123,34 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", default="constant", help="constant, multistep or cosine")
     p.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up epochs")
     p.add_argument("--max-grad-norm", type=float, default=None, help="clip the gradient norm (default: no clipping)")
+    _add_precision_args(p)
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="parent folder of the run (default runs/train)")
 
 
+def _add_precision_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--amp", default=None, choices=("bf16", "fp16"), help="mixed precision (default: float32)")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN autotune conv algorithms (CUDA)")
+
+
 def run_train(args: argparse.Namespace) -> int:
+    """One run; under ``torchrun`` a data-parallel one (``--batch-size`` is the global batch)."""
+    from sao.training.distributed import init_from_env, is_main_process, shutdown
+
+    init_from_env(args.device)
+    main = is_main_process()  # asked before the group is gone
+    try:
+        result = _train_one(args)
+    finally:
+        shutdown()
+    if main:
+        keys = ("status", "epochs_run", "val_acc", "test_acc", "best_val_acc", "jacobian_mean", "jacobian_var",
+                "sparsity_sparse_layers", "sparsity_overall", "seconds", "run_dir")
+        for key in keys:
+            print(f"{key:>24}: {result.get(key)}")
+    return 0
+
+
+def _train_one(args: argparse.Namespace) -> dict[str, Any]:
     from sao.data import list_datasets
     from sao.methods import METHODS
     from sao.training import lr_for_depth
@@ -117,10 +164,6 @@ def run_train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size, "lr": args.lr if args.lr is not None else lr_for_depth(args.depth),
         "device": args.device, "activation": args.activation, "momentum": args.momentum,
         "weight_decay": args.weight_decay, "nesterov": args.nesterov, "schedule": args.schedule,
-        "warmup_epochs": args.warmup_epochs, "max_grad_norm": args.max_grad_norm}
-    result = run_one(Run(f"{args.method}-N{args.depth}-s{args.seed}", config), table7.run_table7, args.out)
-    keys = ("status", "epochs_run", "val_acc", "test_acc", "best_val_acc", "jacobian_mean", "jacobian_var",
-            "sparsity_sparse_layers", "sparsity_overall", "seconds", "run_dir")
-    for key in keys:
-        print(f"{key:>24}: {result.get(key)}")
-    return 0
+        "warmup_epochs": args.warmup_epochs, "max_grad_norm": args.max_grad_norm, "amp": args.amp,
+        "cudnn_benchmark": args.cudnn_benchmark}
+    return run_one(Run(f"{args.method}-N{args.depth}-s{args.seed}", config), table7.run_table7, args.out)

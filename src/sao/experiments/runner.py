@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
-import os
 import sys
-import traceback
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sao._atomic import atomic_write_json
+
+if TYPE_CHECKING:
+    from sao.experiments.launchers import LaunchOptions
 
 __all__ = [
     "Run",
@@ -82,69 +81,57 @@ def is_finished(run_dir: Path) -> bool:
 
 
 def run_one(run: Run, run_fn: RunFunction, out: Path) -> dict[str, Any]:
-    """Run ``run`` unless it is finished; return its result (with ``config_hash`` and ``run_dir``)."""
+    """Run ``run`` unless it is finished; return its result (with ``config_hash`` and ``run_dir``).
+
+    In a data-parallel process group (``torchrun``) every rank runs ``run_fn`` and only rank 0
+    writes ``config.json`` and ``result.json``.
+    """
+    from sao.training.distributed import barrier, is_main_process
+
     run_dir = run.directory(out)
     done = read_result(run_dir)
+    barrier()  # every rank has decided before rank 0 may write a result
     if done is not None:
         return done
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", run.config)
+    if is_main_process():
+        atomic_write_json(run_dir / "config.json", run.config)
     result = dict(run_fn(dict(run.config), run_dir))
     result.update(config_hash=run.hash, run_dir=str(run_dir))
-    atomic_write_json(run_dir / "result.json", result)
+    if is_main_process():
+        atomic_write_json(run_dir / "result.json", result)
     return result
 
 
-def _init_worker(threads: int) -> None:
-    """Share the cores between workers: oversubscribed intra-op threads make steps 10-100x slower."""
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _run_in_worker(run: Run, run_fn: RunFunction, out: Path) -> dict[str, Any]:
-    return run_one(run, run_fn, out)
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def run_grid(runs: Sequence[Run], run_fn: RunFunction, out: Path, workers: int = 1,
-             log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> list[dict]:
-    """Run every unfinished run of ``runs`` (``workers`` processes at a time) and return all results.
+             log: Callable[[str], None] = _stderr, launcher: str = "local",
+             options: LaunchOptions | None = None) -> list[dict]:
+    """Run every unfinished run of ``runs`` with ``launcher`` and return all results, in order.
 
-    Finished runs are skipped (their stored result is returned). A run that raises is logged
-    with its traceback and left unfinished; the others go on, and a ``RuntimeError`` naming the
-    failed runs is raised at the end. ``run_fn`` must be a module-level function when
-    ``workers > 1`` (it is sent to worker processes, started with ``spawn``); each worker gets
-    ``cpu_count // workers`` intra-op threads.
+    Finished runs are skipped (their stored result is returned). A run that fails is logged and
+    left unfinished; the others go on, and a ``RuntimeError`` naming the failed runs is raised at
+    the end. ``launcher`` names an entry of :data:`sao.experiments.launchers.LAUNCHERS` (``"local"``:
+    ``workers`` processes on this machine, ``run_fn`` module-level when ``workers > 1``; ``"ray"``:
+    one Ray task per run); ``options`` (a :class:`~sao.experiments.launchers.LaunchOptions`) holds
+    its settings, and ``workers`` is short for ``options=LaunchOptions(workers=workers)``.
+    Unknown launchers and invalid options raise ``ValueError`` before anything runs.
     """
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    from sao.experiments.launchers import LAUNCHERS, LaunchOptions
+
+    launch = LAUNCHERS.get(launcher)
+    if options is None:
+        options = LaunchOptions(workers=workers)
+    elif workers not in (1, options.workers):
+        raise ValueError(f"workers={workers} disagrees with options.workers={options.workers}; give one of them")
     out = Path(out)
     _check_unique(runs)
     todo = [r for r in runs if not is_finished(r.directory(out))]
-    log(f"{len(runs)} runs: {len(runs) - len(todo)} finished, {len(todo)} to run with {workers} worker(s)")
-    failed: list[str] = []
-    if workers == 1:
-        for i, run in enumerate(todo, 1):
-            try:
-                run_one(run, run_fn, out)
-                log(f"[{i}/{len(todo)}] done {run.label}")
-            except Exception:
-                failed.append(run.label)
-                log(f"[{i}/{len(todo)}] FAILED {run.label}\n{traceback.format_exc()}")
-    else:
-        context = multiprocessing.get_context("spawn")
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                                 initargs=(threads,)) as pool:
-            futures = {pool.submit(_run_in_worker, run, run_fn, out): run for run in todo}
-            for i, future in enumerate(as_completed(futures), 1):
-                run = futures[future]
-                try:
-                    future.result()
-                    log(f"[{i}/{len(todo)}] done {run.label}")
-                except Exception as err:
-                    failed.append(run.label)
-                    log(f"[{i}/{len(todo)}] FAILED {run.label}: {err!r}")
+    log(f"{len(runs)} runs: {len(runs) - len(todo)} finished, {len(todo)} to run (launcher {launcher})")
+    failed = launch(todo, run_fn, out, options, log) if todo else []
     if failed:
         raise RuntimeError(f"{len(failed)} run(s) failed and stay unfinished (rerun to retry): {', '.join(failed)}")
     return [read_result(r.directory(out)) for r in runs]

@@ -1,0 +1,77 @@
+"""Seconds per training epoch of one Table 7 run on every device and precision this machine has.
+
+Trains FNN-N (``--depth``, ``--method``, MNIST-5k by default) for two epochs with
+:func:`sao.training.train` — the real loop: SGD step, evaluation on val and test, Jacobian probe —
+and reports the wall time of the second epoch (the first pays for cuDNN autotuning, allocator
+warm-up and lazy initialisation). Cases: CPU float32 (the baseline), CPU bf16, and when CUDA is
+present CUDA float32, bf16 and fp16; the ratio column is baseline / case, measured in the same run.
+
+Run ``python benchmarks/bench_epoch.py [--depth 1000] [--method sao] [--batch-size 128] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from _common import machine_info, markdown_table, print_header, set_threads, write_json
+from sao.experiments.table7 import run_table7
+from sao.training import lr_for_depth
+
+
+def cases() -> list[tuple[str, str | None]]:
+    """(device, amp) pairs available here; the first is the baseline."""
+    found: list[tuple[str, str | None]] = [("cpu", None), ("cpu", "bf16")]
+    if torch.cuda.is_available():
+        found += [("cuda", None), ("cuda", "bf16"), ("cuda", "fp16")]
+    return found
+
+
+def epoch_seconds(args: argparse.Namespace, device: str, amp: str | None) -> float:
+    """Wall time of the second epoch of a fresh two-epoch run."""
+    config = {"experiment": "table7", "method": args.method, "depth": args.depth, "seed": 0, "epochs": 2,
+              "dataset": args.dataset, "data_root": args.data_root, "degree": 4, "gain": 1.1,
+              "batch_size": args.batch_size, "lr": lr_for_depth(args.depth), "device": device, "amp": amp,
+              "cudnn_benchmark": device == "cuda"}
+    with tempfile.TemporaryDirectory() as tmp:
+        run_table7(config, Path(tmp))
+        sub = "finetune" if args.method.endswith("-t") else "train"
+        lines = (Path(tmp) / sub / "metrics.jsonl").read_text().splitlines()
+    return float(json.loads(lines[-1])["seconds"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int, default=200)
+    parser.add_argument("--method", default="sao")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--dataset", default="mnist5k")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: all cores)")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+    info = {**machine_info(), "threads": set_threads(args.threads)}
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name()
+    print_header(f"One Table 7 epoch: FNN-{args.depth}, {args.method}, {args.dataset}, batch {args.batch_size}",
+                 info)
+    rows = []
+    for device, amp in cases():
+        seconds = epoch_seconds(args, device, amp)
+        rows.append({"device": device, "amp": amp or "fp32", "seconds": seconds})
+        print(f"  {device} {amp or 'fp32'}: {seconds:.2f} s", flush=True)
+    base = rows[0]["seconds"]
+    for row in rows:
+        row["speedup"] = base / row["seconds"]
+    print(markdown_table(["device", "precision", "s / epoch", "× vs CPU fp32"],
+                         [[r["device"], r["amp"], f"{r['seconds']:.2f}", f"{r['speedup']:.2f}"] for r in rows]))
+    if args.json:
+        write_json(args.json, info, rows, vars(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Launchers: how the unfinished runs of a grid are executed — local processes or a Ray cluster.
+
+A launcher is a function ``(todo, run_fn, out, options, log) -> failed labels``. Every launcher
+executes each run through :func:`sao.experiments.runner.run_one`, so the run-directory contract of
+:mod:`sao.experiments.runner` (directories named by config hash, atomic ``result.json``, skip what
+is finished, resume the rest) is the same whichever launcher ran a grid: a grid started with one
+launcher can be finished with another. A run that fails is logged and returned, never stops the
+other runs; :func:`sao.experiments.runner.run_grid` raises for it at the end.
+
+Add a launcher with ``@LAUNCHERS.register("name")`` on such a function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from sao._registry import Registry
+from sao.experiments.runner import Run, RunFunction, is_finished, run_one
+
+__all__ = ["LAUNCHERS", "LaunchOptions", "Launcher", "launch_local", "launch_ray"]
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """Settings of the launchers; each launcher reads the fields it needs.
+
+    Args:
+        workers: ``local``: runs in parallel (1 = in this process, one after another).
+        address: ``ray``: the cluster to connect to (``ray.init(address=...)``, e.g. ``"auto"`` or
+            ``"ray://head:10001"``); ``None`` is Ray's default: ``RAY_ADDRESS`` if set, else a cluster
+            started on this machine with ``ray start``, else a new local instance.
+        cpus_per_run: ``ray``: CPUs reserved per run, also its number of PyTorch intra-op threads.
+        gpus_per_run: ``ray``: GPUs reserved per run; a fraction below 1 lets runs share a GPU.
+        max_retries: ``ray``: how often Ray reruns a run whose worker process died (killed, out of
+            memory, node lost). Safe, since a run resumes from its own checkpoint; exceptions raised
+            by the run function are never retried (they would fail again).
+    """
+
+    workers: int = 1
+    address: str | None = None
+    cpus_per_run: int = 1
+    gpus_per_run: float = 0
+    max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        for name, low in (("workers", 1), ("cpus_per_run", 1), ("max_retries", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        gpus = self.gpus_per_run
+        number = isinstance(gpus, (int, float)) and not isinstance(gpus, bool) and 0 <= gpus < float("inf")
+        if not number or (gpus > 1 and gpus != int(gpus)):
+            raise ValueError(f"gpus_per_run must be a number >= 0 (a fraction only below 1), got {gpus!r}")
+
+
+Launcher = Callable[[list[Run], RunFunction, Path, LaunchOptions, Log], list[str]]
+LAUNCHERS: Registry[Launcher] = Registry("launcher", "sao.experiments.launchers.LAUNCHERS")
+
+
+def _init_worker(threads: int) -> None:
+    """Share the cores between workers: oversubscribed intra-op threads make steps 10-100x slower."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+@LAUNCHERS.register("local")
+def launch_local(todo: list[Run], run_fn: RunFunction, out: Path, options: LaunchOptions, log: Log) -> list[str]:
+    """Run ``todo`` on this machine and return the labels of the runs that raised.
+
+    With ``options.workers == 1`` the runs go one after another in this process (a failure is
+    logged with its traceback). Otherwise ``workers`` processes (started with ``spawn``, so
+    ``run_fn`` must be a module-level function) each get ``cpu_count // workers`` intra-op threads.
+    """
+    failed: list[str] = []
+    if options.workers == 1:
+        for i, run in enumerate(todo, 1):
+            try:
+                run_one(run, run_fn, out)
+                log(f"[{i}/{len(todo)}] done {run.label}")
+            except Exception:
+                failed.append(run.label)
+                log(f"[{i}/{len(todo)}] FAILED {run.label}\n{traceback.format_exc()}")
+        return failed
+    threads = max(1, (os.cpu_count() or 1) // options.workers)
+    log(f"{options.workers} worker processes, {threads} thread(s) each")
+    with ProcessPoolExecutor(max_workers=options.workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(threads,)) as pool:
+        futures = {pool.submit(run_one, run, run_fn, out): run for run in todo}
+        for i, future in enumerate(as_completed(futures), 1):
+            run = futures[future]
+            try:
+                future.result()
+                log(f"[{i}/{len(todo)}] done {run.label}")
+            except Exception as err:
+                failed.append(run.label)
+                log(f"[{i}/{len(todo)}] FAILED {run.label}: {err!r}")
+    return failed
+
+
+def _import_ray() -> ModuleType:
+    try:
+        import ray
+    except ImportError as err:
+        raise ValueError(f"the ray launcher needs Ray ({err}); install it with: pip install 'sao[ray]'") from None
+    return ray
+
+
+def _ray_task(run: Run, run_fn: RunFunction, out: Path, threads: int) -> None:
+    """One run in a Ray worker: ``threads`` intra-op threads (the CPUs Ray reserved), then ``run_one``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    run_one(run, run_fn, out)
+
+
+@LAUNCHERS.register("ray")
+def launch_ray(todo: list[Run], run_fn: RunFunction, out: Path, options: LaunchOptions, log: Log) -> list[str]:
+    """Run ``todo`` as one Ray task per run and return the labels of the runs that failed.
+
+    Connects with ``ray.init(address=options.address)`` unless Ray is already initialised (then
+    the caller's connection is used and kept); a connection made here is shut down on return.
+    Each task reserves ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs (Ray sets
+    ``CUDA_VISIBLE_DEVICES``; a run's ``device="auto"`` then finds its GPU), sets that many
+    PyTorch threads and calls ``run_one``. Results are logged as they arrive. A task whose run
+    raised, or whose worker died more than ``max_retries`` times, is a failed run; the others go on.
+    If this function is interrupted, the runs still queued or running are cancelled (running ones
+    stay unfinished and resume on the next call).
+
+    ``out`` is resolved to an absolute path and must be the same folder on every node (a shared
+    file system); a task that ends without its ``result.json`` visible here counts as failed.
+    ``run_fn`` travels by pickle: a function of an installed module (``sao`` must be installed on
+    every node), or one registered with ``ray.cloudpickle.register_pickle_by_value``.
+    """
+    ray = _import_ray()
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(address=options.address)
+        except ConnectionError as err:
+            raise ValueError(f"cannot reach a Ray cluster at address={options.address!r}: {err}") from None
+    elif options.address is not None:
+        log(f"Ray is already initialised; address {options.address!r} is not used")
+    try:
+        _log_cluster(ray, options, log)
+        out = Path(out).resolve()
+        task = ray.remote(_ray_task)
+        resources = {"num_cpus": options.cpus_per_run, "num_gpus": options.gpus_per_run,
+                     "max_retries": options.max_retries, "retry_exceptions": False}
+        fn_ref = ray.put(run_fn)
+        runs = {task.options(name=f"sao:{run.label}", **resources).remote(run, fn_ref, out, options.cpus_per_run): run
+                for run in todo}
+        return _collect(ray, runs, out, log)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _log_cluster(ray: ModuleType, options: LaunchOptions, log: Log) -> None:
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    log(f"Ray cluster: {cpus:g} CPU(s), {gpus:g} GPU(s); each run takes {options.cpus_per_run} CPU(s), "
+        f"{options.gpus_per_run:g} GPU(s)")
+    if options.cpus_per_run > cpus or options.gpus_per_run > gpus:
+        log("WARNING: the cluster has less than one run asks for; the runs wait until nodes join (Ctrl-C to stop)")
+
+
+def _collect(ray: ModuleType, runs: dict[Any, Run], out: Path, log: Log) -> list[str]:
+    """Wait for the tasks ``runs`` (object ref → run), log each as it ends, return the failed labels."""
+    failed: list[str] = []
+    pending = list(runs)
+    try:
+        for i in range(1, len(runs) + 1):
+            [ready], pending = ray.wait(pending, num_returns=1)
+            run = runs[ready]
+            try:
+                ray.get(ready)
+                if not is_finished(run.directory(out)):
+                    raise RuntimeError(f"the task ended but {run.directory(out)}/result.json is not visible "
+                                       "here: is the output folder shared by every Ray node?")
+                log(f"[{i}/{len(runs)}] done {run.label}")
+            except Exception as err:
+                failed.append(run.label)
+                log(f"[{i}/{len(runs)}] FAILED {run.label}: {err}")
+    except BaseException:
+        for ref in pending:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        raise
+    return failed

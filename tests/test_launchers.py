@@ -1,0 +1,124 @@
+"""Tests of the grid launchers: Ray gives the same run directories as local processes, survives killed workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sao.cli import build_parser, main
+from sao.experiments import Run, finished_results, run_grid
+from sao.experiments.launchers import LAUNCHERS, LaunchOptions
+from sao.experiments.table7 import run_table7, table7_runs
+
+ray = pytest.importorskip("ray")
+
+# Ray workers cannot import this file (tests/ is not a package on their path): ship its functions by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+TIMING = {"seconds", "run_dir"}
+
+
+def quiet(_: str) -> None:
+    return None
+
+
+@pytest.fixture(scope="module")
+def ray_instance() -> Iterator[None]:
+    """One local Ray instance for the module (starting one takes seconds)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def tiny_grid() -> list[Run]:
+    """Four real Table 7 runs (dense and SAO, depth 2 and 3, one epoch on MNIST-5k), CPU-sized."""
+    base = table7_runs("quick", device="cpu")[0].config
+    return [Run(f"{method}-N{depth}", {**base, "method": method, "depth": depth, "epochs": 1, "batch_size": 256})
+            for method in ("dense", "sao") for depth in (2, 3)]
+
+
+def test_ray_grid_matches_local_grid(tmp_path: Path, ray_instance: None) -> None:
+    runs = tiny_grid()
+    local = run_grid(runs, run_table7, tmp_path / "local", log=quiet)
+    lines: list[str] = []
+    remote = run_grid(runs, run_table7, tmp_path / "ray", log=lines.append, launcher="ray",
+                      options=LaunchOptions(cpus_per_run=1))
+    assert ray.is_initialized()  # the launcher keeps a Ray instance it did not start
+    names = {side: sorted(p.name for p in (tmp_path / side).iterdir()) for side in ("local", "ray")}
+    assert names["local"] == names["ray"] and len(names["ray"]) == len(runs)
+    for a, b in zip(local, remote, strict=True):
+        assert {k: v for k, v in a.items() if k not in TIMING} == {k: v for k, v in b.items() if k not in TIMING}
+    assert sum(" done " in line for line in lines) == len(runs)
+
+
+def counted_run(config: dict, run_dir: Path) -> dict:
+    """Count each call in a file; the run named ``config["kill"]`` SIGKILLs its worker the first time."""
+    calls = Path(config["calls"])
+    (calls / f"{config['x']}-{uuid.uuid4().hex}").touch()
+    marker = calls.parent / "killed"
+    if config["x"] == config["kill"] and not marker.exists():
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"status": "completed", "value": config["x"] ** 2}
+
+
+def test_killed_worker_loses_nothing_and_rerun_completes(tmp_path: Path, ray_instance: None) -> None:
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    runs = [Run(f"x{x}", {"x": x, "kill": 2, "calls": str(calls)}) for x in range(5)]
+    out = tmp_path / "grid"
+    lines: list[str] = []
+    with pytest.raises(RuntimeError, match=r"1 run\(s\) failed.*x2"):
+        run_grid(runs, counted_run, out, log=lines.append, launcher="ray", options=LaunchOptions(max_retries=0))
+    assert any(line.startswith("[") and "FAILED x2" in line for line in lines)
+    finished = {r["config"]["x"]: r for r in finished_results(out)}
+    assert sorted(finished) == [0, 1, 3, 4] and all(r["value"] == x * x for x, r in finished.items())
+    results = run_grid(runs, counted_run, out, log=quiet, launcher="ray")
+    assert [r["value"] for r in results] == [x * x for x in range(5)]
+    per_run = [sum(p.name.startswith(f"{x}-") for p in calls.iterdir()) for x in range(5)]
+    assert per_run == [1, 1, 2, 1, 1]  # finished runs were not redone; the killed one ran again
+    assert json.loads((runs[0].directory(out) / "result.json").read_text())["value"] == 0
+    (tmp_path / "killed").unlink()  # with the default retries Ray reruns the killed run itself
+    assert [r["value"] for r in run_grid(runs, counted_run, tmp_path / "retried", log=quiet, launcher="ray")] == [
+        x * x for x in range(5)]
+    assert sum(p.name.startswith("2-") for p in calls.iterdir()) == 4
+
+
+def test_unknown_launcher_and_bad_options(tmp_path: Path) -> None:
+    assert LAUNCHERS.names() == ["local", "ray"]
+    with pytest.raises(ValueError, match="local, ray"):
+        run_grid([Run("a", {"x": 1})], counted_run, tmp_path, log=quiet, launcher="slurm")
+    for bad in ({"workers": 0}, {"cpus_per_run": 0}, {"gpus_per_run": -1}, {"gpus_per_run": 1.5},
+                {"max_retries": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            LaunchOptions(**bad)
+    with pytest.raises(ValueError, match="disagrees"):
+        run_grid([], counted_run, tmp_path, workers=2, log=quiet, options=LaunchOptions(workers=3))
+
+
+def test_missing_ray_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes ``import ray`` fail
+    with pytest.raises(ValueError, match=r"pip install 'sao\[ray\]'"):
+        run_grid([Run("a", {"x": 1})], counted_run, tmp_path, log=quiet, launcher="ray")
+
+
+def test_cli_launcher_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["reproduce", "table7", "--launcher", "ray", "--address", "auto",
+                                      "--cpus-per-run", "4", "--gpus-per-run", "0.5"])
+    assert (args.launcher, args.address, args.cpus_per_run, args.gpus_per_run) == ("ray", "auto", 4, 0.5)
+    assert build_parser().parse_args(["reproduce", "table7"]).launcher == "local"
+    for argv in (["--launcher", "ray", "--cpus-per-run", "0"], ["--launcher", "ray", "--gpus-per-run", "-1"],
+                 ["--cpus-per-run", "2"], ["--launcher", "ray", "--workers", "2"]):
+        assert main(["reproduce", "table7", "--out", str(tmp_path), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith("sao reproduce: error: "), err
+    assert not any(tmp_path.iterdir())  # nothing ran
+    with pytest.raises(SystemExit):
+        main(["reproduce", "table7", "--launcher", "slurm"])
