@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sao.cli import main
-from sao.experiments import Run, finished_results, run_one, table7
+from sao.experiments import Run, finished_results, protocol, run_one
 from sao.experiments.table7 import PRESETS, measured_sparsity, run_table7, table7_runs
 
 
@@ -51,7 +51,7 @@ class Killed(KeyboardInterrupt):
 
 def test_killed_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     full = run_one(tiny("gmp-t", epochs=2), run_table7, tmp_path / "full")
-    real_train = table7.train
+    real_train = protocol.train
     calls = []
 
     def train_killed_after_first_epoch(*args, **kwargs):
@@ -64,13 +64,13 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pyte
             kwargs["on_epoch_end"] = stop
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(table7, "train", train_killed_after_first_epoch)
+    monkeypatch.setattr(protocol, "train", train_killed_after_first_epoch)
     run = tiny("gmp-t", epochs=2)
     with pytest.raises(Killed):
         run_one(run, run_table7, tmp_path / "cut")
     assert not (run.directory(tmp_path / "cut") / "result.json").exists()
     assert finished_results(tmp_path / "cut") == []  # the partial run is never reported
-    monkeypatch.setattr(table7, "train", real_train)
+    monkeypatch.setattr(protocol, "train", real_train)
     resumed = run_one(run, run_table7, tmp_path / "cut")
     for key in ("test_acc", "val_acc", "epochs_run", "jacobian_var", "sparsity_sparse_layers"):
         assert resumed[key] == full[key], key

@@ -24,16 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from sao.data import create_splits, loaders
+from sao.data import create_splits
+from sao.experiments.protocol import TRAINING_DEFAULTS, data_loaders, measured_sparsity, train_config, train_with_method
 from sao.experiments.runner import Run
-from sao.methods import METHODS, connection_mask, sparsify
+from sao.methods import METHODS
 from sao.models import fnn, orthogonal_init_
-from sao.training import TrainConfig, lr_for_depth, read_metrics, resolve_device, train
-from sao.training.distributed import world
+from sao.training import lr_for_depth
 
-__all__ = ["KNOWN_TABLE7", "PRESETS", "Table7Preset", "run_table7", "table7_runs"]
+__all__ = ["KNOWN_TABLE7", "PRESETS", "Table7Preset", "measured_sparsity", "run_table7", "table7_runs"]
 
 PAPER_METHODS = ("dense", "gmp-t", "gmp-s", "rg-u", "rg-n", "sao")
 
@@ -83,69 +82,17 @@ def table7_runs(preset: str, data_root: str | None = None, device: str = "auto")
     return runs
 
 
-def _weight_sparsity(modules: list[nn.Module]) -> float:
-    zeros = sum(int((m.weight == 0).sum()) for m in modules)
-    return zeros / sum(m.weight.numel() for m in modules)
-
-
-def measured_sparsity(model: nn.Module) -> dict[str, float]:
-    """Fraction of zero weights measured from the weights: sparsified layers, dense layers, overall."""
-    layers = [m for m in model.modules() if isinstance(getattr(m, "weight", None), torch.Tensor)
-              and m.weight.dim() >= 2]
-    sparse = [m for m in layers if not bool(connection_mask(m).all())]
-    dense = [m for m in layers if m not in sparse]
-    per_layer = [_weight_sparsity([m]) for m in sparse]
-    return {"sparsity_sparse_layers": _weight_sparsity(sparse) if sparse else 0.0,
-            "sparsity_sparse_layers_min": min(per_layer, default=0.0),
-            "sparsity_sparse_layers_max": max(per_layer, default=0.0),
-            "sparsity_dense_layers": _weight_sparsity(dense) if dense else 0.0,
-            "sparsity_overall": _weight_sparsity(layers)}
-
-
 #: Optional run-config keys and their defaults (the paper's FNN settings, SPEC §4).
-OPTIONAL = {"activation": "tanh", "momentum": 0.9, "weight_decay": 1e-4, "nesterov": False, "schedule": "constant",
-            "warmup_epochs": 0, "max_grad_norm": None, "amp": None, "cudnn_benchmark": False}
-
-
-def _train_config(config: dict[str, Any]) -> TrainConfig:
-    opt = {k: config.get(k, v) for k, v in OPTIONAL.items() if k != "activation"}
-    return TrainConfig(epochs=config["epochs"], batch_size=config["batch_size"], lr=config["lr"],
-                       gain=config["gain"], seed=config["seed"], device=config["device"], **opt)
+OPTIONAL = {"activation": "tanh", **TRAINING_DEFAULTS}
 
 
 def run_table7(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Train one Table 7 run in ``run_dir`` (resumable) and return its result."""
-    # Collapsed (pruned) networks carry subnormal activations, which are 10-100x slower on CPUs;
-    # flushing them to zero changes no result worth having (they are below 1e-38).
-    torch.set_flush_denormal(True)
-    splits = create_splits(config["dataset"], root=config["data_root"])
-    batches = loaders(splits, config["batch_size"], config["seed"], device=resolve_device(config["device"]),
-                      shard=world())
-    data = dict(zip(("train", "val", "test"), batches, strict=True))
+    torch.set_flush_denormal(True)  # before anything is computed (see train_with_method)
+    data = data_loaders(create_splits(config["dataset"], root=config["data_root"]), config)
     gen = torch.Generator().manual_seed(config["seed"])
     activation = config.get("activation", OPTIONAL["activation"])
     model = orthogonal_init_(fnn(config["depth"], activation), gain=config["gain"], activation=activation,
                              generator=gen)
-    method = config["method"]
     settings = {"degree": config["degree"], "gain": config["gain"], "activation": activation, "generator": gen}
-    cfg = _train_config(config)
-    if method.endswith("-t"):
-        dense = train(model, data, cfg, Path(run_dir) / "dense", progress=False)
-        if dense["status"] == "diverged":
-            return {**dense, "phase": "dense", **measured_sparsity(model)}
-        sparsify(model, method, **settings)
-        metrics_dir = Path(run_dir) / "finetune"
-        result = train(model, data, cfg, metrics_dir, progress=False)
-    else:
-        if method != "dense":
-            sparsify(model, method, **settings)
-        # a subfolder: train() writes its own config.json, which must not replace the run's
-        metrics_dir = Path(run_dir) / "train"
-        result = train(model, data, cfg, metrics_dir, progress=False)
-    lines = [r for r in read_metrics(metrics_dir / "metrics.jsonl") if r.get("jacobian_mean") is not None]
-    jac = {"jacobian_mean_init": lines[0]["jacobian_mean"] if lines else None,
-           "jacobian_var_init": lines[0]["jacobian_var"] if lines else None,
-           "jacobian_mean": lines[-1]["jacobian_mean"] if lines else None,
-           "jacobian_var": lines[-1]["jacobian_var"] if lines else None}
-    result = {k: v for k, v in result.items() if k != "run_dir"}
-    return {**result, **jac, **measured_sparsity(model)}
+    return train_with_method(model, config["method"], settings, data, train_config(config), Path(run_dir))
