@@ -11,13 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import ray
 
 from sao.cli import build_parser, main
 from sao.experiments import Run, finished_results, run_grid
 from sao.experiments.launchers import LAUNCHERS, LaunchOptions
 from sao.experiments.table7 import run_table7, table7_runs
-
-import ray  # noqa: E402  (a test dependency: a missing Ray must fail, not skip)
 
 # Ray workers cannot import this file (tests/ is not a package on their path): ship its functions by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -1,7 +1,9 @@
-"""Models of the paper, in a registry: ``create_model("fnn", depth=100)``."""
+"""Models of the paper, in a registry: ``create_model("fnn", depth=100)``, ``cnn``, ``cnn_eco``, ``lipconvnet``."""
 
 from sao.models._init import orthogonal_init_
 from sao.models._registry import MODELS, create_model, list_models
+from sao.models.cnn import cnn, cnn_eco
 from sao.models.fnn import fnn
+from sao.models.lipconvnet import lipconvnet
 
-__all__ = ["MODELS", "create_model", "fnn", "list_models", "orthogonal_init_"]
+__all__ = ["MODELS", "cnn", "cnn_eco", "create_model", "fnn", "lipconvnet", "list_models", "orthogonal_init_"]

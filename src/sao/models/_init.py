@@ -17,7 +17,9 @@ def orthogonal_init_(model: nn.Module, gain: float = 1.0, activation: str = "tan
 
     Biases are set to zero. Applied before :func:`sao.sparsify`, this makes the dense layers
     that stay dense (first and last) orthogonal too, as in the paper (§III-C, §III-D).
-    Convolutions with even kernels get ``orthogonal_`` over the flattened kernel instead. Sparse
+    Convolutions with even kernels get ``orthogonal_`` over the flattened kernel instead; with
+    ``activation="relu"``, convolutions with an odd channel count (an image stem) get the plain,
+    not the mirrored, Delta construction. Sparse
     layers (:mod:`sao.nn`) and pruned layers keep their weights.
     """
     for module in model.modules():
@@ -26,7 +28,11 @@ def orthogonal_init_(model: nn.Module, gain: float = 1.0, activation: str = "tan
             continue
         w = module.weight
         if isinstance(module, nn.Conv2d) and all(k % 2 for k in module.kernel_size) and module.groups == 1:
-            delta_orthogonal_(w, gain=gain, activation=activation, generator=generator)
+            # the mirrored (ReLU) construction needs even channel counts; an image stem (3 or 1
+            # channels in) takes the plain Delta construction instead
+            odd = module.in_channels % 2 or module.out_channels % 2
+            delta_orthogonal_(w, gain=gain, activation="tanh" if activation == "relu" and odd else activation,
+                              generator=generator)
         else:
             orthogonal_(w, gain=gain, generator=generator)
         if module.bias is not None:

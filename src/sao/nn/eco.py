@@ -12,9 +12,9 @@ projection, so all singular values of the layer are 1 at initialisation.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sao.nn._stride import inner_channels, to_inner
 from sao.nn.conv import SparseConv2d
 
 __all__ = ["ECOConv2d"]
@@ -61,7 +61,7 @@ class ECOConv2d(nn.Module):
                              f"valid kernel sizes: {[k for k in range(1, size + 1) if size % k == 0]}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.input_size, self.stride = input_size, stride
-        self.channels = max(out_channels, in_channels * stride * stride)
+        self.channels = inner_channels(in_channels, out_channels, stride)
         if degree is None and sparsity is None:
             sparsity = 0.0
         self.conv = SparseConv2d(self.channels, self.channels, kernel_size, padding="same",
@@ -73,11 +73,7 @@ class ECOConv2d(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_channels or tuple(x.shape[2:]) != (self.input_size,) * 2:
             raise ValueError(f"ECOConv2d expects input (B, {self.in_channels}, {self.input_size}, {self.input_size}), "
                              f"got {tuple(x.shape)}")
-        if self.stride > 1:
-            x = F.pixel_unshuffle(x, self.stride)
-        if x.shape[1] < self.channels:
-            x = F.pad(x, (0, 0, 0, 0, 0, self.channels - x.shape[1]))
-        return self.conv(x)[:, : self.out_channels]
+        return self.conv(to_inner(x, self.stride, self.channels))[:, : self.out_channels]
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, input_size={self.input_size}, stride={self.stride}, "

@@ -1,0 +1,126 @@
+"""LipConvNet-N (Singla & Feizi, ICML 2021, §6; paper §III-D2, Table 11) with SOC and ECO layers.
+
+The paper's Table 4 (the architecture) is missing; ``conv-orthogonal.md`` (Architectures) fixes
+the outline and this module makes the remaining choices, following the upstream LipConvNet
+(github.com/singlasahil14/SOC, ``lip_convnets.py``) and the reference code
+(kiaraesguerra/SAO, ``models/lipconvnet.py``) where they exist:
+
+- **Stages.** Five stages of ``N/5`` convolutions. In stage ``s`` (``s = 1 … 5``) with
+  ``p = init_channels · 2^{s−1}`` the first ``N/5 − 1`` convs map to ``p`` channels at
+  stride 1, the last maps to ``2p`` at stride 2. Channels after the stages: ``2, 4, 8, 16, 32 ×
+  init_channels`` (64 … 1024 for 32), sides 16, 8, 4, 2, 1 for a 32×32 input.
+- **No separate stem.** As upstream, the first conv of stage 1 maps the ``in_channels`` image
+  channels to ``init_channels`` itself: an orthogonal layer with ``C = init_channels``
+  channels whose input is zero-padded from 3 channels (an isometric embedding). For ``N = 5``
+  (one conv per stage) that first conv is the stride-2 one: ``3 → 2·init_channels``.
+- **Doubling** happens in the last (stride-2) conv of every stage, by space-to-depth
+  (``c → 4c`` channels at half the side) followed by a ``C = 4c`` orthogonal convolution of
+  which the first ``2c`` output channels are kept (``conv-orthogonal.md``, ECO).
+- **Layer types.** Stages 1–2: :class:`~sao.nn.SOCConv2d` (3×3, ``T = 5`` train / 12 eval).
+  Stages 3–5: :class:`~sao.nn.ECOConv2d` (circular, dense ECO or SAO-ECO with
+  ``degree``/``sparsity``). SOC layers have no sparse form and stay dense.
+- **ECO kernel sizes.** ECO is exactly orthogonal only when the kernel side divides the
+  feature side after the stride (Yu et al. 2022; our ``ECOConv2d`` enforces it), and 3 divides
+  none of 8, 4, 2. We use, per layer, the divisor of that side closest to 3 (ties to the
+  larger): 4×4 (dilation 2) at 8×8, 4×4 (dilation 1) at 4×4, 2×2 at 2×2, and 1×1 at 1×1 — so
+  the stride layers of stages 3, 4, 5 have kernels 4, 2 and 1 (the spec's "1×1 in stage 5").
+  The reference code instead runs a 3×3 kernel with zero padding there, which is not
+  orthogonal.
+- **Activation.** :class:`~sao.nn.MaxMin` after every conv of the five stages (so
+  ``init_channels`` must be even), none after the last layer.
+- **Last layer.** As upstream (``lln=False``): a 1×1 :class:`~sao.nn.SOCConv2d` from
+  ``32 · init_channels`` channels to ``num_classes`` on the 1×1 map (dense, orthogonal rows),
+  then flatten. It is not sparsified.
+
+``sao.sparsify`` finds no ``nn.Conv2d``/``nn.Linear`` here (every layer is SOC or ECO); sparsity
+comes from the builder's ``degree``/``sparsity`` (SAO-ECO).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from sao.models._registry import MODELS
+from sao.nn import ECOConv2d, MaxMin, SOCConv2d
+
+__all__ = ["eco_kernel_size", "lipconvnet"]
+
+INPUT_SIZE = 32
+SOC_STAGES = 2
+
+
+def eco_kernel_size(side: int) -> int:
+    """The divisor of ``side`` closest to 3 (ties to the larger): the ECO kernel for that feature side.
+
+    Example:
+        >>> [eco_kernel_size(n) for n in (9, 8, 4, 3, 2, 1)]
+        [3, 4, 4, 3, 2, 1]
+    """
+    return min((k for k in range(1, side + 1) if side % k == 0), key=lambda k: (abs(k - 3), -k))
+
+
+def lipconvnet(depth: int, init_channels: int = 32, num_classes: int = 10, in_channels: int = 3,
+               degree: int | None = None, sparsity: float | None = None,
+               generator: torch.Generator | None = None) -> nn.Sequential:
+    """LipConvNet-N: five stages of ``N/5`` orthogonal convs (SOC in stages 1–2, ECO in 3–5), MaxMin, 1×1 SOC head.
+
+    Args:
+        depth: ``N``, a positive multiple of 5 (paper: 5, 10, 15).
+        init_channels: channels of stage 1 (32 in the paper); even (MaxMin pairs channels).
+        num_classes: outputs.
+        in_channels: image channels.
+        degree, sparsity: SAO-ECO degree or sparsity of every ECO layer's ``C x C`` channel
+            graph (stages 3–5); neither gives dense ECO. Invalid values raise the layers'
+            ``ValueError``.
+        generator: source of randomness for all layers, drawn in layer order.
+
+    Returns:
+        ``nn.Sequential`` with parts ``stage1`` … ``stage5`` (each a ``nn.Sequential`` of conv,
+        ``MaxMin`` pairs), ``last`` (1×1 SOC) and ``flatten``; choices in the module docstring.
+
+    Shapes:
+        ``(B, in_channels, 32, 32)`` → ``(B, num_classes)`` (the ECO layers check their input size).
+
+    Raises:
+        ValueError: on a depth that is not a positive multiple of 5, an odd or non-positive
+            ``init_channels``, or a non-positive ``num_classes``/``in_channels``.
+
+    Example:
+        >>> net = lipconvnet(depth=5, init_channels=4, generator=torch.Generator().manual_seed(0))
+        >>> net(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 5 or depth % 5:
+        raise ValueError(f"depth must be a positive multiple of 5 (five stages of depth/5 convs), got {depth!r}")
+    for name, value in (("init_channels", init_channels), ("num_classes", num_classes),
+                        ("in_channels", in_channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if init_channels % 2:
+        raise ValueError(f"init_channels must be even (MaxMin splits channels into pairs), got {init_channels}")
+    per_stage = depth // 5
+    parts: OrderedDict[str, nn.Module] = OrderedDict()
+    channels, side = in_channels, INPUT_SIZE
+    for stage in range(1, 6):
+        planes = init_channels * 2 ** (stage - 1)
+        layers: list[nn.Module] = []
+        for block in range(per_stage):
+            stride = 2 if block == per_stage - 1 else 1
+            out = planes * stride
+            if stage <= SOC_STAGES:
+                conv: nn.Module = SOCConv2d(channels, out, 3, stride, generator=generator)
+            else:
+                conv = ECOConv2d(channels, out, eco_kernel_size(side // stride), input_size=side, stride=stride,
+                                 degree=degree, sparsity=sparsity, generator=generator)
+            layers += [conv, MaxMin()]
+            channels, side = out, side // stride
+        parts[f"stage{stage}"] = nn.Sequential(*layers)
+    parts["last"] = SOCConv2d(channels, num_classes, 1, generator=generator)
+    parts["flatten"] = nn.Flatten()
+    return nn.Sequential(parts)
+
+
+MODELS.register("lipconvnet", lipconvnet)

@@ -1,0 +1,221 @@
+"""``SOCConv2d``: the skew orthogonal convolution of Singla & Feizi (ICML 2021), ``conv-orthogonal.md`` (SOC).
+
+A convolution ``x ↦ A ⋆ x`` with zero "same" padding and a kernel ``A`` that equals minus its
+adjoint kernel ``A* = flip_{h,w}(Aᵀ_{channels})`` is a skew-symmetric operator; its exponential
+``exp(A) = Σ_i Aⁱ / i!`` is orthogonal (Singla & Feizi 2021, Thm. 1). The layer keeps an
+unconstrained parameter ``M`` (``C x C x k x k``), forms the skew kernel ``A = (M − M*)/2``,
+scales it to ``A_n = correction · A / σ`` (``σ`` a power-iteration estimate of a spectral-norm
+bound, below) and evaluates the truncated series ``Σ_{i=0..T} A_nⁱ x / i!`` with the recurrence
+``z_i = conv(z_{i−1}, A_n) / i`` (§4 of the paper). Stride and channel changes are the
+space-to-depth / channel pad / crop of :class:`~sao.nn.ECOConv2d` (shared helpers).
+
+**Guarantees.** ``A_n`` is exactly skew (up to float rounding) for every ``M`` and every ``σ``,
+so the infinite series is exactly orthogonal; the truncation changes every singular value by
+at most ``tail(a, T) = Σ_{i>T} aⁱ/i! ≤ a^{T+1}/(T+1)! · (T+2)/(T+2−a)`` with ``a = ‖A_n‖₂``
+(Weyl's inequality). ``σ`` is the "Fantastic Four" bound of Singla & Feizi (ICLR 2021, Thm. 1):
+for the zero-padded (or circular) convolution ``‖A‖₂ ≤ √(hw) · min_j ‖R_j(A)‖₂`` over four
+reshapes ``R_j`` of the kernel (``(C h) x (C w)``, ``(C w) x (C h)``, ``C x (C h w)``,
+``(C h w) x C``); each ``‖R_j‖₂`` is estimated by power iteration (50 iterations at
+construction, one warm-started iteration per training-mode forward, as upstream).
+
+- ``bound="certified"`` (default): ``σ = √(hw) · min_j σ_j``, so ``‖A_n‖₂ ≤ correction`` once
+  the power iteration has converged (it only needs ``σ_j ≥ correction · ‖R_j‖₂`` for
+  ``‖A_n‖₂ < 1``). At init (``M ~ N(0, 1/C)``, ``k = 3``) we measure ``‖A_n‖₂ ≈ 0.4``, so the
+  ``T = 5`` truncation error is ~1e-5 and ``T = 12`` is at float64 rounding.
+- ``bound="upstream"``: ``σ = min_j σ_j`` without ``√(hw)``, exactly the upstream code
+  (github.com/singlasahil14/SOC, "removed multiplication by sqrt(h*w)"). Not a bound: at init
+  ``‖A_n‖₂ ≈ 1.2–1.5`` (measured, ``k = 3``), so the ``T = 5`` series is only orthogonal to
+  ~1e-2, but the operator reaches eigen-angles up to ~1.5 rad (the paper's expressivity).
+  Use it to reproduce the paper's numbers.
+
+``σ`` is a constant for autograd (computed under ``no_grad``, as upstream).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sao.init._random import check_generator, draw_device
+from sao.nn._stride import inner_channels, to_inner
+
+__all__ = ["SOC_BOUNDS", "SOCConv2d", "skew_kernel"]
+
+SOC_BOUNDS = ("certified", "upstream")
+
+
+def skew_kernel(weight: Tensor) -> Tensor:
+    """``A = (M − M*) / 2`` with ``M*`` the adjoint kernel (channel axes swapped, both spatial axes flipped).
+
+    For a square odd kernel, cross-correlation with ``A`` and zero padding ``k // 2`` satisfies
+    ``⟨A ⋆ x, y⟩ = −⟨x, A ⋆ y⟩`` for all ``x, y`` (a skew-symmetric operator).
+    """
+    return 0.5 * (weight - weight.transpose(0, 1).flip(2, 3))
+
+
+def _reshapes(kernel: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The four matrices of the Fantastic-Four bound (Singla & Feizi, ICLR 2021, Thm. 1)."""
+    c_out, c_in, h, w = kernel.shape
+    return (kernel.permute(0, 2, 1, 3).reshape(c_out * h, c_in * w),
+            kernel.permute(0, 3, 1, 2).reshape(c_out * w, c_in * h),
+            kernel.reshape(c_out, c_in * h * w),
+            kernel.permute(0, 2, 3, 1).reshape(c_out * h * w, c_in))
+
+
+def _normalise(v: Tensor) -> Tensor:
+    return v / v.norm().clamp_min(torch.finfo(v.dtype).tiny)
+
+
+class SOCConv2d(nn.Module):
+    """A skew orthogonal convolution: ``y = crop(Σ_{i≤T} A_nⁱ/i! · pad(space_to_depth(x))) + b``.
+
+    Args:
+        in_channels: ``c_in``.
+        out_channels: ``c_out``.
+        kernel_size: odd ``k`` (square) of the skew kernel; "same" zero padding ``k // 2``.
+        stride: ``s``; the input side must be a multiple of ``s`` (invertible space-to-depth).
+        terms_train: ``T`` in training mode (paper: 5).
+        terms_eval: ``T`` in evaluation mode (paper: 12).
+        bias: learn an additive bias (initialised to zero).
+        generator: source of all randomness (``M`` and the power-iteration start vectors).
+        device, dtype: of the parameters and buffers.
+        correction: the factor in ``A_n = correction · A / σ`` (upstream 0.7), in ``(0, 1]``.
+        bound: ``"certified"`` (``σ`` includes ``√(hw)``: ``‖A_n‖₂ ≤ correction``) or
+            ``"upstream"`` (the upstream code's ``σ``, no ``√(hw)``); see the module docstring.
+
+    Attributes:
+        weight: the unconstrained parameter ``M`` of shape ``(C, C, k, k)``, drawn ``N(0, 1/C)``,
+            ``C = max(c_out, c_in s²)``.
+        sigma: buffer, the current scale ``σ`` (saved in the ``state_dict``).
+
+    Shapes:
+        input ``(B, c_in, H, W)`` with ``s | H, W`` → output ``(B, c_out, H/s, W/s)``.
+
+    Guarantees:
+        The linear part is ``P_out · S_T · P_in`` with ``P_in`` an isometry, ``P_out`` a
+        coordinate projection and ``S_T`` the ``T``-term Taylor polynomial of the orthogonal
+        ``exp(A_n)``: every one of its ``min(numel(out), numel(in))`` singular values lies within
+        ``Σ_{i>T} ‖A_n‖ⁱ/i!`` of 1 (see the module docstring).
+
+    Example:
+        >>> soc = SOCConv2d(4, 8, stride=2, generator=torch.Generator().manual_seed(0))
+        >>> soc(torch.randn(2, 4, 8, 8)).shape
+        torch.Size([2, 8, 4, 4])
+    """
+
+    init_iters = 50
+    """Power iterations at construction and in :meth:`reset_parameters`."""
+    update_iters = 1
+    """Warm-started power iterations per training-mode forward."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 terms_train: int = 5, terms_eval: int = 12, bias: bool = True,
+                 generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None, correction: float = 0.7, bound: str = "certified") -> None:
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                            ("kernel_size", kernel_size), ("stride", stride), ("terms_train", terms_train),
+                            ("terms_eval", terms_eval)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if kernel_size % 2 == 0:
+            raise ValueError(f"SOC needs an odd kernel_size (a skew kernel with symmetric 'same' padding), "
+                             f"got {kernel_size}")
+        if isinstance(correction, bool) or not isinstance(correction, (int, float)) or not 0 < correction <= 1:
+            raise ValueError(f"correction must be a number in (0, 1], got {correction!r}")
+        if bound not in SOC_BOUNDS:
+            raise ValueError(f"bound={bound!r} is not supported; choose from {', '.join(SOC_BOUNDS)}")
+        check_generator(generator)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = kernel_size, stride
+        self.terms_train, self.terms_eval = terms_train, terms_eval
+        self.correction, self.bound = float(correction), bound
+        self.channels = inner_channels(in_channels, out_channels, stride)
+        factory = {"device": device, "dtype": dtype}
+        c, k = self.channels, kernel_size
+        self.weight = nn.Parameter(torch.empty(c, c, k, k, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        for i, size in enumerate((c * k, c * k, c * k * k, c), start=1):
+            self.register_buffer(f"power_u{i}", torch.empty(size, **factory))
+        self.register_buffer("sigma", torch.ones((), **factory))
+        self.reset_parameters(generator)
+
+    @property
+    def terms(self) -> int:
+        """``T`` of the current mode: ``terms_train`` while training, else ``terms_eval``."""
+        return self.terms_train if self.training else self.terms_eval
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Redraw ``M ~ N(0, 1/C)`` and the power-iteration vectors; recompute ``σ``; zero the bias."""
+        check_generator(generator)
+        where = draw_device(generator)
+        c, k = self.channels, self.kernel_size
+        draw = {"generator": generator, "device": where, "dtype": torch.float64}
+        self.weight.copy_(torch.randn(c, c, k, k, **draw) / math.sqrt(c))
+        for vector in self._power_vectors():
+            vector.copy_(_normalise(torch.randn(vector.numel(), **draw)))
+        self.update_sigma(self.init_iters)
+        if self.bias is not None:
+            self.bias.zero_()
+
+    def _power_vectors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.power_u1, self.power_u2, self.power_u3, self.power_u4
+
+    @torch.no_grad()
+    def update_sigma(self, iters: int = 1) -> Tensor:
+        """Run ``iters`` warm-started power iterations on the four reshapes of ``A``; store and return ``σ``.
+
+        Each estimate ``σ_j = ‖R_jᵀ v‖`` (``v = R_j u / ‖R_j u‖``) increases towards ``‖R_j‖₂``
+        from below.
+        """
+        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+            raise ValueError(f"iters must be a positive int, got {iters!r}")
+        kernel = skew_kernel(self.weight)
+        estimates = []
+        for matrix, vector in zip(_reshapes(kernel), self._power_vectors(), strict=True):
+            u, w = vector, vector
+            for _ in range(iters):
+                w = matrix.T @ _normalise(matrix @ u)
+                u = _normalise(w)
+            vector.copy_(u)
+            estimates.append(w.norm())
+        sigma = torch.stack(estimates).min()
+        if self.bound == "certified":
+            sigma = sigma * math.sqrt(self.kernel_size * self.kernel_size)
+        self.sigma.copy_(sigma.clamp_min(torch.finfo(sigma.dtype).tiny))
+        return self.sigma
+
+    def skew_weight(self) -> Tensor:
+        """The scaled skew kernel ``A_n = correction · (M − M*) / (2σ)`` the layer exponentiates.
+
+        Differentiable in ``M``; ``σ`` is the stored constant.
+        """
+        return skew_kernel(self.weight) * (self.correction / self.sigma)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"SOCConv2d expects input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[2] % self.stride or x.shape[3] % self.stride:
+            raise ValueError(f"SOCConv2d with stride={self.stride} needs H and W divisible by {self.stride}, "
+                             f"got {tuple(x.shape[2:])}")
+        if self.training:
+            self.update_sigma(self.update_iters)
+        kernel = self.skew_weight()
+        z = to_inner(x, self.stride, self.channels)
+        y = z
+        for i in range(1, self.terms + 1):
+            z = F.conv2d(z, kernel, padding=self.kernel_size // 2) / i
+            y = y + z
+        y = y[:, : self.out_channels]
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, 1, 1)
+        return y
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"terms_train={self.terms_train}, terms_eval={self.terms_eval}, inner_channels={self.channels}, "
+                f"correction={self.correction}, bound={self.bound!r}, bias={self.bias is not None}")
