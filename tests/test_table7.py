@@ -79,7 +79,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pyte
 def test_measured_sparsity_of_a_dense_model() -> None:
     from sao.models import fnn
 
-    assert measured_sparsity(fnn(2)) == {"sparsity_sparse_layers": 0.0, "sparsity_sparse_layers_min": 0.0,
+    assert measured_sparsity(fnn(2)) == {"connection_sparsity_min": 0.0, "connection_sparsity_max": 0.0,
+                                         "sparsity_sparse_layers": 0.0, "sparsity_sparse_layers_min": 0.0,
                                          "sparsity_sparse_layers_max": 0.0, "sparsity_dense_layers": 0.0,
                                          "sparsity_overall": 0.0}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sao._registry import Registry
-from sao.experiments import table7
+from sao.experiments import cnn, table7
 from sao.experiments.runner import Run, RunFunction, run_grid, run_one
 
 __all__ = [
@@ -34,11 +35,15 @@ class Experiment:
     run_fn: RunFunction
     presets: tuple[str, ...]
     known: dict[tuple[str, int], float]
+    dataset: str | None = None  # the paper's dataset; its numbers are shown only beside runs on it
 
 
 EXPERIMENTS: Registry[Experiment] = Registry("experiment", "sao.experiments._cli.EXPERIMENTS")
 EXPERIMENTS.register("table7", Experiment("Table 7: FNN-N on MNIST", table7.table7_runs, table7.run_table7,
                                           tuple(table7.PRESETS), table7.KNOWN_TABLE7))
+for _name, _table in cnn.CNN_TABLES.items():
+    EXPERIMENTS.register(_name, Experiment(_table.title, functools.partial(cnn.cnn_runs, _name), cnn.run_cnn,
+                                           tuple(_table.presets), _table.known or {}, _table.presets["paper"].dataset))
 
 
 def add_reproduce_args(p: argparse.ArgumentParser) -> None:
@@ -87,18 +92,30 @@ def run_reproduce(args: argparse.Namespace) -> int:
 def add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", type=Path, help="a sweep folder written by sao reproduce")
     p.add_argument("--out", type=Path, default=None, help="where to write the report (default: the sweep folder)")
-    p.add_argument("--experiment", choices=EXPERIMENTS.names(), default="table7",
-                   help="which paper numbers to show beside ours (default table7)")
+    p.add_argument("--experiment", choices=EXPERIMENTS.names(), default=None,
+                   help="which paper numbers to show beside ours (default: the table the sweep's runs name)")
 
 
 def run_report(args: argparse.Namespace) -> int:
-    return _report(args.sweep, args.out or args.sweep, EXPERIMENTS.get(args.experiment))
+    from sao.experiments.runner import finished_results
+
+    name = args.experiment
+    if name is None:
+        found = {r["config"].get("experiment", "table7") for r in finished_results(args.sweep)}
+        name = found.pop() if len(found) == 1 else "table7"
+    return _report(args.sweep, args.out or args.sweep, EXPERIMENTS.get(name))
 
 
 def _report(sweep: Path, out: Path, exp: Experiment) -> int:
+    from sao.experiments.runner import finished_results
     from sao.reports import write_report
 
-    for path in write_report(sweep, out, exp.title, exp.known):
+    datasets = sorted({str(r["config"].get("dataset")) for r in finished_results(sweep)})
+    title = f"{exp.title} (this sweep: {', '.join(datasets)})" if datasets else exp.title
+    comparable = exp.dataset is None or datasets == [exp.dataset]
+    if not comparable and exp.known:
+        title += f"; the paper's {exp.dataset} numbers are not shown beside other data"
+    for path in write_report(sweep, out, title, exp.known if comparable else {}):
         print(path)
     print((Path(out) / "report.md").read_text())
     return 0

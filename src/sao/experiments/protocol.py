@@ -52,13 +52,19 @@ def _weight_sparsity(modules: list[nn.Module]) -> float:
 
 
 def measured_sparsity(model: nn.Module) -> dict[str, float]:
-    """Fraction of zero weights measured from the weights: sparsified layers, dense layers, overall."""
+    """Sparsity measured from the model: zero weights in the sparsified layers (all, least and most
+    sparse layer), in the dense layers and overall, and the fraction of missing connections
+    (whole kernels, for convolutions; :func:`sao.methods.connection_mask`) of the least and most
+    sparse sparsified layer."""
     layers = [m for m in model.modules() if isinstance(getattr(m, "weight", None), torch.Tensor)
               and m.weight.dim() >= 2]
     sparse = [m for m in layers if not bool(connection_mask(m).all())]
     dense = [m for m in layers if m not in sparse]
     per_layer = [_weight_sparsity([m]) for m in sparse]
-    return {"sparsity_sparse_layers": _weight_sparsity(sparse) if sparse else 0.0,
+    connections = [1.0 - connection_mask(m).double().mean().item() for m in sparse]
+    return {"connection_sparsity_min": min(connections, default=0.0),
+            "connection_sparsity_max": max(connections, default=0.0),
+            "sparsity_sparse_layers": _weight_sparsity(sparse) if sparse else 0.0,
             "sparsity_sparse_layers_min": min(per_layer, default=0.0),
             "sparsity_sparse_layers_max": max(per_layer, default=0.0),
             "sparsity_dense_layers": _weight_sparsity(dense) if dense else 0.0,

@@ -3,7 +3,8 @@
 Reads only *finished* runs (:func:`sao.experiments.finished_results`), so a partial or damaged
 run directory is never reported. Each run's ``config.json`` must hold ``method``, ``depth`` and
 ``seed``; its ``result.json`` the metrics named in :data:`METRICS` (a run that diverged reports
-its accuracies as they were when it stopped, and is counted).
+its accuracies as they were when it stopped, and is counted). A run whose config also holds a
+``sparsity`` (the CNN tables) gets its own row, labelled ``"method sparsity%"`` (:func:`row_label`).
 """
 
 from __future__ import annotations
@@ -17,18 +18,28 @@ from typing import Any
 from sao.analysis._files import plt, save_figure, write_table
 from sao.experiments import finished_results
 
-__all__ = ["METRICS", "aggregate", "table_rows", "write_report"]
+__all__ = ["METRICS", "aggregate", "row_label", "table_rows", "write_report"]
 
 METRICS = ("test_acc", "val_acc", "jacobian_mean", "jacobian_var")
 
 
+def row_label(config: Mapping[str, Any]) -> str:
+    """The table row of a run: its method, followed by its sparsity in % when the config has one.
+
+    >>> row_label({"method": "sao"}), row_label({"method": "lmp-s", "sparsity": 0.96875})
+    ('sao', 'lmp-s 96.875%')
+    """
+    sparsity = config.get("sparsity")
+    return str(config["method"]) if sparsity is None else f"{config['method']} {100 * sparsity:g}%"
+
+
 def aggregate(results: Sequence[Mapping[str, Any]], metric: str) -> dict[tuple[str, int], list[float]]:
-    """``(method, depth) -> [metric over seeds]`` for the runs that report ``metric``."""
+    """``(row label, depth) -> [metric over seeds]`` for the runs that report ``metric``."""
     cells: dict[tuple[str, int], list[float]] = defaultdict(list)
     for r in results:
         value = r.get(metric)
         if value is not None:
-            cells[str(r["config"]["method"]), int(r["config"]["depth"])].append(float(value))
+            cells[row_label(r["config"]), int(r["config"]["depth"])].append(float(value))
     return dict(cells)
 
 
@@ -42,14 +53,14 @@ def table_rows(results: Sequence[Mapping[str, Any]], metric: str = "test_acc", s
                known: Mapping[tuple[str, int], float] | None = None) -> list[dict[str, str]]:
     """One row per method, one column per depth: ``mean ± std (n)`` of ``metric × scale``.
 
-    ``known`` maps ``(method, depth)`` to the paper's number, shown beside ours as ``[paper X]``.
+    ``known`` maps ``(row label, depth)`` to the paper's number, shown beside ours as ``[paper X]``.
     Runs that diverged are counted and shown as ``(k diverged)``; their metrics are left out.
     """
     cells = aggregate(results, metric)
     diverged: dict[tuple[str, int], int] = defaultdict(int)
     for r in results:
         if r.get("status") == "diverged":
-            diverged[str(r["config"]["method"]), int(r["config"]["depth"])] += 1
+            diverged[row_label(r["config"]), int(r["config"]["depth"])] += 1
     methods = sorted({m for m, _ in cells} | {m for m, _ in diverged})
     depths = sorted({d for _, d in cells} | {d for _, d in diverged})
     rows = []
