@@ -54,7 +54,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: all cores)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
-    info = {**machine_info(), "threads": set_threads(args.threads)}
+    threads = set_threads(args.threads)  # before machine_info, which records the thread count
+    info = {**machine_info(), "threads": threads}
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name()
     print_header(f"One Table 7 epoch: FNN-{args.depth}, {args.method}, {args.dataset}, batch {args.batch_size}",
