@@ -112,7 +112,7 @@ CNN_TABLES: dict[str, CNNTable] = {
     "table8": CNNTable(
         "Table 8: vanilla CNN-N on CIFAR-10", "cnn", "relu", {
             "quick": _quick(("dense", "sao", "lmp-s", "rg-s")),
-            "cpu": _cpu(("dense", "sao", "lmp-s"), depths=(32,)),
+            "cpu": _cpu(("dense", "sao", "lmp-s"), depths=(32, 128)),
             "paper": CNNGrid((32, 128, 256, 512, 768), VANILLA_METHODS, (0.5, 0.96875), 200, "cifar10")}),
     "table9": CNNTable(
         "Table 9: vanilla CNN-N on CINIC-10", "cnn", "relu", {
