@@ -5,7 +5,10 @@ One run = one (method, sparsity, depth, seed) of a table. The model is built fro
 (CNN-ECO, LipConvNet), then made sparse by the method with the first conv and the classifier
 dense (SPEC §2). Vanilla-CNN methods go through :func:`sao.sparsify` (kernel-level pruning for
 ``lmp-*``/``rg-*``, SAO-Delta for ``sao``); on CNN-ECO and LipConvNet ``sao`` means SAO-ECO, built
-into the ECO layers at construction. Training follows :mod:`sao.experiments.protocol`.
+into the ECO layers at construction, and the pruning baselines (``lmp-*``, ``gmp-*``, ``lrp``,
+``rg-*``) prune whole kernels of the ECO layers only (:mod:`sao.methods.prune_methods`; stem, SOC
+layers and classifier stay dense for every method, as in SAO-ECO). Training follows
+:mod:`sao.experiments.protocol`.
 
 Settings (SPEC §4): SGD, momentum 0.9, batch 128, lr 0.01 (the paper states it for Table 11 and
 not for the others; we use it throughout), weight decay 1e-4 (5e-4 for LipConvNet), ×0.1 at 25 %
@@ -15,7 +18,8 @@ and CIFAR-100. Presets:
 - ``quick`` — minutes on 2 CPU cores: MNIST-5k as 1×32×32 images, no augmentation, shallow
   and narrow models (width 16), 3 epochs at a constant lr; proves the whole path.
 - ``cpu`` — the largest honest comparison for a few CPU hours: MNIST-5k images, width 32, the
-  table's deepest depth that fits, high sparsity (87.5 %, 96.875 %), 10 epochs, cosine lr.
+  table's deepest depth that fits, high sparsity (87.5 % and 96.875 %; width 64 where ReLU's
+  mirrored construction needs degree ≥ 2), 10 epochs, cosine lr.
 - ``paper`` — the paper's dataset, depths, widths and 200 epochs (``--data-root``; a GPU job).
 """
 
@@ -35,7 +39,8 @@ from sao.models import MODELS, orthogonal_init_
 
 __all__ = ["CNN_TABLES", "CNNGrid", "CNNTable", "cnn_runs", "run_cnn"]
 
-#: Models whose sparse variant is built into their layers (SAO-ECO), not applied by ``sparsify``.
+#: Models whose ``sao`` variant is built into their layers (SAO-ECO), not applied by ``sparsify``;
+#: ``sparsify`` prunes their ECO layers with the methods that handle them (``METHODS[m].handles_eco``).
 BUILT_IN_SPARSITY = ("cnn_eco", "lipconvnet")
 
 
@@ -112,26 +117,26 @@ CNN_TABLES: dict[str, CNNTable] = {
     "table8": CNNTable(
         "Table 8: vanilla CNN-N on CIFAR-10", "cnn", "relu", {
             "quick": _quick(("dense", "sao", "lmp-s", "rg-s")),
-            "cpu": _cpu(("dense", "sao", "lmp-s"), depths=(32, 128)),
+            "cpu": _cpu(("dense", "sao", "lmp-s"), depths=(32, 128), width=64),
             "paper": CNNGrid((32, 128, 256, 512, 768), VANILLA_METHODS, (0.5, 0.96875), 200, "cifar10")}),
     "table9": CNNTable(
         "Table 9: vanilla CNN-N on CINIC-10", "cnn", "relu", {
             "quick": _quick(("dense", "sao", "lmp-s")),
-            "cpu": _cpu(("dense", "sao", "lmp-s"), depths=(32,)),
+            "cpu": _cpu(("dense", "sao", "lmp-s"), depths=(32,), width=64),
             "paper": CNNGrid((8, 16, 32, 128), ("dense", "sao", "lmp-s"), T9_SPARSITIES, 200, "cinic10")},
         head="conv", schedule="cosine", known=_known_t9()),
     "table10": CNNTable(
         "Table 10: vanilla CNN-N on CIFAR-100", "cnn", "relu", {
             "quick": _quick(("dense", "sao")),
-            "cpu": _cpu(("dense", "sao"), depths=(8, 16, 32)),
+            "cpu": _cpu(("dense", "sao"), depths=(8, 16, 32), width=64),
             "paper": CNNGrid((8, 16, 32), ("dense", "sao"), T9_SPARSITIES, 200, "cifar100")},
         head="conv", schedule="cosine"),
     "table11": CNNTable(
         "Table 11: LipConvNet-N on CIFAR-10", "lipconvnet", "maxmin", {
-            "quick": _quick(("dense", "sao"), depths=(5,), width=16, sparsities=(0.5,), epochs=2),
-            "cpu": _cpu(("dense", "sao"), depths=(5, 10), width=16),
-            "paper": CNNGrid((5, 10, 15), ("dense", "sao"), (0.5, 0.875, 0.9375, 0.96875, 0.984375), 200, "cifar10",
-                             width=32)},
+            "quick": _quick(("dense", "sao", "lmp-s"), depths=(5,), width=16, sparsities=(0.5,), epochs=2),
+            "cpu": _cpu(("dense", "sao", "lmp-s", "lmp-t"), depths=(5, 10), width=16),
+            "paper": CNNGrid((5, 10, 15), ("dense", "lmp-s", "lmp-t", "rg-s", "rg-t", "sao"),
+                             (0.5, 0.875, 0.9375, 0.96875, 0.984375), 200, "cifar10", width=32)},
         weight_decay=5e-4, known=_known_t11()),
     "table12": CNNTable(
         "Table 12: CNN-ECO on CINIC-10", "cnn_eco", "relu", {
@@ -191,15 +196,16 @@ def run_cnn(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Train one run of Tables 8–12 in ``run_dir`` (resumable) and return its result."""
     torch.set_flush_denormal(True)
     model_name, method = config["model"], config["method"]
-    if model_name in BUILT_IN_SPARSITY and method not in ("dense", "sao"):
-        raise ValueError(f"method={method!r} is not available for {model_name} yet (ECO/SOC layers take "
-                         "'dense' or 'sao' = SAO-ECO); pruning baselines run on the vanilla 'cnn'")
+    if model_name in BUILT_IN_SPARSITY and method != "sao" and not getattr(METHODS.get(method), "handles_eco", False):
+        able = [m for m in METHODS.names() if getattr(METHODS.get(m), "handles_eco", False)]
+        raise ValueError(f"method={method!r} is not available for {model_name} (its ECO layers take 'sao' = "
+                         f"SAO-ECO, built at construction, or the kernel pruning methods {', '.join(able)})")
     image_size = 36 if model_name == "cnn_eco" else None
     splits = create_splits(config["dataset"], root=config["data_root"], flatten=False, augment=config["augment"],
                            image_size=image_size)
     gen = torch.Generator().manual_seed(config["seed"])
     model = _build_model(config, splits.num_classes, splits.input_shape[0], gen)
-    applied = "dense" if model_name in BUILT_IN_SPARSITY else method
+    applied = "dense" if method == "sao" and model_name in BUILT_IN_SPARSITY else method
     activation = config["activation"] if config["activation"] in ("tanh", "relu") else "tanh"
     settings = {"sparsity": config["sparsity"], "gain": config["gain"], "activation": activation, "generator": gen}
     defaults = {**TRAINING_DEFAULTS, "weight_decay": config["weight_decay"]}

@@ -1,4 +1,4 @@
-"""Sparsify methods (SAO, RG-N, RG-U, Dense, LMP-S, GMP-S, LRP, EOI) and :func:`sparsify`."""
+"""Sparsify methods (SAO, RG-N, RG-U, Dense, LMP-S/T, GMP-S/T, LRP, RG-S/T, EOI) and :func:`sparsify`."""
 
 from sao.methods import eoi_method, init_methods, prune_methods
 from sao.methods._base import (
@@ -7,6 +7,8 @@ from sao.methods._base import (
     SparsifyMethod,
     SparsifySettings,
     connection_mask,
+    eco_target_layers,
+    has_eco_layers,
     sparsify,
     target_layers,
 )
@@ -23,7 +25,9 @@ __all__ = [
     "SparsifyMethod",
     "SparsifySettings",
     "connection_mask",
+    "eco_target_layers",
     "eoi_method",
+    "has_eco_layers",
     "init_methods",
     "prune_methods",
     "sparsify",

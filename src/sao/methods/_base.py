@@ -9,19 +9,31 @@ register themselves the same way::
     @METHODS.register("my-method")
     class MyMethod(SparsifyMethod):
         def sparsify_layers(self, layers, settings): ...
+
+**Models with ECO layers** (:class:`~sao.nn.ECOConv2d`: ``cnn_eco``, ``lipconvnet``) are treated
+differently: their sparse variant, SAO-ECO, is built into the ECO layers at construction, and
+the plain layers around them (stem convs, classifier) and the SOC layers are left dense by
+SAO-ECO. So on such a model :func:`sparsify` targets the ECO layers only
+(:func:`eco_target_layers`) and only takes methods that can prune them (the kernel-level
+pruning baselines, :class:`~sao.methods.PruneMethod`); ``sao``, ``rg-n``, ``rg-u`` and ``eoi``
+raise ``ValueError`` there. Comparisons stay like for like: every method sparsifies exactly the
+layers SAO-ECO does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from sao._registry import Registry
+from sao.nn import ECOConv2d, SOCConv2d
 
-__all__ = ["EXCLUDE_CHOICES", "METHODS", "SparsifyMethod", "SparsifySettings", "sparsify", "target_layers"]
+__all__ = ["EXCLUDE_CHOICES", "METHODS", "SparsifyMethod", "SparsifySettings", "connection_mask", "eco_target_layers",
+           "has_eco_layers", "sparsify", "target_layers"]
 
 EXCLUDE_CHOICES = ("first_last", "first", "last", "none")
 Exclude = str | Collection[str] | Callable[[str, nn.Module], bool]
@@ -49,7 +61,14 @@ class SparsifySettings:
 
 
 class SparsifyMethod:
-    """A way to sparsify a list of layers; override :meth:`sparsify_layers`."""
+    """A way to sparsify a list of layers; override :meth:`sparsify_layers`.
+
+    Attributes:
+        handles_eco: ``True`` if :meth:`sparsify_layers` also takes :class:`~sao.nn.ECOConv2d`
+            layers (the targets of :func:`sparsify` on models with ECO layers).
+    """
+
+    handles_eco: ClassVar[bool] = False
 
     def sparsify_layers(self, layers: list[tuple[str, nn.Module]], settings: SparsifySettings) -> list[nn.Module]:
         """Return one replacement module per ``(name, module)``, in order."""
@@ -59,16 +78,8 @@ class SparsifyMethod:
 METHODS: Registry[SparsifyMethod] = Registry("sparsify method", "sao.methods.METHODS")
 
 
-def target_layers(model: nn.Module, exclude: Exclude = "first_last") -> list[tuple[str, nn.Module]]:
-    """The ``(name, module)`` pairs :func:`sparsify` would replace, in ``named_modules`` order.
-
-    Args:
-        model: any module.
-        exclude: ``"first_last"`` (default), ``"first"``, ``"last"``, ``"none"``, a collection
-            of module names, or a predicate ``(name, module) -> bool`` returning ``True`` for
-            layers to leave dense.
-    """
-    layers = [(n, m) for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
+def _excluded(layers: list[tuple[str, nn.Module]], exclude: Exclude, kinds: str) -> list[tuple[str, nn.Module]]:
+    """``layers`` without the ones ``exclude`` names (see :func:`target_layers`)."""
     if callable(exclude):
         return [(n, m) for n, m in layers if not exclude(n, m)]
     if isinstance(exclude, str):
@@ -81,9 +92,53 @@ def target_layers(model: nn.Module, exclude: Exclude = "first_last") -> list[tup
     names = set(exclude)
     unknown = names - {n for n, _ in layers}
     if unknown:
-        raise ValueError(f"exclude names {sorted(unknown)} are not Linear/Conv2d layers of the model; "
+        raise ValueError(f"exclude names {sorted(unknown)} are not {kinds} layers of the model; "
                          f"layers are: {[n for n, _ in layers]}")
     return [(n, m) for n, m in layers if n not in names]
+
+
+def target_layers(model: nn.Module, exclude: Exclude = "first_last") -> list[tuple[str, nn.Module]]:
+    """The ``(name, module)`` pairs :func:`sparsify` would replace, in ``named_modules`` order.
+
+    The plain ``nn.Linear``/``nn.Conv2d`` layers left after ``exclude``. On a model with
+    :class:`~sao.nn.ECOConv2d` layers :func:`sparsify` prunes :func:`eco_target_layers` instead.
+
+    Args:
+        model: any module.
+        exclude: ``"first_last"`` (default), ``"first"``, ``"last"``, ``"none"``, a collection
+            of module names, or a predicate ``(name, module) -> bool`` returning ``True`` for
+            layers to leave dense.
+    """
+    layers = [(n, m) for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
+    return _excluded(layers, exclude, "Linear/Conv2d")
+
+
+def has_eco_layers(model: nn.Module) -> bool:
+    """Whether ``model`` holds :class:`~sao.nn.ECOConv2d` layers (then :func:`sparsify` targets only them)."""
+    return any(isinstance(m, ECOConv2d) for m in model.modules())
+
+
+def eco_target_layers(model: nn.Module, exclude: Exclude = "first_last") -> list[tuple[str, nn.Module]]:
+    """The :class:`~sao.nn.ECOConv2d` ``(name, module)`` pairs :func:`sparsify` prunes on a model with ECO layers.
+
+    ``exclude`` is applied to the model's weight layers in ``named_modules`` order — plain
+    ``nn.Linear``/``nn.Conv2d``, :class:`~sao.nn.SOCConv2d` and ``ECOConv2d`` (not looking
+    inside SOC/ECO layers) — exactly as in :func:`target_layers`; of what is left only the ECO
+    layers are returned. The plain and SOC layers always stay dense, as SAO-ECO leaves them,
+    so every method sparsifies the same layers. For ``cnn_eco`` and ``lipconvnet`` the first
+    and last layers are never ECO, so the default returns every ECO layer.
+    """
+    layers: list[tuple[str, nn.Module]] = []
+    inside: str | None = None  # prefix of the SOC/ECO layer being walked: its parts are not layers of their own
+    for n, m in model.named_modules():
+        if inside is not None and n.startswith(inside):
+            continue
+        if isinstance(m, ECOConv2d | SOCConv2d):
+            layers.append((n, m))
+            inside = f"{n}." if n else ""
+        elif type(m) in (nn.Linear, nn.Conv2d):
+            layers.append((n, m))
+    return [(n, m) for n, m in _excluded(layers, exclude, "Linear/Conv2d/SOC/ECO") if isinstance(m, ECOConv2d)]
 
 
 def sparsify(model: nn.Module, method: str = "sao", degree: int | None = None, sparsity: float | None = None,
@@ -95,6 +150,12 @@ def sparsify(model: nn.Module, method: str = "sao", degree: int | None = None, s
     (sparse orthogonal) or :class:`~sao.nn.SparseConv2d` (SAO-Delta) with the given degree or
     sparsity; ``"rg-n"``/``"rg-u"`` use Gaussian/uniform values on the same kind of topology.
     Weights are drawn afresh (this is sparsity *before* training); biases start at zero.
+
+    On a model with :class:`~sao.nn.ECOConv2d` layers only the ECO layers are targets
+    (:func:`eco_target_layers`; stem, SOC layers and classifier stay dense, as SAO-ECO leaves
+    them) and only the pruning methods apply: they prune whole kernels of each ECO layer's inner
+    ``C x C`` convolution (:mod:`sao.methods.prune_methods`). SAO-ECO itself is built at
+    construction (``cnn_eco(..., sparsity=...)``), not by this function.
 
     Args:
         model: the model to change.
@@ -111,8 +172,9 @@ def sparsify(model: nn.Module, method: str = "sao", degree: int | None = None, s
         ``model``, changed in place.
 
     Raises:
-        ValueError: on an unknown method/exclude choice, or a degree/sparsity that a target
-            layer cannot take (the message names the layer and the valid values).
+        ValueError: on an unknown method/exclude choice, a degree/sparsity that a target
+            layer cannot take (the message names the layer and the valid values), or a method
+            that cannot prune ECO layers on a model with ECO layers.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(784, 256), nn.Tanh(), nn.Linear(256, 256), nn.Tanh(), nn.Linear(256, 10))
@@ -122,7 +184,16 @@ def sparsify(model: nn.Module, method: str = "sao", degree: int | None = None, s
     """
     chosen = METHODS.get(method)
     settings = SparsifySettings(degree, sparsity, backend, activation, gain, generator)
-    layers = target_layers(model, exclude)
+    if has_eco_layers(model):
+        if not getattr(chosen, "handles_eco", False):
+            able = [n for n in METHODS.names() if getattr(METHODS.get(n), "handles_eco", False)]
+            raise ValueError(f"method={method!r} cannot sparsify a model with ECOConv2d layers: SAO-ECO is built "
+                             "into the ECO layers at construction (e.g. cnn_eco(..., sparsity=0.5), "
+                             "lipconvnet(..., sparsity=0.5)); on ECO models sparsify takes the kernel pruning "
+                             f"methods {', '.join(able)}")
+        layers = eco_target_layers(model, exclude)
+    else:
+        layers = target_layers(model, exclude)
     if any(name == "" for name, _ in layers):
         raise ValueError("sparsify changes the layers inside a model; to make a single layer sparse, "
                          "build sao.nn.SparseLinear / SparseConv2d directly")
@@ -136,8 +207,11 @@ def connection_mask(module: nn.Module) -> Tensor:
 
     Works for :mod:`sao.nn` sparse layers (their ``mask``), layers pruned with
     :mod:`torch.nn.utils.prune` (a connection exists if any of its kernel taps is unmasked)
-    and plain dense layers (all ``True``).
+    and plain dense layers (all ``True``). For an :class:`~sao.nn.ECOConv2d` it is the ``C x C``
+    mask of its inner convolution (SAO-ECO topology or pruning mask; all ``True`` when dense).
     """
+    if isinstance(module, ECOConv2d):
+        return connection_mask(module.conv)
     mask = getattr(module, "mask", None)
     if isinstance(mask, Tensor):
         return mask

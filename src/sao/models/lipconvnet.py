@@ -32,8 +32,9 @@ the outline and this module makes the remaining choices, following the upstream 
   ``32 · init_channels`` channels to ``num_classes`` on the 1×1 map (dense, orthogonal rows),
   then flatten. It is not sparsified.
 
-``sao.sparsify`` finds no ``nn.Conv2d``/``nn.Linear`` here (every layer is SOC or ECO); sparsity
-comes from the builder's ``degree``/``sparsity`` (SAO-ECO).
+Every layer is SOC or ECO. SAO sparsity comes from the builder's ``degree``/``sparsity`` (SAO-ECO);
+the pruning baselines (``sao.sparsify(model, "lmp-s", sparsity=...)``) prune the kernels of the
+ECO layers (stages 3–5) and leave the SOC layers dense, like SAO-ECO.
 """
 
 from __future__ import annotations

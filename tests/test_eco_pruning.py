@@ -1,0 +1,246 @@
+"""Kernel-level pruning baselines on ECO layers (paper Tables 11 and 12): LMP/GMP/LRP/RG on CNN-ECO and LipConvNet."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import sao
+from helpers import gen
+from sao.experiments import Run, run_one
+from sao.experiments.cnn import cnn_runs, run_cnn
+from sao.experiments.protocol import measured_sparsity
+from sao.methods import connection_mask, eco_target_layers, target_layers
+from sao.methods.pruning import kept_count
+from sao.models import cnn_eco, lipconvnet
+from sao.nn import ECOConv2d, SOCConv2d, SparseConv2d
+from sao.topology import ramanujan
+
+PRUNE = ["lmp-s", "lmp-t", "lrp", "rg-s", "rg-t"]
+MODELS: dict[str, Callable[[], nn.Module]] = {
+    "cnn_eco": lambda: cnn_eco(4, width=8, generator=gen(0)),  # ECO C = 8 (stride 1) and 72 (stride 3)
+    "lipconvnet": lambda: lipconvnet(5, init_channels=4, generator=gen(0)),  # SOC stages 1-2, ECO C = 64, 128, 256
+}
+INPUT = {"cnn_eco": 36, "lipconvnet": 32}
+
+
+def eco_layers(net: nn.Module) -> list[ECOConv2d]:
+    return [m for m in net.modules() if isinstance(m, ECOConv2d)]
+
+
+def other_weights(net: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer outside the ECO layers (stem, SOC, classifier)."""
+    eco = [n for n, m in net.named_modules() if isinstance(m, ECOConv2d)]
+    return {k: v.detach().clone() for k, v in net.state_dict().items() if not any(k.startswith(f"{e}.") for e in eco)}
+
+
+def assert_pruned(layer: ECOConv2d, sparsity: float) -> torch.Tensor:
+    """Exact kernel sparsity over the inner ``C x C`` kernels; masked kernels exactly zero. Returns the mask."""
+    c = layer.channels
+    mask = connection_mask(layer)
+    assert mask.shape == (c, c) and torch.equal(mask, connection_mask(layer.conv))
+    assert int(mask.sum()) == kept_count(c * c, sparsity)
+    conv = layer.conv
+    assert type(conv) is nn.Conv2d and hasattr(conv, "weight_orig")
+    assert bool((conv.weight[~mask] == 0).all())
+    assert bool((conv.weight_mask.flatten(2).all(-1) == mask).all())  # whole kernels, every tap
+    return mask
+
+
+# --------------------------------------------------------------------------- targets and sparsity
+
+
+def test_targets_are_the_eco_layers_only() -> None:
+    net = MODELS["cnn_eco"]()
+    assert [n for n, _ in eco_target_layers(net)] == ["body.0", "body.2", "body.4", "body.6"]
+    assert [n for n, _ in target_layers(net)] == ["stem.2", "stem.4"]  # the plain-layer view is unchanged
+    lip = MODELS["lipconvnet"]()
+    assert [n for n, _ in eco_target_layers(lip)] == ["stage3.0", "stage4.0", "stage5.0"]
+    assert [n for n, _ in eco_target_layers(lip, ["stage4.0"])] == ["stage3.0", "stage5.0"]
+    assert [n for n, _ in eco_target_layers(lip, lambda n, m: n.startswith("stage5"))] == ["stage3.0", "stage4.0"]
+    # exclude counts first/last over all weight layers; on a pure ECO stack that drops its ends
+    stack = nn.Sequential(*[ECOConv2d(4, 4, 3, input_size=9, generator=gen(i)) for i in range(3)])
+    assert [n for n, _ in eco_target_layers(stack)] == ["1"]
+    assert [n for n, _ in eco_target_layers(stack, "none")] == ["0", "1", "2"]
+    with pytest.raises(ValueError, match="not Linear/Conv2d/SOC/ECO layers"):
+        eco_target_layers(lip, ["stage3.0.conv"])
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("method", PRUNE)
+def test_exact_kernel_sparsity_and_the_rest_untouched(model: str, method: str) -> None:
+    net = MODELS[model]()
+    before = other_weights(net)
+    types = {n: type(m) for n, m in net.named_modules() if not isinstance(m, ECOConv2d) and ".conv" not in n}
+    assert sao.sparsify(net, method, sparsity=0.875, generator=gen(1)) is net
+    for layer in eco_layers(net):
+        assert_pruned(layer, 0.875)
+    after = other_weights(net)
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert {n: type(m) for n, m in net.named_modules() if n in types} == types
+    for m in net.modules():  # stem convs, SOC layers and the classifier: dense, not pruned
+        if type(m) in (nn.Conv2d, nn.Linear, SOCConv2d) and not hasattr(m, "weight_orig"):
+            assert bool(connection_mask(m).all())
+    result = measured_sparsity(net)
+    assert result["connection_sparsity_min"] == result["connection_sparsity_max"] == 0.875
+    side = INPUT[model]
+    assert net(torch.randn(2, 3, side, side, generator=gen(2))).shape == (2, 10)
+
+
+def test_degree_gives_the_sao_sparsity_of_each_layer() -> None:
+    net = sao.sparsify(MODELS["cnn_eco"](), "lmp-s", degree=2)
+    for layer in eco_layers(net):
+        assert_pruned(layer, 1 - 2 / layer.channels)
+
+
+@pytest.mark.parametrize("method", ["gmp-s", "gmp-t"])
+def test_global_magnitude_keeps_the_largest_kernels_over_all_eco_layers(method: str) -> None:
+    net, ref = MODELS["cnn_eco"](), MODELS["cnn_eco"]()
+    sao.sparsify(net, method, sparsity=0.875)
+    masks = [connection_mask(m) for m in eco_layers(net)]
+    scores = [m.conv.weight.detach().abs().flatten(2).sum(-1) for m in eco_layers(ref)]
+    total = sum(s.numel() for s in scores)
+    assert sum(int(m.sum()) for m in masks) == kept_count(total, 0.875)
+    kept = torch.cat([s[m] for s, m in zip(scores, masks, strict=True)])
+    dropped = torch.cat([s[~m] for s, m in zip(scores, masks, strict=True)])
+    assert kept.min() >= dropped.max()
+
+
+def test_measured_sparsity_counts_each_eco_layer_once() -> None:
+    net = sao.sparsify(MODELS["lipconvnet"](), "lmp-s", sparsity=0.75)
+    eco = eco_layers(net)
+    weights = [m.weight for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear | SOCConv2d)]
+    assert len(weights) == 2 + 1 + 3  # SOC stages 1-2, the SOC head, the three ECO inner convs
+    zeros = sum(int((m.conv.weight == 0).sum()) for m in eco)
+    assert zeros == sum(0.75 * m.conv.weight.numel() for m in eco)  # ECO kernels have no exact zeros of their own
+    result = measured_sparsity(net)
+    assert result["sparsity_overall"] == pytest.approx(zeros / sum(w.numel() for w in weights))
+    assert result["sparsity_sparse_layers"] == pytest.approx(0.75)
+    assert result["sparsity_dense_layers"] == 0.0
+
+
+# --------------------------------------------------------------------------- what is kept
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("method", ["lmp-s", "lrp", "rg-s"])
+def test_s_keeps_the_eco_init_on_surviving_kernels(model: str, method: str) -> None:
+    net, ref = MODELS[model](), MODELS[model]()  # the same generator: the same ECO kernels
+    sao.sparsify(net, method, sparsity=0.5, generator=gen(7))
+    for layer, dense in zip(eco_layers(net), eco_layers(ref), strict=True):
+        mask = connection_mask(layer)
+        assert bool(connection_mask(dense).all())
+        assert torch.equal(layer.conv.weight, dense.conv.weight * mask[:, :, None, None])
+        assert torch.equal(layer.conv.weight_orig, dense.conv.weight)  # ECO init, not a Delta-orthogonal redraw
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_lmp_keeps_the_largest_l1_kernels_per_layer(model: str) -> None:
+    net, ref = MODELS[model](), MODELS[model]()
+    sao.sparsify(net, "lmp-t", sparsity=0.75)
+    for layer, dense in zip(eco_layers(net), eco_layers(ref), strict=True):
+        mask = connection_mask(layer)
+        l1 = dense.conv.weight.detach().abs().flatten(2).sum(-1)
+        assert l1[mask].min() >= l1[~mask].max()
+
+
+def test_lrp_is_random_and_seeded() -> None:
+    a, b, c = (sao.sparsify(MODELS["cnn_eco"](), "lrp", sparsity=0.5, generator=gen(s)) for s in (3, 3, 4))
+    masks = [[connection_mask(m) for m in eco_layers(n)] for n in (a, b, c)]
+    assert all(torch.equal(x, y) for x, y in zip(masks[0], masks[1], strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(masks[0], masks[2], strict=True))
+
+
+@pytest.mark.parametrize(("c_in", "c_out", "k", "side", "stride"), [(8, 8, 3, 9, 1), (8, 8, 3, 9, 3), (8, 16, 2, 4, 2)])
+@pytest.mark.parametrize("method", ["rg-s", "rg-t"])
+def test_rg_uses_exactly_the_sao_eco_support(method: str, c_in: int, c_out: int, k: int, side: int,
+                                             stride: int) -> None:
+    net = nn.Sequential(ECOConv2d(c_in, c_out, k, input_size=side, stride=stride, generator=gen(0)))
+    sao.sparsify(net, method, sparsity=0.75, exclude="none", generator=gen(5))
+    sao_eco = ECOConv2d(c_in, c_out, k, input_size=side, stride=stride, sparsity=0.75, generator=gen(5))
+    assert torch.equal(connection_mask(net[0]), sao_eco.conv.mask)
+
+
+def test_rg_masks_are_the_sao_eco_channel_graphs_layer_by_layer() -> None:
+    net = sao.sparsify(MODELS["lipconvnet"](), "rg-t", sparsity=0.875, generator=gen(5))
+    replay = gen(5)
+    for layer in eco_layers(net):
+        c = layer.channels
+        assert torch.equal(connection_mask(layer), ramanujan(c, c, sparsity=0.875, generator=replay).mask())
+
+
+# --------------------------------------------------------------------------- training keeps the masks
+
+
+@pytest.mark.parametrize(("model", "method"), [("cnn_eco", "lmp-s"), ("lipconvnet", "rg-t")])
+def test_masked_kernels_stay_zero_while_training(model: str, method: str) -> None:
+    net = sao.sparsify(MODELS[model](), method, sparsity=0.75, generator=gen(1))
+    start = {id(m): m.conv.weight.detach().clone() for m in eco_layers(net)}
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    side = INPUT[model]
+    x, y = torch.randn(8, 3, side, side, generator=gen(2)), torch.randint(0, 10, (8,), generator=gen(3))
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        for layer in eco_layers(net):
+            assert bool((layer.conv.weight_orig.grad[~connection_mask(layer)] == 0).all())
+        opt.step()
+    net(x)  # recompute the masked weights
+    for layer in eco_layers(net):
+        mask = assert_pruned(layer, 0.75)
+        assert not torch.equal(layer.conv.weight[mask], start[id(layer)][mask])  # the kept kernels trained
+
+
+# --------------------------------------------------------------------------- refused
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("method", ["sao", "rg-n", "rg-u", "eoi"])
+def test_methods_without_an_eco_form_raise(model: str, method: str) -> None:
+    net = MODELS[model]()
+    before = other_weights(net)
+    with pytest.raises(ValueError, match=r"SAO-ECO is built into the ECO layers at construction.*lmp-s"):
+        sao.sparsify(net, method, sparsity=0.5)
+    assert all(type(m.conv) is SparseConv2d for m in eco_layers(net))
+    assert all(torch.equal(v, other_weights(net)[k]) for k, v in before.items())
+
+
+def test_pruning_an_sao_eco_model_raises() -> None:
+    with pytest.raises(ValueError, match="SAO-ECO sparse already"):
+        sao.sparsify(cnn_eco(2, width=8, sparsity=0.5, generator=gen(0)), "lmp-t", sparsity=0.75)
+
+
+def test_dense_leaves_eco_layers_as_they_are() -> None:
+    net = MODELS["cnn_eco"]()
+    inner = [m.conv for m in eco_layers(net)]
+    sao.sparsify(net, "dense")
+    assert [m.conv for m in eco_layers(net)] == inner
+
+
+def test_connection_mask_of_eco_layers() -> None:
+    assert bool(connection_mask(ECOConv2d(4, 4, 3, input_size=9)).all())
+    sparse = ECOConv2d(4, 8, 3, input_size=9, sparsity=0.5, generator=gen(0))
+    assert torch.equal(connection_mask(sparse), sparse.conv.mask) and sparse.conv.mask.shape == (8, 8)
+
+
+# --------------------------------------------------------------------------- Tables 11 and 12, end to end
+
+
+def tiny(table: str, method: str, sparsity: float | None, depth: int) -> Run:
+    base = cnn_runs(table, "quick", device="cpu")[0].config
+    config = {**base, "method": method, "sparsity": sparsity, "width": 8, "epochs": 1, "batch_size": 500,
+              "depth": depth}
+    return Run(f"{method}-{sparsity}", config)
+
+
+@pytest.mark.parametrize(("table", "method", "depth"), [("table11", "lmp-s", 5), ("table12", "rg-t", 2)])
+def test_run_cnn_prunes_eco_models(tmp_path: Path, table: str, method: str, depth: int) -> None:
+    result = run_one(tiny(table, method, 0.5, depth), run_cnn, tmp_path)
+    assert result["status"] == "completed" and result["test_acc"] is not None
+    assert result["connection_sparsity_min"] == result["connection_sparsity_max"] == 0.5
+    phases = {p.name for p in Path(result["run_dir"]).iterdir() if p.is_dir()}
+    assert phases == ({"dense", "finetune"} if method.endswith("-t") else {"train"})
