@@ -32,8 +32,9 @@ def test_table_rows_mean_std_over_seeds(tmp_path: Path) -> None:
     results = finished_results(tmp_path)
     assert len(aggregate(results, "test_acc")["sao", 10]) == 2
     rows = {r["method"]: r for r in table_rows(results, known={("gmp-s", 100): 10.0})}
-    assert rows["sao"]["N=10"] == "90.50 ± 0.71 (2)"
+    assert rows["sao"]["N=10"] == "90.50 ± 0.71 (2) [paper —]"  # the paper has no number here: marked
     assert rows["gmp-s"]["N=100"] == "10.50 ± 0.71 (2) [paper 10.00]"
+    assert table_rows(results)[0]["N=10"].endswith("(2)")  # no paper numbers at all: no marks
 
 
 def test_write_report_files_and_unfinished_runs_are_ignored(tmp_path: Path) -> None:

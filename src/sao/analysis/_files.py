@@ -35,14 +35,15 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(rows: Sequence[dict[str, Any]], out_dir: Path, name: str, title: str = "") -> tuple[Path, Path]:
-    """Write ``rows`` as ``name.csv`` and ``name.md`` (with an optional title) into ``out_dir``."""
+def write_table(rows: Sequence[dict[str, Any]], out_dir: Path, name: str, title: str = "",
+                note: str = "") -> tuple[Path, Path]:
+    """Write ``rows`` as ``name.csv`` and ``name.md`` (with an optional title, and a note below) into ``out_dir``."""
     buffer = io.StringIO()
     if rows:
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    md = (f"## {title}\n\n" if title else "") + markdown_table(rows)
+    md = (f"## {title}\n\n" if title else "") + markdown_table(rows) + (f"\n{note}\n" if note else "")
     out_dir = Path(out_dir)
     return (atomic_write_bytes(out_dir / f"{name}.csv", buffer.getvalue().encode()),
             atomic_write_bytes(out_dir / f"{name}.md", md.encode()))

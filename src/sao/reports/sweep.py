@@ -18,7 +18,7 @@ from typing import Any
 from sao.analysis._files import plt, save_figure, write_table
 from sao.experiments import finished_results
 
-__all__ = ["METRICS", "aggregate", "row_label", "table_rows", "write_report"]
+__all__ = ["METRICS", "aggregate", "row_label", "settings_note", "table_rows", "write_report"]
 
 METRICS = ("test_acc", "val_acc", "jacobian_mean", "jacobian_var")
 
@@ -53,7 +53,8 @@ def table_rows(results: Sequence[Mapping[str, Any]], metric: str = "test_acc", s
                known: Mapping[tuple[str, int], float] | None = None) -> list[dict[str, str]]:
     """One row per method, one column per depth: ``mean ± std (n)`` of ``metric × scale``.
 
-    ``known`` maps ``(row label, depth)`` to the paper's number, shown beside ours as ``[paper X]``.
+    ``known`` maps ``(row label, depth)`` to the paper's number, shown beside ours as ``[paper X]``;
+    when ``known`` is given, cells the paper's surviving text has no number for say ``[paper —]``.
     Runs that diverged are counted and shown as ``(k diverged)``; their metrics are left out.
     """
     cells = aggregate(results, metric)
@@ -74,8 +75,8 @@ def table_rows(results: Sequence[Mapping[str, Any]], metric: str = "test_acc", s
                 text = f"{mean:.2f} ± {std:.2f} ({len(values)})"
             if diverged.get((method, depth)):
                 text += f" ({diverged[method, depth]} diverged)"
-            if known and (method, depth) in known:
-                text += f" [paper {known[method, depth]:.2f}]"
+            if known:
+                text += f" [paper {known[method, depth]:.2f}]" if (method, depth) in known else " [paper —]"
             row[f"N={depth}"] = text
         rows.append(row)
     return rows
@@ -93,12 +94,31 @@ def write_report(sweep_dir: Path, out: Path | None = None, title: str = "Sweep",
         raise ValueError(f"no finished runs in {sweep_dir} (a run is finished once its result.json is written)")
     out = Path(out or sweep_dir)
     files = [*write_table(table_rows(results, "test_acc", 100.0, known), out, "report",
-                          f"{title}: test accuracy % (mean ± std over seeds, n runs)")]
+                          f"{title}: test accuracy % (mean ± std over seeds, n runs)", settings_note(results))]
     files += write_table(table_rows(results, "jacobian_var", 1.0), out, "jacobian",
                          f"{title}: variance of the input–output Jacobian's singular values at the end of training")
     files.append(_plot(results, "test_acc", 100.0, "test accuracy (%)", out, "accuracy_vs_depth", log=False))
     files.append(_plot_jacobian(results, out))
     return files
+
+
+#: Config keys that name a run's place in the grid (or where it ran), not its settings.
+_GRID_KEYS = ("method", "depth", "seed", "sparsity", "data_root", "device")
+
+
+def settings_note(results: Sequence[Mapping[str, Any]]) -> str:
+    """One line listing the settings every run shares and the ones that vary (besides the grid axes).
+
+    >>> settings_note([{"config": {"method": "sao", "epochs": 5, "lr": 0.01}},
+    ...                {"config": {"method": "dense", "epochs": 5, "lr": 0.001}}])
+    'Settings of every run: epochs=5. Varying: lr.'
+    """
+    configs = [r["config"] for r in results]
+    keys = sorted({k for c in configs for k in c} - set(_GRID_KEYS))
+    shared = [k for k in keys if all(c.get(k) == configs[0].get(k) for c in configs)]
+    varying = [k for k in keys if k not in shared]
+    text = "Settings of every run: " + ", ".join(f"{k}={configs[0].get(k)}" for k in shared) + "."
+    return text + (f" Varying: {', '.join(varying)}." if varying else "")
 
 
 def _plot(results: Sequence[Mapping[str, Any]], metric: str, scale: float, label: str, out: Path, name: str,
