@@ -50,7 +50,7 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def table_rows(results: Sequence[Mapping[str, Any]], metric: str = "test_acc", scale: float = 100.0,
-               known: Mapping[tuple[str, int], float] | None = None) -> list[dict[str, str]]:
+               known: Mapping[tuple[str, int], float] | None = None, fmt: str = ".2f") -> list[dict[str, str]]:
     """One row per method, one column per depth: ``mean ± std (n)`` of ``metric × scale``.
 
     ``known`` maps ``(row label, depth)`` to the paper's number, shown beside ours as ``[paper X]``;
@@ -72,7 +72,7 @@ def table_rows(results: Sequence[Mapping[str, Any]], metric: str = "test_acc", s
             text = "—"
             if values:
                 mean, std = _mean_std([scale * v for v in values])
-                text = f"{mean:.2f} ± {std:.2f} ({len(values)})"
+                text = f"{mean:{fmt}} ± {std:{fmt}} ({len(values)})"
             if diverged.get((method, depth)):
                 text += f" ({diverged[method, depth]} diverged)"
             if known:
@@ -95,7 +95,7 @@ def write_report(sweep_dir: Path, out: Path | None = None, title: str = "Sweep",
     out = Path(out or sweep_dir)
     files = [*write_table(table_rows(results, "test_acc", 100.0, known), out, "report",
                           f"{title}: test accuracy % (mean ± std over seeds, n runs)", settings_note(results))]
-    files += write_table(table_rows(results, "jacobian_var", 1.0), out, "jacobian",
+    files += write_table(table_rows(results, "jacobian_var", 1.0, fmt=".3g"), out, "jacobian",
                          f"{title}: variance of the input–output Jacobian's singular values at the end of training")
     files.append(_plot(results, "test_acc", 100.0, "test accuracy (%)", out, "accuracy_vs_depth", log=False))
     files.append(_plot_jacobian(results, out))
