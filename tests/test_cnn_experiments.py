@@ -91,3 +91,9 @@ def test_every_sparse_run_of_every_preset_can_be_built(table: str, preset: str) 
         if c["model"] == "cnn":
             activation = c["activation"] if c["activation"] in ("tanh", "relu") else "tanh"
             sparsify(model, c["method"], sparsity=c["sparsity"], activation=activation)
+
+
+def test_runs_do_not_leave_denormals_flushed(tmp_path: Path) -> None:
+    """Flushing subnormals is scoped to a run: the flag is global and broke later float tests once."""
+    run_one(tiny("table8", "dense", None), run_cnn, tmp_path)
+    assert (torch.tensor([1e-39]) * 1.0).item() != 0.0

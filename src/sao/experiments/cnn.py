@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from sao.data import create_splits
-from sao.experiments.protocol import TRAINING_DEFAULTS, data_loaders, train_config, train_with_method
+from sao.experiments.protocol import TRAINING_DEFAULTS, data_loaders, flush_denormals, train_config, train_with_method
 from sao.experiments.runner import Run
 from sao.methods import METHODS
 from sao.models import MODELS, orthogonal_init_
@@ -192,9 +192,9 @@ def _build_model(config: dict[str, Any], num_classes: int, in_channels: int, gen
     return orthogonal_init_(model, gain=config["gain"], activation=activation, generator=gen)
 
 
+@flush_denormals()
 def run_cnn(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Train one run of Tables 8–12 in ``run_dir`` (resumable) and return its result."""
-    torch.set_flush_denormal(True)
     model_name, method = config["model"], config["method"]
     if model_name in BUILT_IN_SPARSITY and method != "sao" and not getattr(METHODS.get(method), "handles_eco", False):
         able = [m for m in METHODS.names() if getattr(METHODS.get(m), "handles_eco", False)]

@@ -11,6 +11,8 @@ weights (:func:`measured_sparsity`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,14 @@ from sao.methods import connection_mask, sparsify
 from sao.training import TrainConfig, read_metrics, resolve_device, train
 from sao.training.distributed import world
 
-__all__ = ["TRAINING_DEFAULTS", "data_loaders", "measured_sparsity", "train_config", "train_with_method"]
+__all__ = [
+    "TRAINING_DEFAULTS",
+    "data_loaders",
+    "flush_denormals",
+    "measured_sparsity",
+    "train_config",
+    "train_with_method",
+]
 
 #: Optional run-config keys of the training and their defaults (the paper's FNN settings, SPEC §4).
 TRAINING_DEFAULTS: dict[str, Any] = {"momentum": 0.9, "weight_decay": 1e-4, "nesterov": False, "schedule": "constant",
@@ -79,6 +88,22 @@ def _jacobian_summary(metrics_dir: Path) -> dict[str, float | None]:
             "jacobian_var": lines[-1]["jacobian_var"] if lines else None}
 
 
+@contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Flush subnormal floats to zero inside the block (usable as a decorator); restored to off after.
+
+    Collapsed (pruned) networks carry subnormal activations, which are 10-100x slower on CPUs;
+    flushing them changes no result worth having (they are below 1e-38). The flag is global to
+    the process, so it is switched off again on exit instead of leaking into later code.
+    """
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
+@flush_denormals()
 def train_with_method(model: nn.Module, method: str, settings: dict[str, Any], data: dict[str, DataLoader],
                       cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     """Sparsify ``model`` with ``method`` (``sparsify(model, method, **settings)``) and train it, resumably.
@@ -88,9 +113,6 @@ def train_with_method(model: nn.Module, method: str, settings: dict[str, Any], d
     Jacobian summary and :func:`measured_sparsity`; a run whose dense phase diverged returns
     that phase's summary with ``phase="dense"``.
     """
-    # Collapsed (pruned) networks carry subnormal activations, which are 10-100x slower on CPUs;
-    # flushing them to zero changes no result worth having (they are below 1e-38).
-    torch.set_flush_denormal(True)
     if method.endswith("-t"):
         dense = train(model, data, cfg, Path(run_dir) / "dense", progress=False)
         if dense["status"] == "diverged":

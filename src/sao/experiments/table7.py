@@ -26,7 +26,14 @@ from typing import Any
 import torch
 
 from sao.data import create_splits
-from sao.experiments.protocol import TRAINING_DEFAULTS, data_loaders, measured_sparsity, train_config, train_with_method
+from sao.experiments.protocol import (
+    TRAINING_DEFAULTS,
+    data_loaders,
+    flush_denormals,
+    measured_sparsity,
+    train_config,
+    train_with_method,
+)
 from sao.experiments.runner import Run
 from sao.methods import METHODS
 from sao.models import fnn, orthogonal_init_
@@ -86,9 +93,9 @@ def table7_runs(preset: str, data_root: str | None = None, device: str = "auto")
 OPTIONAL = {"activation": "tanh", **TRAINING_DEFAULTS}
 
 
+@flush_denormals()
 def run_table7(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Train one Table 7 run in ``run_dir`` (resumable) and return its result."""
-    torch.set_flush_denormal(True)  # before anything is computed (see train_with_method)
     data = data_loaders(create_splits(config["dataset"], root=config["data_root"]), config)
     gen = torch.Generator().manual_seed(config["seed"])
     activation = config.get("activation", OPTIONAL["activation"])
