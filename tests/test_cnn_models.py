@@ -304,3 +304,14 @@ def test_orthogonal_init_relu_gives_an_image_stem_the_plain_delta_kernel() -> No
     centre = stem[:, :, 1, 1]
     torch.testing.assert_close(centre.T @ centre, torch.eye(3, dtype=torch.float64), atol=1e-6, rtol=0)
     assert stem[:, :, 0, 0].abs().max() == 0
+
+
+@pytest.mark.parametrize("bound", ["certified", "upstream"])
+def test_lipconvnet_passes_the_soc_bound_to_every_soc_layer(bound: str) -> None:
+    from sao.nn import SOCConv2d
+
+    net = lipconvnet(5, init_channels=4, generator=gen(0), soc_bound=bound)
+    socs = [m for m in net.modules() if isinstance(m, SOCConv2d)]
+    assert socs and all(m.bound == bound for m in socs)
+    with pytest.raises(ValueError, match="certified"):
+        lipconvnet(5, init_channels=4, soc_bound="loose")

@@ -183,8 +183,9 @@ def _build_model(config: dict[str, Any], num_classes: int, in_channels: int, gen
         kwargs |= {"width": config["width"], "activation": config["activation"], "head": config["head"]}
     elif name == "cnn_eco":
         kwargs |= {"width": config["width"], "activation": config["activation"], "generator": gen}
-    else:
-        kwargs |= {"init_channels": config["width"], "generator": gen}
+    else:  # an optional config key "soc_bound" selects the SOC scaling (default "certified")
+        kwargs |= {"init_channels": config["width"], "generator": gen,
+                   "soc_bound": config.get("soc_bound", "certified")}
     if sparse:
         kwargs["sparsity"] = config["sparsity"]
     model = MODELS.get(name)(config["depth"], **kwargs)

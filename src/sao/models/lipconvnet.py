@@ -65,7 +65,7 @@ def eco_kernel_size(side: int) -> int:
 
 def lipconvnet(depth: int, init_channels: int = 32, num_classes: int = 10, in_channels: int = 3,
                degree: int | None = None, sparsity: float | None = None,
-               generator: torch.Generator | None = None) -> nn.Sequential:
+               generator: torch.Generator | None = None, soc_bound: str = "certified") -> nn.Sequential:
     """LipConvNet-N: five stages of ``N/5`` orthogonal convs (SOC in stages 1–2, ECO in 3–5), MaxMin, 1×1 SOC head.
 
     Args:
@@ -77,6 +77,9 @@ def lipconvnet(depth: int, init_channels: int = 32, num_classes: int = 10, in_ch
             graph (stages 3–5); neither gives dense ECO. Invalid values raise the layers'
             ``ValueError``.
         generator: source of randomness for all layers, drawn in layer order.
+        soc_bound: spectral-norm scaling of every SOC layer: ``"certified"`` (default, ‖A‖ ≤ 0.7
+            guaranteed) or ``"upstream"`` (the reference implementation's cheaper bound, which
+            lets ‖A‖ exceed 1; see :class:`sao.nn.SOCConv2d`).
 
     Returns:
         ``nn.Sequential`` with parts ``stage1`` … ``stage5`` (each a ``nn.Sequential`` of conv,
@@ -112,14 +115,14 @@ def lipconvnet(depth: int, init_channels: int = 32, num_classes: int = 10, in_ch
             stride = 2 if block == per_stage - 1 else 1
             out = planes * stride
             if stage <= SOC_STAGES:
-                conv: nn.Module = SOCConv2d(channels, out, 3, stride, generator=generator)
+                conv: nn.Module = SOCConv2d(channels, out, 3, stride, generator=generator, bound=soc_bound)
             else:
                 conv = ECOConv2d(channels, out, eco_kernel_size(side // stride), input_size=side, stride=stride,
                                  degree=degree, sparsity=sparsity, generator=generator)
             layers += [conv, MaxMin()]
             channels, side = out, side // stride
         parts[f"stage{stage}"] = nn.Sequential(*layers)
-    parts["last"] = SOCConv2d(channels, num_classes, 1, generator=generator)
+    parts["last"] = SOCConv2d(channels, num_classes, 1, generator=generator, bound=soc_bound)
     parts["flatten"] = nn.Flatten()
     return nn.Sequential(parts)
 
