@@ -34,7 +34,7 @@ import torch
 from sao.data import create_splits
 from sao.experiments.protocol import TRAINING_DEFAULTS, data_loaders, flush_denormals, train_config, train_with_method
 from sao.experiments.runner import Run
-from sao.methods import METHODS
+from sao.methods import METHODS, eco_methods
 from sao.models import MODELS, orthogonal_init_
 
 __all__ = ["CNN_TABLES", "CNNGrid", "CNNTable", "cnn_runs", "run_cnn"]
@@ -189,26 +189,30 @@ def _build_model(config: dict[str, Any], num_classes: int, in_channels: int, gen
     if sparse:
         kwargs["sparsity"] = config["sparsity"]
     model = MODELS.get(name)(config["depth"], **kwargs)
-    activation = config["activation"] if config["activation"] in ("tanh", "relu") else "tanh"
-    return orthogonal_init_(model, gain=config["gain"], activation=activation, generator=gen)
+    return orthogonal_init_(model, gain=config["gain"], activation=_init_activation(config), generator=gen)
+
+
+def _init_activation(config: dict[str, Any]) -> str:
+    """The activation the initialisers are built for: MaxMin (LipConvNet) is norm-preserving, like tanh's regime."""
+    return config["activation"] if config["activation"] in ("tanh", "relu") else "tanh"
 
 
 @flush_denormals()
 def run_cnn(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Train one run of Tables 8–12 in ``run_dir`` (resumable) and return its result."""
     model_name, method = config["model"], config["method"]
-    if model_name in BUILT_IN_SPARSITY and method != "sao" and not getattr(METHODS.get(method), "handles_eco", False):
-        able = [m for m in METHODS.names() if getattr(METHODS.get(m), "handles_eco", False)]
+    # checked here too (sparsify would refuse as well) so a bad run fails before any data is loaded
+    if model_name in BUILT_IN_SPARSITY and method != "sao" and not METHODS.get(method).handles_eco:
         raise ValueError(f"method={method!r} is not available for {model_name} (its ECO layers take 'sao' = "
-                         f"SAO-ECO, built at construction, or the kernel pruning methods {', '.join(able)})")
+                         f"SAO-ECO, built at construction, or the kernel pruning methods {', '.join(eco_methods())})")
     image_size = 36 if model_name == "cnn_eco" else None
     splits = create_splits(config["dataset"], root=config["data_root"], flatten=False, augment=config["augment"],
                            image_size=image_size)
     gen = torch.Generator().manual_seed(config["seed"])
     model = _build_model(config, splits.num_classes, splits.input_shape[0], gen)
     applied = "dense" if method == "sao" and model_name in BUILT_IN_SPARSITY else method
-    activation = config["activation"] if config["activation"] in ("tanh", "relu") else "tanh"
-    settings = {"sparsity": config["sparsity"], "gain": config["gain"], "activation": activation, "generator": gen}
+    settings = {"sparsity": config["sparsity"], "gain": config["gain"], "activation": _init_activation(config),
+                "generator": gen}
     defaults = {**TRAINING_DEFAULTS, "weight_decay": config["weight_decay"]}
     return train_with_method(model, applied, settings, data_loaders(splits, config), train_config(config, defaults),
                              Path(run_dir))

@@ -103,7 +103,6 @@ def flush_denormals() -> Iterator[None]:
         torch.set_flush_denormal(False)
 
 
-@flush_denormals()
 def train_with_method(model: nn.Module, method: str, settings: dict[str, Any], data: dict[str, DataLoader],
                       cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     """Sparsify ``model`` with ``method`` (``sparsify(model, method, **settings)``) and train it, resumably.
@@ -111,7 +110,8 @@ def train_with_method(model: nn.Module, method: str, settings: dict[str, Any], d
     ``"dense"`` trains the model as it is; names ending in ``-t`` train dense first, then prune
     and fine-tune (module docstring). Returns the training summary (without ``run_dir``), the
     Jacobian summary and :func:`measured_sparsity`; a run whose dense phase diverged returns
-    that phase's summary with ``phase="dense"``.
+    that phase's summary with ``phase="dense"``. Run functions wrap the whole run, model
+    construction included, in :func:`flush_denormals`.
     """
     if method.endswith("-t"):
         dense = train(model, data, cfg, Path(run_dir) / "dense", progress=False)

@@ -32,8 +32,8 @@ from torch import Tensor, nn
 from sao._registry import Registry
 from sao.nn import ECOConv2d, SOCConv2d
 
-__all__ = ["EXCLUDE_CHOICES", "METHODS", "SparsifyMethod", "SparsifySettings", "connection_mask", "eco_target_layers",
-           "has_eco_layers", "sparsify", "target_layers"]
+__all__ = ["EXCLUDE_CHOICES", "METHODS", "SparsifyMethod", "SparsifySettings", "connection_mask", "eco_methods",
+           "eco_target_layers", "has_eco_layers", "sparsify", "target_layers"]
 
 EXCLUDE_CHOICES = ("first_last", "first", "last", "none")
 Exclude = str | Collection[str] | Callable[[str, nn.Module], bool]
@@ -113,6 +113,11 @@ def target_layers(model: nn.Module, exclude: Exclude = "first_last") -> list[tup
     return _excluded(layers, exclude, "Linear/Conv2d")
 
 
+def eco_methods() -> list[str]:
+    """Names of the registered methods that can sparsify a model with ECO layers (``handles_eco``)."""
+    return [name for name in METHODS.names() if METHODS.get(name).handles_eco]
+
+
 def has_eco_layers(model: nn.Module) -> bool:
     """Whether ``model`` holds :class:`~sao.nn.ECOConv2d` layers (then :func:`sparsify` targets only them)."""
     return any(isinstance(m, ECOConv2d) for m in model.modules())
@@ -185,12 +190,11 @@ def sparsify(model: nn.Module, method: str = "sao", degree: int | None = None, s
     chosen = METHODS.get(method)
     settings = SparsifySettings(degree, sparsity, backend, activation, gain, generator)
     if has_eco_layers(model):
-        if not getattr(chosen, "handles_eco", False):
-            able = [n for n in METHODS.names() if getattr(METHODS.get(n), "handles_eco", False)]
+        if not chosen.handles_eco:
             raise ValueError(f"method={method!r} cannot sparsify a model with ECOConv2d layers: SAO-ECO is built "
                              "into the ECO layers at construction (e.g. cnn_eco(..., sparsity=0.5), "
                              "lipconvnet(..., sparsity=0.5)); on ECO models sparsify takes the kernel pruning "
-                             f"methods {', '.join(able)}")
+                             f"methods {', '.join(eco_methods())}")
         layers = eco_target_layers(model, exclude)
     else:
         layers = target_layers(model, exclude)
