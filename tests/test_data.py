@@ -48,7 +48,7 @@ def test_unknown_dataset_raises_listing_the_names():
 
 def test_registering_a_dataset_is_one_decorator():
     @DATASETS.register("toy-for-test")
-    def toy(root, download, flatten):
+    def toy(root, download, flatten, options):
         ds = TensorDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
         return Splits("toy-for-test", ds, ds, ds, 1, (2,))
     try:

@@ -157,23 +157,6 @@ def test_bad_image_size_is_rejected(size):
         DataOptions(image_size=size)
 
 
-def test_three_argument_builders_still_work():
-    calls = []
-
-    @DATASETS.register("toy-three-args")
-    def toy(root, download, flatten):
-        calls.append((root, download, flatten))
-        ds = TensorDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
-        return Splits("toy-three-args", ds, ds, ds, 1, (2,))
-    try:
-        assert create_splits("toy-three-args", augment=False).name == "toy-three-args"
-        assert calls == [(None, False, True)]
-        with pytest.raises(ValueError, match="cannot resize its inputs"):
-            create_splits("toy-three-args", image_size=36)
-    finally:
-        DATASETS._items.pop("toy-three-args")
-
-
 def test_builders_with_options_receive_them():
     seen = []
 

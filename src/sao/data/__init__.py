@@ -7,7 +7,7 @@ decorator on a builder ``(root, download, flatten) -> Splits``, or
 (``create_splits(..., augment=, image_size=)``)::
 
     @sao.data.DATASETS.register("my-data")
-    def my_data(root, download, flatten): ...
+    def my_data(root, download, flatten, options): ...
 
 Registered: ``mnist5k`` (embedded, default), ``mnist``, ``cifar10``, ``cifar100``, ``cinic10``.
 """

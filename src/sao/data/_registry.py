@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ __all__ = ["DATASETS", "DataOptions", "DatasetBuilder", "create_splits", "list_d
 
 @dataclass(frozen=True)
 class DataOptions:
-    """Options of a dataset's inputs beyond ``flatten``, passed to builders that take a fourth argument.
+    """Options of a dataset's inputs beyond ``flatten``, the fourth argument of every builder.
 
     Attributes:
         augment: apply the dataset's training augmentation, if it has one (CIFAR / CINIC: random
@@ -36,23 +35,11 @@ class DataOptions:
             raise ValueError(f"image_size must be None (native size) or an integer >= 1, got {size!r}")
 
 
-#: A builder takes ``(root, download, flatten)`` and returns the dataset's fixed splits; builders
-#: that also honour :class:`DataOptions` take them as a fourth positional argument
-#: ``(root, download, flatten, options)``.
-DatasetBuilder = Callable[[Path | None, bool, bool, DataOptions], Splits] | Callable[[Path | None, bool, bool], Splits]
+#: A builder takes ``(root, download, flatten, options)`` and returns the dataset's fixed splits;
+#: ``options`` is a :class:`DataOptions` (a builder without augmentation or resizing may ignore it).
+DatasetBuilder = Callable[[Path | None, bool, bool, DataOptions], Splits]
 
 DATASETS: Registry[DatasetBuilder] = Registry("dataset", "sao.data.DATASETS")
-
-
-def _takes_options(builder: DatasetBuilder) -> bool:
-    """Whether ``builder`` accepts a fourth positional argument (the :class:`DataOptions`)."""
-    try:
-        inspect.signature(builder).bind(None, False, True, DataOptions())
-    except TypeError:
-        return False
-    except ValueError:  # no introspectable signature (some builtins): assume the three-argument form
-        return False
-    return True
 
 
 def create_splits(name: str = "mnist5k", root: str | Path | None = None, download: bool = False,
@@ -81,8 +68,8 @@ def create_splits(name: str = "mnist5k", root: str | Path | None = None, downloa
         The :class:`Splits`.
 
     Raises:
-        ValueError: ``name`` is not registered (the message lists the registered names), a bad
-            ``image_size``, or an ``image_size`` for a builder that takes no :class:`DataOptions`.
+        ValueError: ``name`` is not registered (the message lists the registered names), or a bad
+            ``image_size``.
         FileNotFoundError: the dataset's files are not under ``root`` and ``download`` is off.
 
     >>> splits = create_splits("mnist5k")
@@ -91,14 +78,7 @@ def create_splits(name: str = "mnist5k", root: str | Path | None = None, downloa
     """
     builder = DATASETS.get(name)
     options = DataOptions(augment=bool(augment), image_size=image_size)
-    path = None if root is None else Path(root)
-    if _takes_options(builder):
-        return builder(path, bool(download), bool(flatten), options)  # type: ignore[call-arg]
-    if options.image_size is not None:
-        raise ValueError(f"dataset {name!r} cannot resize its inputs (image_size={image_size!r}): its builder "
-                         "takes no DataOptions argument")
-    # A three-argument builder has no augmentation to switch, so ``augment`` holds either way.
-    return builder(path, bool(download), bool(flatten))  # type: ignore[call-arg]
+    return builder(None if root is None else Path(root), bool(download), bool(flatten), options)
 
 
 def list_datasets() -> list[str]:
