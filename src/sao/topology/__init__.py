@@ -1,7 +1,7 @@
 """Sparse layer topologies (paper §IV-A) and their graph facts (§IV-B).
 
 The public names are :class:`Topology`, :func:`ramanujan`, :func:`valid_degrees`,
-:func:`degree_for_sparsity`, :func:`resolve_degree`, :func:`scatter_blocks`, :func:`spectrum`,
+:func:`degree_for_sparsity`, :func:`resolve_degree`, :func:`nearest_degree`, :func:`scatter_blocks`, :func:`spectrum`,
 :func:`components`, :func:`reachability` and, for contrast, random biregular graphs from
 :func:`configuration_model`.
 """
@@ -10,6 +10,7 @@ from sao.topology._graph import Components, components, reachability, spectrum
 from sao.topology._ramanujan import (
     Topology,
     degree_for_sparsity,
+    nearest_degree,
     ramanujan,
     resolve_degree,
     scatter_blocks,
@@ -23,6 +24,7 @@ __all__ = [
     "components",
     "configuration_model",
     "degree_for_sparsity",
+    "nearest_degree",
     "ramanujan",
     "reachability",
     "resolve_degree",

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Topology", "degree_for_sparsity", "ramanujan", "resolve_degree", "scatter_blocks", "valid_degrees"]
+__all__ = ["Topology", "degree_for_sparsity", "nearest_degree", "ramanujan", "resolve_degree", "scatter_blocks",
+           "valid_degrees"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -188,6 +189,37 @@ def resolve_degree(m: int, n: int, degree: int | None = None, sparsity: float | 
         raise ValueError(f"degree={degree!r} is not valid for a {m}x{n} layer{_kind(mirrored)}; "
                          f"nearest valid: {_nearest(valid, degree, max(m, n))}; all valid: {valid}")
     return degree
+
+
+def nearest_degree(m: int, n: int, degree: int | None = None, sparsity: float | None = None,
+                   mirrored: bool = False) -> int:
+    """The valid degree of an ``(m, n)`` layer closest to the requested ``degree`` or ``sparsity``.
+
+    Where :func:`resolve_degree` insists on an exact match, this takes the nearest achievable
+    one: by sparsity distance ``|1 - d / max(m, n) - sparsity|`` when a sparsity is given, else
+    by degree distance ``|d - degree|``; a tie goes to the larger degree (the denser layer).
+    ``degree = max(m, n)`` (one dense block) is always valid for plain topologies, so there is
+    always an answer unless the mirrored variant is impossible (odd sizes).
+
+    Raises:
+        ValueError: if both or neither of ``degree``/``sparsity`` are given, the sparsity is
+            outside ``[0, 1)``, the degree is below 1, or no valid degree exists.
+
+    Example:
+        >>> nearest_degree(64, 64, sparsity=0.9), nearest_degree(768, 3072, sparsity=0.9)
+        (8, 256)
+    """
+    if (degree is None) == (sparsity is None):
+        raise ValueError(f"give exactly one of degree= or sparsity= (got degree={degree}, sparsity={sparsity})")
+    valid = valid_degrees(m, n, mirrored)
+    larger = max(m, n)
+    if sparsity is not None:
+        if not 0.0 <= float(sparsity) < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+        return min(valid, key=lambda d: (abs(1.0 - d / larger - float(sparsity)), -d))
+    if degree < 1:
+        raise ValueError(f"degree must be >= 1, got {degree}")
+    return min(valid, key=lambda d: (abs(d - degree), -d))
 
 
 def ramanujan(m: int, n: int, degree: int | None = None, sparsity: float | None = None,
