@@ -151,9 +151,15 @@ def test_image_datasets_are_registered():
     assert {"cifar10", "cifar100", "cinic10", "mnist5k", "mnist"} <= set(list_datasets())
 
 
-@pytest.mark.parametrize("size", [0, -3, 2.5, True, "36"])
+@pytest.mark.parametrize("size", [0, -3])
 def test_bad_image_size_is_rejected(size):
     with pytest.raises(ValueError, match=r"image_size must be None .* or an integer >= 1"):
+        DataOptions(image_size=size)
+
+
+@pytest.mark.parametrize("size", [2.5, True, "36"])
+def test_non_integer_image_size_is_a_type_error(size):
+    with pytest.raises(TypeError, match="image_size must be an integer"):
         DataOptions(image_size=size)
 
 

@@ -206,11 +206,11 @@ def test_fills_a_parameter_in_place() -> None:
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
     ({}, ValueError, "exactly one of density and sparsity"),
     ({"density": 0.5, "sparsity": 0.5}, ValueError, "exactly one of density and sparsity"),
-    ({"density": 0.0}, ValueError, r"density=0.0 is out of range; it must be in \(0, 1\]"),
-    ({"density": 1.5}, ValueError, r"density=1.5 is out of range"),
-    ({"density": float("nan")}, ValueError, r"density=nan is out of range"),
-    ({"sparsity": 1.0}, ValueError, r"sparsity=1.0 is out of range; it must be in \[0, 1\)"),
-    ({"sparsity": -0.1}, ValueError, r"sparsity=-0.1 is out of range"),
+    ({"density": 0.0}, ValueError, r"density must be a finite number in \(0, 1\], got 0.0"),
+    ({"density": 1.5}, ValueError, r"density must be a finite number in \(0, 1\], got 1.5"),
+    ({"density": float("nan")}, ValueError, r"density must be a finite number in \(0, 1\], got nan"),
+    ({"sparsity": 1.0}, ValueError, r"sparsity must be a finite number in \[0, 1\), got 1.0"),
+    ({"sparsity": -0.1}, ValueError, r"sparsity must be a finite number in \[0, 1\), got -0.1"),
     ({"density": "0.5"}, TypeError, "density must be a real number, got str"),
     ({"sparsity": True}, TypeError, "sparsity must be a real number, got bool"),
 ], ids=str)
@@ -221,9 +221,9 @@ def test_bad_density_or_sparsity(kwargs: dict, error: type, match: str) -> None:
     assert bool((w == 3.0).all())  # validated before anything is written
 
 
-@pytest.mark.parametrize("shape", [(8,), (2, 3, 4), (0, 5)], ids=str)
-def test_needs_a_non_empty_matrix(shape: tuple[int, ...]) -> None:
-    with pytest.raises(ValueError, match=r"eoi_ expects a non-empty 2-D \(out, in\) weight"):
+@pytest.mark.parametrize("shape", [(8,), (2, 3, 4)], ids=str)
+def test_needs_a_matrix(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match=r"eoi_ expects a 2-D \(out, in\) weight"):
         eoi_(torch.empty(shape), density=0.5)
 
 

@@ -81,18 +81,28 @@ def test_invalid_degree_fails_fast_and_names_valid_ones(m: int, n: int, degree: 
     ({"sparsity": 1.0}, r"in \[0, 1\)"),
     ({"sparsity": -0.1}, r"in \[0, 1\)"),
     ({"sparsity": 0.9}, "nearest valid"),
-    ({"degree": 4.0}, "not valid"),
-    ({"degree": True}, "not valid"),
+    ({"degree": 3}, "not valid"),
 ])
 def test_bad_degree_or_sparsity_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         resolve_degree(256, 256, **kwargs)
 
 
-@pytest.mark.parametrize(("m", "n"), [(0, 4), (4, -1), (3.0, 4)])
+@pytest.mark.parametrize("kwargs", [{"degree": 4.0}, {"degree": True}, {"sparsity": "0.5"}], ids=str)
+def test_degree_or_sparsity_of_the_wrong_type(kwargs: dict) -> None:
+    with pytest.raises(TypeError, match=r"must be an integer|must be a real number"):
+        resolve_degree(256, 256, **kwargs)
+
+
+@pytest.mark.parametrize(("m", "n"), [(0, 4), (4, -1)])
 def test_bad_shapes(m: object, n: object) -> None:
-    with pytest.raises(ValueError, match="positive int"):
+    with pytest.raises(ValueError, match="must be an integer >= 1"):
         valid_degrees(m, n)  # type: ignore[arg-type]
+
+
+def test_shape_of_the_wrong_type() -> None:
+    with pytest.raises(TypeError, match=r"m \(out_features\) must be an integer"):
+        valid_degrees(3.0, 4)  # type: ignore[arg-type]
 
 
 def test_same_seed_same_topology_and_different_seed_differs() -> None:

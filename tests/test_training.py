@@ -164,8 +164,8 @@ def test_lr_for_depth() -> None:
 
 @pytest.mark.parametrize(("field", "value", "match"), [
     ("schedule", "linear", "unknown lr schedule 'linear'; choose from: constant, cosine, multistep"),
-    ("epochs", 0, "epochs=0"),
-    ("lr", float("nan"), "lr=nan"),
+    ("epochs", 0, r"TrainConfig.epochs must be an integer >= 1, got 0"),
+    ("lr", float("nan"), r"TrainConfig.lr must be a finite number in \(0, inf\], got nan"),
     ("device", "tpu", "device='tpu'"),
     ("nesterov", True, "nesterov"),
 ])

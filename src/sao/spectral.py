@@ -21,13 +21,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from sao._validation import as_int
+
 __all__ = ["conv_singular_values", "operator_singular_values"]
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def conv_singular_values(weight: Tensor, input_size: int, dilation: int = 1) -> Tensor:
@@ -55,8 +51,9 @@ def conv_singular_values(weight: Tensor, input_size: int, dilation: int = 1) -> 
         grouped by frequency (row-major ``(u, v)``), descending within each group.
 
     Raises:
-        ValueError: if ``weight`` is not a real 4-D tensor or ``input_size``/``dilation`` is not a
-            positive int.
+        TypeError: if ``weight`` is not a real tensor (complex is refused) or
+            ``input_size``/``dilation`` is not an integer.
+        ValueError: if ``weight`` is not 4-D or ``input_size``/``dilation`` is below 1.
 
     Example:
         >>> w = torch.zeros(2, 2, 3, 3)
@@ -64,13 +61,14 @@ def conv_singular_values(weight: Tensor, input_size: int, dilation: int = 1) -> 
         >>> conv_singular_values(w, input_size=4).unique().tolist()
         [1.0]
     """
-    if not isinstance(weight, Tensor) or weight.dim() != 4:
-        raise ValueError(f"weight must be a 4-D (c_out, c_in, kh, kw) tensor, got shape "
-                         f"{tuple(getattr(weight, 'shape', ()))}")
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.dim() != 4:
+        raise ValueError(f"weight must be a 4-D (c_out, c_in, kh, kw) tensor, got shape {tuple(weight.shape)}")
     if weight.is_complex():
-        raise ValueError(f"weight must be real, got dtype {weight.dtype}")
-    n = _check_positive_int("input_size", input_size)
-    dilation = _check_positive_int("dilation", dilation)
+        raise TypeError(f"weight must be real, got dtype {weight.dtype}")
+    n = as_int(input_size, "input_size", minimum=1)
+    dilation = as_int(dilation, "dilation", minimum=1)
     c_out, c_in, kh, kw = weight.shape
     taps = weight.detach().to(torch.float64).permute(2, 3, 0, 1)  # (kh, kw, c_out, c_in)
     rows = (dilation * torch.arange(kh, device=weight.device)) % n
@@ -99,9 +97,10 @@ def operator_singular_values(fn: Callable[[Tensor], Tensor], input_shape: Sequen
         flat float64 tensor of ``min(numel(out), numel(in))`` singular values, descending.
 
     Raises:
-        ValueError: if ``input_shape`` is not a sequence of positive ints or ``dtype`` is not a
+        ValueError: if ``input_shape`` is empty or has a size below 1, or ``dtype`` is not a
             floating dtype.
-        TypeError: if ``fn`` is not callable or does not return a single tensor.
+        TypeError: if ``fn`` is not callable or does not return a single tensor, or
+            ``input_shape`` is not a sequence of integers.
 
     Example:
         >>> import torch.nn.functional as F
@@ -113,9 +112,11 @@ def operator_singular_values(fn: Callable[[Tensor], Tensor], input_shape: Sequen
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    if (isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or not input_shape
-            or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in input_shape)):
-        raise ValueError(f"input_shape must be a non-empty sequence of positive ints, got {input_shape!r}")
+    if isinstance(input_shape, str | bytes) or not isinstance(input_shape, Sequence):
+        raise TypeError(f"input_shape must be a sequence of integers, got {input_shape!r}")
+    if not input_shape:
+        raise ValueError("input_shape must be a non-empty sequence of positive integers, got ()")
+    input_shape = [as_int(s, "input_shape entry", minimum=1) for s in input_shape]
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating torch.dtype such as torch.float64, got {dtype!r}")
     x = torch.zeros(1, *input_shape, dtype=dtype)

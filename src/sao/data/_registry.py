@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sao._registry import Registry
+from sao._validation import as_int
 from sao.data._splits import Splits
 
 __all__ = ["DATASETS", "DataOptions", "DatasetBuilder", "create_splits", "list_datasets"]
@@ -23,16 +24,20 @@ class DataOptions:
             ``None`` keeps the native size (32 for every registered dataset). Default ``None``.
 
     Raises:
-        ValueError: ``image_size`` is not ``None`` or an integer ≥ 1.
+        TypeError: ``image_size`` is neither ``None`` nor an integer (``int``, numpy integer or
+            0-d integer tensor; stored as ``int``).
+        ValueError: ``image_size`` is below 1.
     """
 
     augment: bool = True
     image_size: int | None = None
 
     def __post_init__(self) -> None:
-        size = self.image_size
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise ValueError(f"image_size must be None (native size) or an integer >= 1, got {size!r}")
+        if self.image_size is not None:
+            size = as_int(self.image_size, "image_size")
+            if size < 1:
+                raise ValueError(f"image_size must be None (native size) or an integer >= 1, got {size!r}")
+            object.__setattr__(self, "image_size", size)
 
 
 #: A builder takes ``(root, download, flatten, options)`` and returns the dataset's fixed splits;

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from sao._validation import as_int
+
 __all__ = ["ShardedBatchSampler", "Splits", "loaders", "stratified_split"]
 
 
@@ -48,12 +50,15 @@ class ShardedBatchSampler(Sampler[list[int]]):
     averaging their gradients reproduces single-process training with batch ``B``.
 
     Raises:
+        TypeError: a size, rank or world size that is not an integer.
         ValueError: ``batch_size`` not a multiple of ``world_size`` (unequal shares would weigh
             examples unequally), a bad rank, or a last batch too small to give every rank an example.
     """
 
     def __init__(self, size: int, batch_size: int, generator: torch.Generator, rank: int = 0,
                  world_size: int = 1) -> None:
+        size, batch_size = as_int(size, "size", minimum=0), as_int(batch_size, "batch_size", minimum=1)
+        rank, world_size = as_int(rank, "rank"), as_int(world_size, "world_size")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if batch_size % world_size:
@@ -97,6 +102,8 @@ def loaders(splits: Splits, batch_size: int, seed: int, device: torch.device | s
         ``(train, val, test)`` loaders; the last training batch may be smaller.
 
     Raises:
+        TypeError: ``batch_size``, ``seed``, ``num_workers`` or an entry of ``shard`` is not an
+            integer (``int``, numpy integer or 0-d integer tensor), or ``shard`` is not a pair.
         ValueError: ``batch_size < 1``, ``num_workers < 0`` or a shard that cannot split the batches.
 
     >>> import torch
@@ -106,14 +113,15 @@ def loaders(splits: Splits, batch_size: int, seed: int, device: torch.device | s
     >>> [len(x) for x, _ in train], next(iter(val))[0].flatten().tolist()
     ([4, 2], [0.0, 1.0, 2.0, 3.0])
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+    batch_size = as_int(batch_size, "batch_size", minimum=1)
+    num_workers = as_int(num_workers, "num_workers", minimum=0)
+    seed = as_int(seed, "seed")
+    if not isinstance(shard, tuple | list) or len(shard) != 2:
+        raise TypeError(f"shard must be a pair (rank, world_size), got {shard!r}")
+    rank, world_size = as_int(shard[0], "shard rank"), as_int(shard[1], "shard world_size")
     pin = device is not None and torch.device(device).type == "cuda"
     common = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": pin}
     generator = torch.Generator().manual_seed(seed)
-    rank, world_size = shard
     if world_size > 1:
         sampler = ShardedBatchSampler(len(splits.train), batch_size, generator, rank, world_size)  # type: ignore[arg-type]
         train = DataLoader(splits.train, batch_sampler=sampler, generator=generator, num_workers=num_workers,
@@ -142,6 +150,7 @@ def stratified_split(labels: torch.Tensor, size: int, generator: torch.Generator
         ``(picked, rest)``: sorted ``int64`` indices into ``labels``, disjoint, covering all.
 
     Raises:
+        TypeError: ``size`` is not an integer.
         ValueError: ``labels`` is not 1-D or ``size`` is out of range.
 
     >>> picked, rest = stratified_split(torch.tensor([0, 0, 0, 0, 1, 1]), 3, torch.Generator().manual_seed(0))
@@ -151,7 +160,8 @@ def stratified_split(labels: torch.Tensor, size: int, generator: torch.Generator
     if labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {tuple(labels.shape)}")
     n = labels.numel()
-    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= n:
+    size = as_int(size, "size")
+    if not 0 <= size <= n:
         raise ValueError(f"size must be an integer in [0, {n}], got {size!r}")
     classes, counts = torch.unique(labels, return_counts=True)
     exact = counts.double() * size / max(n, 1)

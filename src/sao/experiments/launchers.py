@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import Any
 
 from sao._registry import Registry
+from sao._validation import as_int, as_real
 from sao.experiments.runner import Run, RunFunction, is_finished, run_one
 
 __all__ = ["LAUNCHERS", "LaunchOptions", "Launcher", "launch_local", "launch_ray"]
@@ -55,13 +56,11 @@ class LaunchOptions:
 
     def __post_init__(self) -> None:
         for name, low in (("workers", 1), ("cpus_per_run", 1), ("max_retries", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        gpus = self.gpus_per_run
-        number = isinstance(gpus, (int, float)) and not isinstance(gpus, bool) and 0 <= gpus < float("inf")
-        if not number or (gpus > 1 and gpus != int(gpus)):
+            object.__setattr__(self, name, as_int(getattr(self, name), name, minimum=low))
+        gpus = as_real(self.gpus_per_run, "gpus_per_run", low=0.0)
+        if gpus > 1 and gpus != int(gpus):
             raise ValueError(f"gpus_per_run must be a number >= 0 (a fraction only below 1), got {gpus!r}")
+        object.__setattr__(self, "gpus_per_run", gpus)
 
 
 Launcher = Callable[[list[Run], RunFunction, Path, LaunchOptions, Log], list[str]]

@@ -1,9 +1,11 @@
-"""Random building blocks shared by the initializers: Haar (semi-)orthogonal matrices."""
+"""Random building blocks shared by the initializers (Haar (semi-)orthogonal matrices) and their checks."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from sao._validation import check_float_tensor
 
 ACTIVATIONS = ("linear", "tanh", "relu")
 
@@ -50,3 +52,24 @@ def check_activation(activation: str) -> bool:
 def check_generator(generator: torch.Generator | None) -> None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
+def check_weight(tensor: object, fn: str, dims: int, expected: str, at_least: bool = False) -> bool:
+    """Check the tensor an initializer fills, in :func:`torch.nn.init.orthogonal_`'s order; return whether it is empty.
+
+    A non-tensor is a ``TypeError``; the wrong number of dimensions (``dims``, or at least
+    ``dims`` if ``at_least``) a ``ValueError`` saying what was ``expected``; a dtype that is not
+    real floating point (integer, bool, complex) a ``TypeError`` naming it. An empty tensor
+    (``numel() == 0``) passes and ``True`` is returned: as in :mod:`torch.nn.init`, the
+    initializer then returns it unchanged, skipping the checks that need its sizes.
+
+    Example:
+        >>> check_weight(torch.empty(0, 4), "sao_", 2, "a 2-D (out, in) weight")
+        True
+    """
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"{fn} expects a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dim() < dims if at_least else tensor.dim() != dims:
+        raise ValueError(f"{fn} expects {expected}, got shape {tuple(tensor.shape)}")
+    check_float_tensor(tensor, fn)
+    return tensor.numel() == 0

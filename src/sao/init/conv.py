@@ -9,20 +9,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sao.init._random import check_activation, check_generator, draw_device, haar, mirror
+from sao._validation import as_real
+from sao.init._random import check_activation, check_generator, check_weight, draw_device, haar, mirror
 from sao.init.linear import resolve_topology, sao_
 from sao.topology import Topology
 
 __all__ = ["check_conv_weight", "delta_orthogonal_", "sao_delta_"]
 
 
-def check_conv_weight(tensor: Tensor, fn: str, odd: bool = False) -> None:
-    """Raise ``ValueError`` unless ``tensor`` is a 4-D conv weight (with odd kernel sides if ``odd``)."""
-    if not isinstance(tensor, Tensor) or tensor.dim() != 4:
-        shape = tuple(getattr(tensor, "shape", ()))
-        raise ValueError(f"{fn} expects a 4-D (c_out, c_in, kh, kw) weight, got shape {shape}")
+def check_conv_weight(tensor: Tensor, fn: str, odd: bool = False) -> bool:
+    """Check a 4-D floating-point conv weight (with odd kernel sides if ``odd``); return whether it is empty.
+
+    Errors as in :func:`sao.init._random.check_weight`, plus a ``ValueError`` for even kernel
+    sides when ``odd``; an empty weight is not checked for those (the initializer returns it).
+    """
+    if check_weight(tensor, fn, 4, "a 4-D (c_out, c_in, kh, kw) weight"):
+        return True
     if odd and (tensor.shape[2] % 2 == 0 or tensor.shape[3] % 2 == 0):
         raise ValueError(f"{fn} needs odd kernel sides so the kernel has a centre tap, got {tuple(tensor.shape[2:])}")
+    return False
 
 
 def centre_tap(kernel_size: tuple[int, ...]) -> tuple[int, ...]:
@@ -53,17 +58,27 @@ def delta_orthogonal_(tensor: Tensor, gain: float = 1.0, activation: str = "tanh
         generator: source of randomness.
 
     Returns:
-        ``tensor``.
+        ``tensor``; an empty one (``numel() == 0``) unchanged, as in :mod:`torch.nn.init`.
+
+    Raises:
+        TypeError: if ``tensor`` is not floating point (integer, bool, complex) or ``gain`` is
+            not a real number.
+        ValueError: on a non-4-D weight, even kernel sides, or odd channel counts with
+            ``activation="relu"``.
 
     Example:
         >>> w = delta_orthogonal_(torch.empty(8, 8, 3, 3), generator=torch.Generator().manual_seed(0))
         >>> torch.allclose(w[:, :, 1, 1] @ w[:, :, 1, 1].T, torch.eye(8), atol=1e-6), float(w[:, :, 0, 0].abs().sum())
         (True, 0.0)
     """
-    check_conv_weight(tensor, "delta_orthogonal_", odd=True)
+    empty = check_conv_weight(tensor, "delta_orthogonal_", odd=True)
     check_generator(generator)
+    mirrored = check_activation(activation)
+    gain = as_real(gain, "gain")
+    if empty:
+        return tensor
     c_out, c_in = tensor.shape[:2]
-    if check_activation(activation):
+    if mirrored:
         if c_out % 2 or c_in % 2:
             raise ValueError(f"activation='relu' needs even channel counts, got c_out={c_out}, c_in={c_in}")
         matrix = mirror(haar(1, c_out // 2, c_in // 2, generator)[0])
@@ -88,7 +103,11 @@ def sao_delta_(tensor: Tensor, degree: int | None = None, sparsity: float | None
         degree, sparsity, gain, activation, topology, generator: as in :func:`sao.init.sao_`.
 
     Returns:
-        ``tensor``.
+        ``tensor``; an empty one (``numel() == 0``) unchanged, as in :mod:`torch.nn.init`.
+
+    Raises:
+        TypeError, ValueError: as in :func:`sao.init.sao_`, and on a non-4-D weight or even
+            kernel sides.
 
     Example:
         >>> gen = torch.Generator().manual_seed(0)
@@ -96,9 +115,12 @@ def sao_delta_(tensor: Tensor, degree: int | None = None, sparsity: float | None
         >>> int((w.abs().sum((2, 3)) != 0).sum(1)[0])
         4
     """
-    check_conv_weight(tensor, "sao_delta_", odd=True)
+    empty = check_conv_weight(tensor, "sao_delta_", odd=True)
     check_generator(generator)
     mirrored = check_activation(activation)
+    gain = as_real(gain, "gain")
+    if empty:
+        return tensor
     topology = resolve_topology(tensor, degree, sparsity, topology, generator, mirrored)
     centre = torch.empty(tensor.shape[:2], dtype=torch.float64, device=draw_device(generator))
     sao_(centre, gain=gain, activation=activation, topology=topology, generator=generator)

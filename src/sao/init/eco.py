@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sao._validation import as_int, as_real
 from sao.init._random import check_generator, haar
 from sao.init.conv import check_conv_weight
 from sao.init.linear import resolve_topology, sao_blocks
@@ -46,14 +47,14 @@ def eco_frequency_index(k: int) -> Tensor:
         ``(k, k)`` long tensor ``index`` with ``index[a, b] == index[-a % k, -b % k]``.
 
     Raises:
-        ValueError: if ``k`` is not a positive int.
+        TypeError: if ``k`` is not an integer.
+        ValueError: if ``k`` is below 1.
 
     Example:
         >>> eco_frequency_index(3).tolist()
         [[0, 1, 1], [2, 3, 4], [2, 4, 3]]
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k (kernel side) must be a positive int, got {k!r}")
+    k = as_int(k, "k (kernel side)", minimum=1)
     a = torch.arange(k)
     neg = (-a) % k
     flat = a[:, None] * k + a[None, :]
@@ -81,13 +82,11 @@ def _eco_kernels(unique: Tensor, k: int) -> Tensor:
     return kernels.real.permute(2, 3, 0, 1).contiguous()
 
 
-def _check_eco_weight(tensor: Tensor, fn: str) -> int:
-    check_conv_weight(tensor, fn)
-    c_out, c_in, kh, kw = tensor.shape
+def _kernel_side(tensor: Tensor, fn: str) -> int:
+    """The side ``k`` of a non-empty conv weight's square kernel."""
+    kh, kw = tensor.shape[2:]
     if kh != kw:
         raise ValueError(f"{fn} needs a square kernel (kh == kw), got kernel shape ({kh}, {kw})")
-    if min(c_out, c_in, kh) < 1:
-        raise ValueError(f"{fn} needs c_out, c_in >= 1 and a kernel side k >= 1, got shape {tuple(tensor.shape)}")
     return kh
 
 
@@ -115,10 +114,12 @@ def eco_(tensor: Tensor, gain: float = 1.0, generator: torch.Generator | None = 
         generator: source of randomness.
 
     Returns:
-        ``tensor``.
+        ``tensor``; an empty one (``numel() == 0``) unchanged, as in :mod:`torch.nn.init`.
 
     Raises:
-        ValueError: if ``tensor`` is not a 4-D weight with a square, non-empty kernel.
+        TypeError: if ``tensor`` is not floating point (integer, bool, complex) or ``gain`` is
+            not a real number.
+        ValueError: if ``tensor`` is not a 4-D weight with a square kernel.
 
     Note:
         Layout is ``(out, in, kh, kw)`` as in :class:`torch.nn.Conv2d`; PyTorch's
@@ -131,8 +132,12 @@ def eco_(tensor: Tensor, gain: float = 1.0, generator: torch.Generator | None = 
         >>> s.numel(), torch.allclose(s, torch.ones_like(s), atol=1e-12)
         (144, True)
     """
-    k = _check_eco_weight(tensor, "eco_")
+    empty = check_conv_weight(tensor, "eco_")
     check_generator(generator)
+    gain = as_real(gain, "gain")
+    if empty:
+        return tensor
+    k = _kernel_side(tensor, "eco_")
     c_out, c_in = tensor.shape[:2]
     unique = haar(_num_unique(k), c_out, c_in, generator)
     return tensor.copy_(gain * _eco_kernels(unique, k))
@@ -170,9 +175,11 @@ def sao_eco_(tensor: Tensor, degree: int | None = None, sparsity: float | None =
         generator: source of randomness for the topology and the values.
 
     Returns:
-        ``tensor``.
+        ``tensor``; an empty one (``numel() == 0``) unchanged, as in :mod:`torch.nn.init`.
 
     Raises:
+        TypeError: on a non-floating-point tensor, a non-integer ``degree`` or a ``sparsity``/``gain``
+            that is not a real number.
         ValueError: on a bad weight shape, an invalid degree/sparsity (listing the valid ones),
             a topology that does not fit, or a mirrored (ReLU) topology.
 
@@ -184,8 +191,12 @@ def sao_eco_(tensor: Tensor, degree: int | None = None, sparsity: float | None =
         >>> int((w.abs().sum((2, 3)) != 0).sum()), bool((s - 1).abs().max() < 1e-9)
         (16, True)
     """
-    k = _check_eco_weight(tensor, "sao_eco_")
+    empty = check_conv_weight(tensor, "sao_eco_")
     check_generator(generator)
+    gain = as_real(gain, "gain")
+    if empty:
+        return tensor
+    k = _kernel_side(tensor, "sao_eco_")
     topology = resolve_topology(tensor, degree, sparsity, topology, generator)
     if topology.mirrored:
         raise ValueError(f"sao_eco_ needs a plain topology (mirrored=False), got {topology}: the ReLU doubling of "

@@ -31,12 +31,12 @@ before being copied into the tensor, so a seed gives bit-identical weights on ev
 from __future__ import annotations
 
 import math
-from numbers import Real
 
 import torch
 from torch import Tensor
 
-from sao.init._random import check_generator, draw_device
+from sao._validation import as_int, as_real
+from sao.init._random import check_generator, check_weight, draw_device
 from sao.init.conv import centre_tap, check_conv_weight
 
 __all__ = ["eoi_", "eoi_delta_", "eoi_delta_with_mask_", "eoi_target_nonzeros", "eoi_with_mask_"]
@@ -55,33 +55,32 @@ def eoi_target_nonzeros(m: int, n: int, density: float | None = None, sparsity: 
 
     Raises:
         ValueError: unless exactly one of ``density`` in ``(0, 1]`` and ``sparsity`` in
-            ``[0, 1)`` is given, or if the density is below the minimum ``min(m, n) / (m n)``
-            (that of the padded identity, the sparsest orthogonal matrix EOI can make).
-        TypeError: if the given one is not a real number.
+            ``[0, 1)`` is given, if ``m`` or ``n`` is below 1, or if the density is below the
+            minimum ``min(m, n) / (m n)`` (that of the padded identity, the sparsest orthogonal
+            matrix EOI can make).
+        TypeError: if the given one is not a real number (``"0.5"``, ``True``), or ``m``/``n``
+            not an integer.
 
     Example:
         >>> eoi_target_nonzeros(100, 100, density=0.07), eoi_target_nonzeros(64, 256, sparsity=0.75)
         (700, 4096)
     """
-    if not (isinstance(m, int) and isinstance(n, int) and m >= 1 and n >= 1):
-        raise ValueError(f"the weight must have positive sizes, got m={m!r}, n={n!r}")
+    m, n = as_int(m, "m", minimum=1), as_int(n, "n", minimum=1)
     if (density is None) == (sparsity is None):
         raise ValueError(f"give exactly one of density and sparsity, got density={density!r}, sparsity={sparsity!r}")
-    name, value = ("density", density) if sparsity is None else ("sparsity", sparsity)
-    if not isinstance(value, Real) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if sparsity is None and not 0 < density <= 1:
-        raise ValueError(f"density={density!r} is out of range; it must be in (0, 1]")
-    if density is None:
-        if not 0 <= sparsity < 1:
-            raise ValueError(f"sparsity={sparsity!r} is out of range; it must be in [0, 1)")
-        density = 1 - sparsity
-    exact = float(density) * m * n
+    if sparsity is None:
+        name = "density"
+        value = density = as_real(density, name, low=0.0, high=1.0, low_open=True)
+    else:
+        name = "sparsity"
+        value = as_real(sparsity, name, low=0.0, high=1.0, high_open=True)
+        density = 1 - value
+    exact = density * m * n
     nearest = round(exact)
     count = nearest if abs(exact - nearest) <= 1e-9 * max(1.0, exact) else math.ceil(exact)
     low = min(m, n)
     if count < low:
-        raise ValueError(f"{name}={value!r} gives density {float(density):.6g}, below the minimum "
+        raise ValueError(f"{name}={value!r} gives density {density:.6g}, below the minimum "
                          f"{low}/({m}*{n}) = {low / (m * n):.6g} that an orthogonal {m}x{n} matrix can have "
                          f"(the padded identity); use density >= {low / (m * n):.6g}")
     return min(count, m * n)
@@ -373,11 +372,15 @@ def eoi_with_mask_(tensor: Tensor, density: float | None = None, sparsity: float
         generator: source of randomness (line pairs and angles).
 
     Returns:
-        ``(tensor, mask)``: the filled tensor and a bool ``(out, in)`` mask on its device.
+        ``(tensor, mask)``: the filled tensor and a bool ``(out, in)`` mask on its device; an
+        empty tensor (``numel() == 0``) unchanged with an empty mask, as in :mod:`torch.nn.init`
+        (density/sparsity are checked against the sizes, so not then).
 
     Raises:
-        ValueError: on a non-2-D or empty tensor, on both or neither of density/sparsity, on a
-            value out of range or below the minimum density.
+        TypeError: on a non-floating-point tensor (integer, bool, complex), or a density,
+            sparsity or gain that is not a real number.
+        ValueError: on a non-2-D tensor, on both or neither of density/sparsity, on a value
+            out of range or below the minimum density.
 
     Note:
         Layout ``(out, in)``, as ``nn.Linear.weight``. :func:`eoi_` is the same draw without
@@ -391,10 +394,11 @@ def eoi_with_mask_(tensor: Tensor, density: float | None = None, sparsity: float
         >>> torch.allclose(w @ w.T, torch.eye(256, dtype=torch.float64), atol=1e-12)
         True
     """
-    if not isinstance(tensor, Tensor) or tensor.dim() != 2 or tensor.numel() == 0:
-        shape = tuple(getattr(tensor, "shape", ()))
-        raise ValueError(f"eoi_ expects a non-empty 2-D (out, in) weight, got shape {shape}")
+    empty = check_weight(tensor, "eoi_", 2, "a 2-D (out, in) weight")
     check_generator(generator)
+    gain = as_real(gain, "gain")
+    if empty:
+        return tensor, torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
     target = eoi_target_nonzeros(*tensor.shape, density, sparsity)
     return tensor, _eoi_into_(tensor, target, gain, generator)
 
@@ -416,10 +420,10 @@ def eoi_(tensor: Tensor, density: float | None = None, sparsity: float | None = 
         density, sparsity, gain, generator: as in :func:`eoi_with_mask_`.
 
     Returns:
-        ``tensor``.
+        ``tensor``; an empty one unchanged.
 
     Raises:
-        ValueError: as in :func:`eoi_with_mask_`.
+        TypeError, ValueError: as in :func:`eoi_with_mask_`.
 
     Example:
         >>> w = eoi_(torch.empty(64, 128), sparsity=0.9, generator=torch.Generator().manual_seed(0))
@@ -451,9 +455,11 @@ def eoi_delta_with_mask_(tensor: Tensor, density: float | None = None, sparsity:
         density, sparsity, gain, generator: as in :func:`eoi_with_mask_`.
 
     Returns:
-        ``(tensor, mask)``: the filled tensor and a bool ``(c_out, c_in, kh, kw)`` mask.
+        ``(tensor, mask)``: the filled tensor and a bool ``(c_out, c_in, kh, kw)`` mask; an empty
+        tensor unchanged with an empty mask, as in :mod:`torch.nn.init`.
 
     Raises:
+        TypeError: as in :func:`eoi_with_mask_`.
         ValueError: on a non-4-D weight, even kernel sides, or bad density/sparsity.
 
     Example:
@@ -462,8 +468,11 @@ def eoi_delta_with_mask_(tensor: Tensor, density: float | None = None, sparsity:
         >>> int(mask[:, :, 0, 0].sum()) >= 128, bool((w[:, :, 0, 0] == 0).all()), tuple(mask.shape)
         (True, True, (16, 32, 3, 3))
     """
-    check_conv_weight(tensor, "eoi_delta_", odd=True)
+    empty = check_conv_weight(tensor, "eoi_delta_", odd=True)
     check_generator(generator)
+    gain = as_real(gain, "gain")
+    if empty:
+        return tensor, torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
     target = eoi_target_nonzeros(*tensor.shape[:2], density, sparsity)
     tensor.zero_()
     mask = _eoi_into_(tensor[(..., *centre_tap(tensor.shape[2:]))], target, gain, generator)
@@ -486,10 +495,10 @@ def eoi_delta_(tensor: Tensor, density: float | None = None, sparsity: float | N
         density, sparsity, gain, generator: as in :func:`eoi_with_mask_`.
 
     Returns:
-        ``tensor``.
+        ``tensor``; an empty one unchanged.
 
     Raises:
-        ValueError: as in :func:`eoi_delta_with_mask_`.
+        TypeError, ValueError: as in :func:`eoi_delta_with_mask_`.
 
     Example:
         >>> w = eoi_delta_(torch.empty(8, 8, 3, 3), density=0.5, generator=torch.Generator().manual_seed(0))

@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from sao.init._random import check_activation, check_generator, draw_device, haar, mirror
+from sao._validation import as_real
+from sao.init._random import check_activation, check_generator, check_weight, draw_device, haar, mirror
 from sao.topology import Topology, ramanujan, resolve_degree
 
 __all__ = [
@@ -30,9 +31,9 @@ __all__ = [
 ]
 
 
-def _check_matrix(tensor: Tensor, fn: str) -> None:
-    if not isinstance(tensor, Tensor) or tensor.dim() != 2:
-        raise ValueError(f"{fn} expects a 2-D (out, in) weight, got shape {tuple(getattr(tensor, 'shape', ()))}")
+def _check_matrix(tensor: Tensor, fn: str) -> bool:
+    """Check a 2-D ``(out, in)`` floating-point weight; return whether it is empty (see :func:`check_weight`)."""
+    return check_weight(tensor, fn, 2, "a 2-D (out, in) weight")
 
 
 @torch.no_grad()
@@ -51,17 +52,23 @@ def orthogonal_(tensor: Tensor, gain: float = 1.0, generator: torch.Generator | 
         generator: source of randomness.
 
     Returns:
-        ``tensor``.
+        ``tensor``; an empty one (``numel() == 0``) unchanged, as in :mod:`torch.nn.init`.
+
+    Raises:
+        TypeError: if ``tensor`` is not a floating-point tensor (integer, bool and complex ones
+            are refused) or ``gain`` is not a real number.
+        ValueError: if ``tensor`` has fewer than 2 dimensions or ``gain`` is NaN or infinite.
 
     Example:
         >>> w = orthogonal_(torch.empty(3, 5), generator=torch.Generator().manual_seed(0))
         >>> torch.allclose(w @ w.T, torch.eye(3), atol=1e-6)
         True
     """
-    if not isinstance(tensor, Tensor) or tensor.dim() < 2:
-        shape = tuple(getattr(tensor, "shape", ()))
-        raise ValueError(f"orthogonal_ expects a tensor with at least 2 dimensions, got shape {shape}")
+    empty = check_weight(tensor, "orthogonal_", 2, "a tensor with at least 2 dimensions", at_least=True)
     check_generator(generator)
+    gain = as_real(gain, "gain")
+    if empty:
+        return tensor
     rows, cols = tensor.shape[0], tensor[0].numel()
     return tensor.copy_((gain * haar(1, rows, cols, generator)[0]).view_as(tensor))
 
@@ -154,9 +161,12 @@ def sao_(tensor: Tensor, degree: int | None = None, sparsity: float | None = Non
         generator: source of randomness for the topology and the values.
 
     Returns:
-        ``tensor``.
+        ``tensor``; an empty one (``numel() == 0``) unchanged, as in :mod:`torch.nn.init`
+        (``degree``/``sparsity``/``topology`` are checked against the sizes, so not then).
 
     Raises:
+        TypeError: on a non-floating-point tensor (integer, bool, complex), a ``degree`` that is
+            not an integer, or a ``sparsity``/``gain`` that is not a real number.
         ValueError: on a non-2-D tensor, an invalid degree/sparsity (listing the nearest valid
             ones), an unknown activation, or a topology that does not fit.
 
@@ -167,9 +177,12 @@ def sao_(tensor: Tensor, degree: int | None = None, sparsity: float | None = Non
         >>> bool((w != 0).eq(topo.mask()).all()), torch.allclose(w @ w.T, torch.eye(256), atol=1e-6)
         (True, True)
     """
-    _check_matrix(tensor, "sao_")
+    empty = _check_matrix(tensor, "sao_")
     check_generator(generator)
     mirrored = check_activation(activation)
+    gain = as_real(gain, "gain")
+    if empty:
+        return tensor
     topology = resolve_topology(tensor, degree, sparsity, topology, generator, mirrored)
     return fill_blocks_(tensor, topology, gain * sao_blocks(topology, generator))
 
@@ -193,8 +206,11 @@ def rg_uniform_blocks(topology: Topology, unit_variance: bool = True,
 def _fill_random_(tensor: Tensor, degree: int | None, sparsity: float | None, gain: float, unit_variance: bool,
                   topology: Topology | None, generator: torch.Generator | None, fn: str,
                   draw: Callable[..., Tensor]) -> Tensor:
-    _check_matrix(tensor, fn)
+    empty = _check_matrix(tensor, fn)
     check_generator(generator)
+    gain = as_real(gain, "gain")
+    if empty:
+        return tensor
     topology = resolve_topology(tensor, degree, sparsity, topology, generator, mirrored=None)
     return fill_blocks_(tensor, topology, gain * draw(topology, unit_variance, generator))
 

@@ -42,6 +42,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from sao._validation import as_int
 from sao.models._registry import MODELS
 from sao.models.fnn import ACTIVATIONS
 from sao.nn import ECOConv2d
@@ -52,14 +53,8 @@ HEADS = ("pool", "conv")
 CNN_ACTIVATIONS = ("tanh", "relu")
 
 
-def _check_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def _check_depth(depth: object) -> int:
-    depth = _check_int("depth", depth, 2)
+    depth = as_int(depth, "depth", minimum=2)
     if depth % 2:
         raise ValueError(f"depth must be even (the body downsamples at index depth/2 - 1 and at the last index), "
                          f"got {depth}")
@@ -101,6 +96,8 @@ def cnn(depth: int, width: int = 128, activation: str = "tanh", num_classes: int
         Any ``H, W ≥ 1`` works (zero padding); the pool head makes the output size-independent.
 
     Raises:
+        TypeError: if ``depth`` or a size is not an integer (``int``, numpy integer or 0-d
+            integer tensor).
         ValueError: on an odd or too small ``depth``, a non-positive size, or an unknown
             activation or head.
 
@@ -110,8 +107,8 @@ def cnn(depth: int, width: int = 128, activation: str = "tanh", num_classes: int
         (torch.Size([2, 10]), 7)
     """
     depth = _check_depth(depth)
-    for name, value in (("width", width), ("num_classes", num_classes), ("in_channels", in_channels)):
-        _check_int(name, value)
+    width, num_classes, in_channels = (as_int(value, name, minimum=1) for name, value in (
+        ("width", width), ("num_classes", num_classes), ("in_channels", in_channels)))
     act = _check_activation(activation)
     if head not in HEADS:
         raise ValueError(f"head={head!r} is not supported; choose from {', '.join(HEADS)}")
@@ -163,8 +160,8 @@ def cnn_eco(depth: int, width: int = 128, activation: str = "relu", num_classes:
         torch.Size([2, 10])
     """
     depth = _check_depth(depth)
-    for name, value in (("width", width), ("num_classes", num_classes), ("in_channels", in_channels)):
-        _check_int(name, value)
+    width, num_classes, in_channels = (as_int(value, name, minimum=1) for name, value in (
+        ("width", width), ("num_classes", num_classes), ("in_channels", in_channels)))
     act = _check_activation(activation)
     body: list[nn.Module] = []
     for i in range(depth):

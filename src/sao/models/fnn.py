@@ -12,6 +12,7 @@ import itertools
 
 from torch import nn
 
+from sao._validation import as_int, as_int_tuple
 from sao.models._registry import MODELS
 
 __all__ = ["fnn"]
@@ -35,13 +36,19 @@ def fnn(depth: int = 50, activation: str = "tanh", in_features: int = 1024, num_
         default init; give it the paper's start with :func:`sao.models.orthogonal_init_` and
         make it sparse with :func:`sao.sparsify` (which keeps the first and last layers dense).
 
+    Raises:
+        TypeError: if a size is not an integer (``int``, numpy integer or 0-d integer tensor).
+        ValueError: if a size is below 1 or the activation is unknown.
+
     Example:
         >>> import torch
         >>> fnn(depth=3)(torch.zeros(2, 1024)).shape
         torch.Size([2, 10])
     """
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth must be a positive int, got {depth!r}")
+    depth = as_int(depth, "depth", minimum=1)
+    in_features = as_int(in_features, "in_features", minimum=1)
+    num_classes = as_int(num_classes, "num_classes", minimum=1)
+    widths = as_int_tuple(widths, "widths", 2, minimum=1)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation={activation!r} is not supported; choose from {', '.join(ACTIVATIONS)}")
     sizes = [in_features, widths[0], *[widths[1]] * depth]

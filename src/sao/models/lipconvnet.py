@@ -44,6 +44,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from sao._validation import as_int
 from sao.models._registry import MODELS
 from sao.nn import ECOConv2d, MaxMin, SOCConv2d
 
@@ -60,6 +61,7 @@ def eco_kernel_size(side: int) -> int:
         >>> [eco_kernel_size(n) for n in (9, 8, 4, 3, 2, 1)]
         [3, 4, 4, 3, 2, 1]
     """
+    side = as_int(side, "side", minimum=1)
     return min((k for k in range(1, side + 1) if side % k == 0), key=lambda k: (abs(k - 3), -k))
 
 
@@ -89,6 +91,8 @@ def lipconvnet(depth: int, init_channels: int = 32, num_classes: int = 10, in_ch
         ``(B, in_channels, 32, 32)`` → ``(B, num_classes)`` (the ECO layers check their input size).
 
     Raises:
+        TypeError: if ``depth`` or a channel count is not an integer (``int``, numpy integer or
+            0-d integer tensor).
         ValueError: on a depth that is not a positive multiple of 5, an odd or non-positive
             ``init_channels``, or a non-positive ``num_classes``/``in_channels``.
 
@@ -97,12 +101,11 @@ def lipconvnet(depth: int, init_channels: int = 32, num_classes: int = 10, in_ch
         >>> net(torch.zeros(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 5 or depth % 5:
+    depth = as_int(depth, "depth")
+    if depth < 5 or depth % 5:
         raise ValueError(f"depth must be a positive multiple of 5 (five stages of depth/5 convs), got {depth!r}")
-    for name, value in (("init_channels", init_channels), ("num_classes", num_classes),
-                        ("in_channels", in_channels)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    init_channels, num_classes, in_channels = (as_int(value, name, minimum=1) for name, value in (
+        ("init_channels", init_channels), ("num_classes", num_classes), ("in_channels", in_channels)))
     if init_channels % 2:
         raise ValueError(f"init_channels must be even (MaxMin splits channels into pairs), got {init_channels}")
     per_stage = depth // 5

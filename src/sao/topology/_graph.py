@@ -43,7 +43,9 @@ class Components(NamedTuple):
 
 
 def _as_bool_matrix(mask: Tensor, name: str = "mask") -> Tensor:
-    if not isinstance(mask, Tensor) or mask.dim() != 2:
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.dim() != 2:
         raise ValueError(f"{name} must be a 2-D (out, in) tensor, got {getattr(mask, 'shape', type(mask))}")
     return mask.detach().cpu() != 0
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sao._validation import as_int, as_real
+
 __all__ = ["Topology", "degree_for_sparsity", "nearest_degree", "ramanujan", "resolve_degree", "scatter_blocks",
            "valid_degrees"]
 
@@ -51,11 +53,14 @@ class Topology:
     mirrored: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("out_features", "in_features", "num_blocks"):
+            object.__setattr__(self, name, as_int(getattr(self, name), name, minimum=1))
         m, n, g = self.out_features, self.in_features, self.num_blocks
-        if g < 1 or m % g or n % g:
+        if m % g or n % g:
             raise ValueError(f"num_blocks={g} must divide out_features={m} and in_features={n}")
         for name, perm, size in (("row_perm", self.row_perm, m), ("col_perm", self.col_perm, n)):
-            if perm.shape != (size,) or not torch.equal(torch.sort(perm).values, torch.arange(size)):
+            expected = torch.arange(size, device=perm.device)
+            if perm.shape != (size,) or not torch.equal(torch.sort(perm).values, expected):
                 raise ValueError(f"{name} must be a permutation of range({size})")
         if self.mirrored:
             self._check_mirrored()
@@ -108,7 +113,8 @@ class Topology:
         return self.col_perm.view(self.num_blocks, -1)
 
     def mask(self, device: torch.device | str | None = None) -> Tensor:
-        """The bool ``(m, n)`` mask: ``True`` where a weight may be non-zero."""
+        """The bool ``(m, n)`` mask: ``True`` where a weight may be non-zero (on ``device``, else the CPU)."""
+        device = self.row_perm.device if device is None else device
         return self.blocks_to_dense(torch.ones(self.num_blocks, *self.block_shape, dtype=torch.bool, device=device))
 
     def blocks_to_dense(self, blocks: Tensor) -> Tensor:
@@ -154,8 +160,17 @@ def valid_degrees(m: int, n: int, mirrored: bool = False) -> list[int]:
 
     ``d = max(m, n) / g`` for every ``g`` dividing ``gcd(m, n)``; with ``mirrored=True``
     (ReLU variant) ``g`` must divide ``gcd(m/2, n/2)`` instead.
+
+    Raises:
+        TypeError: if ``m`` or ``n`` is not an integer (``int``, numpy integer or 0-d integer tensor).
+        ValueError: if ``m`` or ``n`` is below 1, or odd with ``mirrored=True``.
+
+    Example:
+        >>> import numpy as np
+        >>> valid_degrees(6, 4), valid_degrees(np.int64(8), 8, mirrored=True)
+        ([3, 6], [2, 4, 8])
     """
-    _check_shape(m, n, mirrored)
+    m, n = _check_shape(m, n, mirrored)
     common = math.gcd(m // 2, n // 2) if mirrored else math.gcd(m, n)
     return sorted(max(m, n) // g for g in range(1, common + 1) if common % g == 0)
 
@@ -164,12 +179,14 @@ def degree_for_sparsity(m: int, n: int, sparsity: float, mirrored: bool = False)
     """The degree that gives exactly ``sparsity`` (``= 1 - d / max(m, n)``) for an ``(m, n)`` layer.
 
     Raises:
+        TypeError: if ``sparsity`` is not a real number (e.g. the string ``"0.5"``) or a size is
+            not an integer.
         ValueError: if ``sparsity`` is outside ``[0, 1)`` or no valid degree gives it; the
             message lists the nearest achievable sparsities.
     """
-    if not 0.0 <= float(sparsity) < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-    degree = max(m, n) * (1.0 - float(sparsity))
+    m, n = _check_shape(m, n, mirrored)
+    sparsity = as_real(sparsity, "sparsity", low=0.0, high=1.0, high_open=True)
+    degree = max(m, n) * (1.0 - sparsity)
     valid = valid_degrees(m, n, mirrored)
     if abs(degree - round(degree)) > 1e-6 * max(m, n) or round(degree) not in valid:
         raise ValueError(f"sparsity={sparsity} is not achievable for a {m}x{n} layer{_kind(mirrored)}; "
@@ -179,13 +196,27 @@ def degree_for_sparsity(m: int, n: int, sparsity: float, mirrored: bool = False)
 
 def resolve_degree(m: int, n: int, degree: int | None = None, sparsity: float | None = None,
                    mirrored: bool = False) -> int:
-    """Check that exactly one of ``degree``/``sparsity`` is given and return the valid degree."""
+    """Check that exactly one of ``degree``/``sparsity`` is given and return the valid degree (an ``int``).
+
+    Raises:
+        TypeError: if ``degree`` is not an integer (``int``, numpy integer or 0-d integer tensor;
+            not ``bool``, ``4.0`` or ``"4"``) or ``sparsity`` not a real number.
+        ValueError: if both or neither are given, or the value is not achievable; the message
+            names the nearest valid degrees and lists all of them.
+
+    Example:
+        >>> import numpy as np
+        >>> resolve_degree(8, 8, degree=np.int64(4)), resolve_degree(8, 8, sparsity=np.float32(0.75))
+        (4, 2)
+    """
     if (degree is None) == (sparsity is None):
         raise ValueError(f"give exactly one of degree= or sparsity= (got degree={degree}, sparsity={sparsity})")
+    m, n = _check_shape(m, n, mirrored)
     if sparsity is not None:
         return degree_for_sparsity(m, n, sparsity, mirrored)
+    degree = as_int(degree, "degree")
     valid = valid_degrees(m, n, mirrored)
-    if isinstance(degree, bool) or not isinstance(degree, int) or degree not in valid:
+    if degree not in valid:
         raise ValueError(f"degree={degree!r} is not valid for a {m}x{n} layer{_kind(mirrored)}; "
                          f"nearest valid: {_nearest(valid, degree, max(m, n))}; all valid: {valid}")
     return degree
@@ -202,6 +233,7 @@ def nearest_degree(m: int, n: int, degree: int | None = None, sparsity: float | 
     always an answer unless the mirrored variant is impossible (odd sizes).
 
     Raises:
+        TypeError: if ``degree`` is not an integer or ``sparsity`` not a real number.
         ValueError: if both or neither of ``degree``/``sparsity`` are given, the sparsity is
             outside ``[0, 1)``, the degree is below 1, or no valid degree exists.
 
@@ -211,14 +243,12 @@ def nearest_degree(m: int, n: int, degree: int | None = None, sparsity: float | 
     """
     if (degree is None) == (sparsity is None):
         raise ValueError(f"give exactly one of degree= or sparsity= (got degree={degree}, sparsity={sparsity})")
-    valid = valid_degrees(m, n, mirrored)
-    larger = max(m, n)
+    m, n = _check_shape(m, n, mirrored)
+    valid, larger = valid_degrees(m, n, mirrored), max(m, n)
     if sparsity is not None:
-        if not 0.0 <= float(sparsity) < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-        return min(valid, key=lambda d: (abs(1.0 - d / larger - float(sparsity)), -d))
-    if degree < 1:
-        raise ValueError(f"degree must be >= 1, got {degree}")
+        sparsity = as_real(sparsity, "sparsity", low=0.0, high=1.0, high_open=True)
+        return min(valid, key=lambda d: (abs(1.0 - d / larger - sparsity), -d))
+    degree = as_int(degree, "degree", minimum=1)
     return min(valid, key=lambda d: (abs(d - degree), -d))
 
 
@@ -244,6 +274,7 @@ def ramanujan(m: int, n: int, degree: int | None = None, sparsity: float | None 
         ``r`` per larger-side node.
 
     Raises:
+        TypeError: if a size or ``degree`` is not an integer, or ``sparsity`` not a real number.
         ValueError: if both or neither of ``degree``/``sparsity`` are given, or the value is not
             achievable; the message names the nearest valid degrees/sparsities.
 
@@ -252,22 +283,26 @@ def ramanujan(m: int, n: int, degree: int | None = None, sparsity: float | None 
         >>> t.mask().sum(dim=1).tolist()
         [2, 2, 2, 2, 2, 2, 2, 2]
     """
+    m, n = _check_shape(m, n, mirrored)
     d = resolve_degree(m, n, degree, sparsity, mirrored)
     if mirrored:
         half = ramanujan(m // 2, n // 2, degree=d // 2, generator=generator)
         rows, cols = half.block_rows(), half.block_cols()
         return Topology(m, n, half.num_blocks, torch.cat([rows, rows + m // 2], 1).flatten(),
                         torch.cat([cols, cols + n // 2], 1).flatten(), mirrored=True)
-    return Topology(m, n, max(m, n) // d, torch.randperm(m, generator=generator),
-                    torch.randperm(n, generator=generator))
+    # drawn where the generator lives, kept on the CPU (also inside a `with torch.device(...)` block)
+    where = generator.device if generator is not None else torch.device("cpu")
+    return Topology(m, n, max(m, n) // d, torch.randperm(m, generator=generator, device=where).cpu(),
+                    torch.randperm(n, generator=generator, device=where).cpu())
 
 
-def _check_shape(m: int, n: int, mirrored: bool) -> None:
-    for name, v in (("m (out_features)", m), ("n (in_features)", n)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+def _check_shape(m: int, n: int, mirrored: bool) -> tuple[int, int]:
+    """``(m, n)`` as positive ``int`` (even ones if ``mirrored``)."""
+    sizes = as_int(m, "m (out_features)", minimum=1), as_int(n, "n (in_features)", minimum=1)
+    for name, v in zip(("m (out_features)", "n (in_features)"), sizes, strict=True):
         if mirrored and v % 2:
             raise ValueError(f"the ReLU (mirrored) variant needs even sizes, got {name}={v}")
+    return sizes
 
 
 def _kind(mirrored: bool) -> str:
@@ -275,9 +310,5 @@ def _kind(mirrored: bool) -> str:
 
 
 def _nearest(valid: list[int], target: float, larger: int) -> str:
-    try:
-        target = float(target)
-    except (TypeError, ValueError):
-        target = valid[0]
     closest = sorted(valid, key=lambda d: abs(d - target))[:2]
     return ", ".join(f"degree={d} (sparsity={1 - d / larger:.6g})" for d in sorted(closest))

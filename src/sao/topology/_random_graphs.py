@@ -7,6 +7,7 @@ from collections import Counter
 import torch
 from torch import Tensor
 
+from sao._validation import as_int
 from sao.init._random import check_generator, draw_device
 
 __all__ = ["configuration_model"]
@@ -24,10 +25,13 @@ def configuration_model(m: int, n: int, row_degree: int, generator: torch.Genera
         bool ``(m, n)`` mask with row sums ``row_degree`` and column sums ``c``.
 
     Raises:
+        TypeError: if ``m``, ``n`` or ``row_degree`` is not an integer.
         ValueError: if ``c`` is not a whole number, a degree exceeds the other side's size, or
             the repeated edges cannot be swapped away (nearly complete graphs).
     """
     check_generator(generator)
+    m, n = as_int(m, "m", minimum=1), as_int(n, "n", minimum=1)
+    row_degree = as_int(row_degree, "row_degree")
     if not 1 <= row_degree <= n or (m * row_degree) % n or m * row_degree // n > m:
         raise ValueError(f"row_degree={row_degree} must be in [1, {n}] with m*row_degree divisible by n={n}")
     col_degree = m * row_degree // n

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from sao._validation import as_int, as_real
 
 __all__ = ["AMP_DTYPES", "TrainConfig", "lr_for_depth", "resolve_device"]
 
@@ -22,6 +24,11 @@ class TrainConfig:
 
     Defaults follow the paper's FNN/CNN training (SPEC §4): SGD, momentum 0.9, weight decay
     1e-4, lr × 0.1 at epochs 50 and 150 when ``schedule="multistep"``.
+
+    Integer fields accept any integer (``int``, numpy integer, 0-d integer tensor) and real
+    fields any real number; both are stored as plain ``int``/``float`` so the config saves as
+    JSON. A value of the wrong type (``"0.1"``, ``True``, ``3.0`` for an integer) is a
+    ``TypeError``, one out of range (NaN included) a ``ValueError``; both name the field.
 
     Example:
         >>> cfg = TrainConfig(epochs=3, lr=lr_for_depth(200))
@@ -50,23 +57,25 @@ class TrainConfig:
     def __post_init__(self) -> None:
         from sao.training.schedule import SCHEDULES  # here to avoid an import cycle
 
-        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+        def field(name: str, check: Any, **bounds: Any) -> None:
+            object.__setattr__(self, name, check(getattr(self, name), f"TrainConfig.{name}", **bounds))
+
+        if isinstance(self.milestones, str) or not isinstance(self.milestones, Sequence):
+            raise TypeError(f"TrainConfig.milestones must be a sequence of integers, got {self.milestones!r}")
+        object.__setattr__(self, "milestones", tuple(as_int(m, "TrainConfig.milestones", minimum=0)
+                                                     for m in self.milestones))
         for name in ("epochs", "batch_size"):
-            _check(name, getattr(self, name), isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
-                   "a positive int")
+            field(name, as_int, minimum=1)
         for name in ("warmup_epochs", "isometry_probe", "seed"):
-            _check(name, getattr(self, name), isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
-                   "an int >= 0")
+            field(name, as_int, minimum=0)
         for name in ("lr", "gamma"):
-            _check(name, getattr(self, name), _finite(getattr(self, name)) and getattr(self, name) > 0,
-                   "a positive number")
+            field(name, as_real, low=0.0, low_open=True)
         for name in ("momentum", "weight_decay"):
-            value = getattr(self, name)
-            _check(name, value, _finite(value) and value >= 0, "a number >= 0")
+            field(name, as_real, low=0.0)
+        field("gain", as_real)
+        if self.max_grad_norm is not None:
+            field("max_grad_norm", as_real, low=0.0, low_open=True)
         _check("nesterov", self.nesterov, not self.nesterov or self.momentum > 0, "False when momentum is 0")
-        _check("max_grad_norm", self.max_grad_norm,
-               self.max_grad_norm is None or (_finite(self.max_grad_norm) and self.max_grad_norm > 0),
-               "None or a positive number")
         _check("device", self.device, isinstance(self.device, str) and self.device.split(":")[0] in DEVICE_CHOICES,
                f"one of {', '.join(DEVICE_CHOICES)} (cuda may carry an index, e.g. 'cuda:1')")
         _check("amp", self.amp, self.amp is None or self.amp in AMP_DTYPES, f"None or one of {', '.join(AMP_DTYPES)}")
@@ -89,10 +98,6 @@ class TrainConfig:
         return cls(**data)
 
 
-def _finite(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check(name: str, value: object, ok: bool, allowed: str) -> None:
     if not ok:
         raise ValueError(f"TrainConfig.{name}={value!r} is invalid; it must be {allowed}")
@@ -109,8 +114,7 @@ def lr_for_depth(depth: int) -> float:
         >>> [lr_for_depth(n) for n in (50, 100, 400, 1000)]
         [0.01, 0.001, 0.001, 0.0001]
     """
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth must be a positive int, got {depth!r}")
+    depth = as_int(depth, "depth", minimum=1)
     if depth <= 60:
         return 1e-2
     if depth <= 400:

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, default_collate
 
+from sao._validation import as_int
+
 __all__ = ["jacobian_spectrum", "probe_batch"]
 
 
@@ -63,8 +65,13 @@ def probe_batch(loader: DataLoader, size: int) -> Tensor | None:
     """The inputs of the first ``size`` examples of ``loader.dataset`` (indexed, so no RNG is drawn).
 
     Returns ``None`` when ``size`` is 0. The dataset must be map-style with ``(input, target)`` items.
+
+    Raises:
+        TypeError: if ``size`` is not an integer.
+        ValueError: if it is negative.
     """
-    if size <= 0:
+    size = as_int(size, "size", minimum=0)
+    if size == 0:
         return None
     dataset = loader.dataset
     count = min(size, len(dataset))  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from sao._registry import Registry
+from sao._validation import as_int
 
 if TYPE_CHECKING:
     from sao.training.config import TrainConfig
@@ -59,6 +60,7 @@ def lr_factor(epoch: int, config: TrainConfig) -> float:
         >>> [lr_factor(e, cfg) for e in (0, 1, 4, 5)]
         [0.5, 1.0, 1.0, 0.1]
     """
+    epoch = as_int(epoch, "epoch", minimum=0)
     warmup = min(1.0, (epoch + 1) / (config.warmup_epochs + 1))
     return warmup * SCHEDULES.get(config.schedule)(epoch, config)
 
