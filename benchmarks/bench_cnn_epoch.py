@@ -43,7 +43,7 @@ def build(depth: int, width: int, sparsity: float | None, backend: str) -> torch
     gen = torch.Generator().manual_seed(0)
     model = orthogonal_init_(cnn(depth, width=width, activation="relu"), activation="relu", generator=gen)
     if sparsity is not None:
-        sparsify(model, "sao", sparsity=sparsity, backend=backend, activation="relu", generator=gen)
+        sparsify(model, "sao", sparsity=sparsity, backend=backend, activation="relu", generator=gen, strict=True)
     return model
 
 

@@ -1,19 +1,20 @@
-"""Where the blocked linear backend loses time: one layer, forward + backward, four ways.
+"""The blocked linear layer's storage, one layer forward + backward: shipped vs the alternatives.
 
-Backs the analysis in ``RESULTS.md``. For one ``SparseLinear(w, w, degree=d)`` layer and a
-``(batch, w)`` input, times one training step (grads reset, forward, ``mean(y²)``, backward) of
+For one ``SparseLinear(w, w, degree=d)`` layer and a ``(batch, w)`` input, times one training
+step (grads reset, forward, ``mean(y²)``, backward) of
 
 - ``masked``: ``SparseLinear(..., backend="masked")`` (dense ``weight_orig * weight_mask``);
-- ``blocked``: ``SparseLinear(..., backend="blocked")`` as shipped: gather, ``baddbmm`` with
-  ``blocks.transpose(1, 2)``, scatter;
-- ``blocked, (g, bn, bm) layout``: the same computation with the parameter stored transposed,
-  so the ``bmm`` weight gradient arrives contiguous and autograd's ``AccumulateGrad`` does not
-  have to copy a transposed ``(g, bn, bm)`` gradient into the ``(g, bm, bn)`` parameter layout;
-- ``bmm only``: just the batched matmul of the blocked layer on pre-gathered inputs (no
-  gathers/scatters), i.e. the floor the blocked backend could reach.
+- ``blocked``: ``SparseLinear(..., backend="blocked")`` as shipped: contiguous ``(g, bm, bn)``
+  blocks and its own autograd function, whose backward writes the blocks' gradient as
+  ``gradᵀ @ xs`` straight into the parameter's layout;
+- ``format-1``: the layout before it: the parameter a transposed view of ``(g, bn, bm)``
+  storage and autograd's own ``bmm`` backward (fast, but ``p.view(-1)`` fails, so
+  ``parameters_to_vector`` and ``torch.optim.LBFGS`` did not work);
+- ``contiguous + autograd``: contiguous blocks with autograd's own ``bmm`` backward, whose
+  transposed gradient ``AccumulateGrad`` copies into the parameter's layout;
+- ``bmm only``: just the batched matmul on pre-gathered inputs (the floor).
 
-A prototype for the analysis, not a proposed implementation. Run
-``python benchmarks/probe_blocked_linear.py [--cases 256:256 4096:2048 ...]``.
+Run ``python benchmarks/probe_blocked_linear.py [--cases 256:4 4096:1024 ...]``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from _common import (
 )
 from sao.nn import SparseLinear
 
-DEFAULT_CASES = ("256:4", "256:256", "1024:256", "4096:64", "4096:1024", "4096:2048")
+DEFAULT_CASES = ("256:4", "256:256", "1024:16", "1024:256", "4096:64", "4096:1024", "4096:2048")
+VARIANTS = ("masked", "blocked", "format_1", "contiguous_autograd", "bmm_only")
 
 
 def steps_for(width: int, degree: int, batch: int, seed: int) -> dict:
@@ -41,7 +43,8 @@ def steps_for(width: int, degree: int, batch: int, seed: int) -> dict:
     blocked, masked = (SparseLinear(width, width, degree=degree, backend=backend,
                                     generator=torch.Generator().manual_seed(seed)) for backend in ("blocked", "masked"))
     g, bm, bn = blocked.blocks.shape
-    blocks_t = torch.nn.Parameter(blocked.blocks.detach().transpose(1, 2).contiguous())  # (g, bn, bm)
+    strided = torch.nn.Parameter(blocked.blocks.detach().transpose(1, 2).contiguous().transpose(1, 2))
+    contiguous = torch.nn.Parameter(blocked.blocks.detach().clone())
     bias = torch.nn.Parameter(blocked.bias.detach().clone())
     xs_fixed = x.index_select(1, blocked.col_perm).view(-1, g, bn).transpose(0, 1).contiguous()
 
@@ -55,24 +58,26 @@ def steps_for(width: int, degree: int, batch: int, seed: int) -> dict:
 
         return step
 
-    def step_transposed_layout() -> None:
-        blocks_t.grad = bias.grad = None
+    def autograd_forward(blocks: torch.Tensor) -> torch.Tensor:
         xs = x.index_select(1, blocked.col_perm).view(-1, g, bn).transpose(0, 1)
-        z = torch.baddbmm(bias.index_select(0, blocked.row_perm).view(g, 1, bm), xs, blocks_t)
-        y = z.transpose(0, 1).reshape(-1, g * bm).index_select(1, blocked.row_inverse)
-        y.square().mean().backward()
+        z = torch.baddbmm(bias.index_select(0, blocked.row_perm).view(g, 1, bm), xs, blocks.transpose(1, 2))
+        return z.transpose(0, 1).reshape(-1, g * bm).index_select(1, blocked.row_inverse)
+
+    def step_autograd(blocks: torch.nn.Parameter):
+        def step() -> None:
+            blocks.grad = bias.grad = None
+            autograd_forward(blocks).square().mean().backward()
+
+        return step
 
     def step_bmm_only() -> None:
-        blocks_t.grad = None
-        torch.bmm(xs_fixed, blocks_t).square().mean().backward()
+        contiguous.grad = None
+        torch.bmm(xs_fixed, contiguous.transpose(1, 2)).square().mean().backward()
 
-    with torch.no_grad():  # the prototype computes the same function as the shipped layer
-        xs = x.index_select(1, blocked.col_perm).view(-1, g, bn).transpose(0, 1)
-        z = torch.baddbmm(bias.index_select(0, blocked.row_perm).view(g, 1, bm), xs, blocks_t)
-        y = z.transpose(0, 1).reshape(-1, g * bm).index_select(1, blocked.row_inverse)
-        assert torch.allclose(y, blocked(x), atol=1e-5)
-    return {"masked": step_layer(masked), "blocked": step_layer(blocked),
-            "blocked_transposed_layout": step_transposed_layout, "bmm_only": step_bmm_only}
+    with torch.no_grad():  # the variants compute the shipped layer's function
+        assert torch.allclose(autograd_forward(strided), blocked(x), atol=1e-5)
+    return {"masked": step_layer(masked), "blocked": step_layer(blocked), "format_1": step_autograd(strided),
+            "contiguous_autograd": step_autograd(contiguous), "bmm_only": step_bmm_only}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     set_threads(args.threads)
     print_header("Probe: one blocked SparseLinear layer, forward + backward", machine_info(),
-                 [f"batch {args.batch}, float32, median of {args.repeats} repeats; the four variants are timed "
+                 [f"batch {args.batch}, float32, median of {args.repeats} repeats; the five variants are timed "
                   "round-robin"])
     rows = []
     for case in args.cases:
@@ -95,15 +100,12 @@ def main(argv: list[str] | None = None) -> None:
         steps = steps_for(width, degree, args.batch, args.seed)
         times, other, _ = measure_uncontended(steps, warmup=3, repeats=args.repeats, max_total_s=6.0,
                                               retries=args.retries)
-        ms = {k: v.median * 1e3 for k, v in times.items()}
-        rows.append([width, degree, f"{ms['masked']:.3g} ms", f"{ms['blocked']:.3g} ms",
-                     f"{ms['blocked_transposed_layout']:.3g} ms",
-                     f"{ms['blocked'] / ms['blocked_transposed_layout']:.2f}x", f"{ms['bmm_only']:.3g} ms",
-                     f"{(ms['blocked_transposed_layout'] - ms['bmm_only']) / ms['blocked_transposed_layout']:.0%}",
+        ms = {k: times[k].median * 1e3 for k in VARIANTS}
+        rows.append([width, degree, *(f"{ms[k]:.3g} ms" for k in VARIANTS),
+                     f"{ms['blocked'] / ms['format_1']:.2f}x", f"{ms['contiguous_autograd'] / ms['blocked']:.2f}x",
                      fmt_other_load(other)])
-    print(markdown_table(["width", "degree", "masked", "blocked (shipped)", "blocked, (g, bn, bm) layout",
-                          "shipped / transposed layout", "bmm only", "time outside the bmm", "other procs"], rows))
-
+    print(markdown_table(["width", "degree", "masked", "blocked (shipped)", "format-1 layout", "contiguous + autograd",
+                          "bmm only", "shipped / format-1", "autograd copy / shipped", "other procs"], rows))
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,7 @@ from sao.experiments.protocol import measured_sparsity
 from sao.methods import connection_mask, eco_target_layers, target_layers
 from sao.methods.pruning import kept_count
 from sao.models import cnn_eco, lipconvnet
-from sao.nn import ECOConv2d, SOCConv2d, SparseConv2d
+from sao.nn import ECOConv2d, MaskedConv2d, SOCConv2d, SparseConv2d
 from sao.topology import ramanujan
 
 PRUNE = ["lmp-s", "lmp-t", "lrp", "rg-s", "rg-t"]
@@ -45,7 +45,7 @@ def assert_pruned(layer: ECOConv2d, sparsity: float) -> torch.Tensor:
     assert mask.shape == (c, c) and torch.equal(mask, connection_mask(layer.conv))
     assert int(mask.sum()) == kept_count(c * c, sparsity)
     conv = layer.conv
-    assert type(conv) is nn.Conv2d and hasattr(conv, "weight_orig")
+    assert type(conv) is MaskedConv2d
     assert bool((conv.weight[~mask] == 0).all())
     assert bool((conv.weight_mask.flatten(2).all(-1) == mask).all())  # whole kernels, every tap
     return mask
@@ -83,7 +83,7 @@ def test_exact_kernel_sparsity_and_the_rest_untouched(model: str, method: str) -
     assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert {n: type(m) for n, m in net.named_modules() if n in types} == types
     for m in net.modules():  # stem convs, SOC layers and the classifier: dense, not pruned
-        if type(m) in (nn.Conv2d, nn.Linear, SOCConv2d) and not hasattr(m, "weight_orig"):
+        if type(m) in (nn.Conv2d, nn.Linear, SOCConv2d):
             assert bool(connection_mask(m).all())
     result = measured_sparsity(net)
     assert result["connection_sparsity_min"] == result["connection_sparsity_max"] == 0.875
@@ -113,7 +113,7 @@ def test_global_magnitude_keeps_the_largest_kernels_over_all_eco_layers(method: 
 def test_measured_sparsity_counts_each_eco_layer_once() -> None:
     net = sao.sparsify(MODELS["lipconvnet"](), "lmp-s", sparsity=0.75)
     eco = eco_layers(net)
-    weights = [m.weight for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear | SOCConv2d)]
+    weights = [m.weight for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear | SOCConv2d | MaskedConv2d)]
     assert len(weights) == 2 + 1 + 3  # SOC stages 1-2, the SOC head, the three ECO inner convs
     zeros = sum(int((m.conv.weight == 0).sum()) for m in eco)
     assert zeros == sum(0.75 * m.conv.weight.numel() for m in eco)  # ECO kernels have no exact zeros of their own
@@ -209,9 +209,15 @@ def test_methods_without_an_eco_form_raise(model: str, method: str) -> None:
     assert all(torch.equal(v, other_weights(net)[k]) for k, v in before.items())
 
 
-def test_pruning_an_sao_eco_model_raises() -> None:
+def test_pruning_an_sao_eco_model_raises_when_strict_and_skips_otherwise() -> None:
     with pytest.raises(ValueError, match="SAO-ECO sparse already"):
-        sao.sparsify(cnn_eco(2, width=8, sparsity=0.5, generator=gen(0)), "lmp-t", sparsity=0.75)
+        sao.sparsify(cnn_eco(2, width=8, sparsity=0.5, generator=gen(0)), "lmp-t", sparsity=0.75, strict=True)
+    net = cnn_eco(2, width=8, sparsity=0.5, generator=gen(0))
+    inner = [m.conv for m in eco_layers(net)]
+    with pytest.warns(UserWarning, match="SAO-ECO sparse already"):
+        _, summary = sao.sparsify(net, "lmp-t", sparsity=0.75, return_summary=True)
+    assert [m.conv for m in eco_layers(net)] == inner  # left as they are
+    assert [r.status for r in summary.layers if r.kind == "ECOConv2d"] == ["skipped"] * len(inner)
 
 
 def test_dense_leaves_eco_layers_as_they_are() -> None:

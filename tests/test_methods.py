@@ -66,17 +66,46 @@ def test_conv_model_gets_sao_delta() -> None:
     assert net(torch.randn(2, 3, 8, 8)).shape == (2, 10)
 
 
-def test_invalid_degree_names_the_layer() -> None:
+def test_invalid_degree_names_the_layer_when_strict() -> None:
     with pytest.raises(ValueError, match=r"layer '2'.*nearest valid"):
-        sao.sparsify(mlp(), degree=3)
+        sao.sparsify(mlp(), degree=3, strict=True)
 
 
-def test_method_without_conv_form_and_grouped_conv() -> None:
+def test_invalid_degree_takes_the_nearest_by_default() -> None:
+    with pytest.warns(UserWarning, match=r"2 of 2 sparsified layers cannot take degree=3 exactly"):
+        net, summary = sao.sparsify(mlp(), degree=3, generator=gen(), return_summary=True)
+    assert net[2].degree == net[4].degree == 4  # 32x32: valid 1, 2, 4, ...; a tie goes to the denser layer
+    assert [r.status for r in summary.layers] == ["excluded", "nearest", "nearest", "excluded"]
+
+
+def test_method_without_conv_form_and_grouped_conv_when_strict() -> None:
     with pytest.raises(ValueError, match="no convolution form"):
-        sao.sparsify(cnn(), method="rg-n", sparsity=0.5)
+        sao.sparsify(cnn(), method="rg-n", sparsity=0.5, strict=True)
     grouped = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=2), nn.Conv2d(8, 8, 3))
     with pytest.raises(ValueError, match="groups=2"):
-        sao.sparsify(grouped, sparsity=0.5)
+        sao.sparsify(grouped, sparsity=0.5, strict=True)
+
+
+def test_method_without_conv_form_skips_convs_by_default() -> None:
+    with pytest.warns(UserWarning, match="no convolution form"):
+        net, summary = sao.sparsify(cnn(), method="rg-n", sparsity=0.5, return_summary=True)
+    assert [type(m) for m in net if isinstance(m, nn.Conv2d)] == [nn.Conv2d] * 3
+    assert [r.status for r in summary.layers] == ["excluded", "skipped", "skipped", "excluded"]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"degree": 4, "sparsity": 0.5}, ValueError, "at most one of degree= or sparsity="),
+    ({}, ValueError, "needs degree= or sparsity="),
+    ({"sparsity": 1.0}, ValueError, "sparsity"),
+    ({"sparsity": "0.5"}, TypeError, "sparsity"),
+    ({"degree": 4.0}, TypeError, "degree"),
+    ({"degree": 4, "backend": "sparse"}, ValueError, "backend"),
+    ({"degree": 4, "activation": "gelu"}, ValueError, "activation"),
+])
+def test_bad_requests_raise_whatever_strict(kwargs: dict, error: type, match: str) -> None:
+    for strict in (False, True):
+        with pytest.raises(error, match=match):
+            sao.sparsify(mlp(), **kwargs, strict=strict)
 
 
 def test_unknown_method_lists_choices() -> None:

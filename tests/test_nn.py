@@ -57,7 +57,7 @@ def backend_pair(factory: Factory, seed: int = 0) -> tuple[Layer, Layer]:
 def dense_weight_grad(layer: Layer) -> Tensor:
     """The gradient of the layer's stored weight as a dense ``(out, in, *k)`` tensor."""
     if layer.backend == "blocked":
-        return layer.topology.blocks_to_dense(layer.blocks.grad)
+        return layer.topology.blocks_to_dense(layer.blocks.grad.view_as(layer.block_view()))
     return layer.weight_orig.grad
 
 
@@ -432,7 +432,7 @@ def test_eco_layer_default_is_dense_and_degree_works() -> None:
     torch.testing.assert_close(s, torch.ones_like(s), atol=1e-8, rtol=0)
 
 
-@pytest.mark.parametrize("shape", [(2, 4, 6, 7), (2, 5, 6, 6), (4, 6, 6), (2, 4, 12, 12)])
+@pytest.mark.parametrize("shape", [(2, 4, 6, 7), (2, 5, 6, 6), (4, 6), (2, 4, 12, 12), (1, 2, 4, 6, 6)])
 def test_eco_rejects_wrong_input(shape: tuple[int, ...]) -> None:
     layer = ECOConv2d(4, 8, 3, input_size=6)
     with pytest.raises(ValueError, match=re.escape("(B, 4, 6, 6)")):
@@ -448,13 +448,17 @@ def test_eco_rejects_kernel_not_dividing(k: int, size: int, stride: int, valid: 
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"kernel_size": 3, "input_size": 7, "stride": 2}, "stride=2 must divide input_size=7"),
-    ({"kernel_size": 0, "input_size": 6}, "kernel_size must be a positive int"),
-    ({"kernel_size": 3, "input_size": 6.0}, "input_size must be a positive int"),
+    ({"kernel_size": 0, "input_size": 6}, "kernel_size must be an integer >= 1"),
     ({"kernel_size": 3, "input_size": 6, "sparsity": 0.6}, "sparsity=0.6 is not achievable"),
 ])
 def test_eco_rejects_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         ECOConv2d(4, 4, **kwargs)
+
+
+def test_eco_rejects_non_integer_sizes() -> None:
+    with pytest.raises(TypeError, match="input_size must be an integer"):
+        ECOConv2d(4, 4, 3, input_size=6.0)
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.75], ids=["dense", "sp0.75"])

@@ -202,12 +202,16 @@ def test_extra_repr() -> None:
 
 # --------------------------------------------------------------------------- errors
 
+def test_soc_rejects_non_integer_terms() -> None:
+    with pytest.raises(TypeError, match="terms_eval must be an integer"):
+        SOCConv2d(4, 4, terms_eval=1.5)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"kernel_size": 2}, "odd kernel_size"),
-    ({"kernel_size": 0}, "kernel_size must be a positive int"),
-    ({"stride": 0}, "stride must be a positive int"),
+    ({"kernel_size": 0}, "kernel_size must be an integer >= 1"),
+    ({"stride": 0}, "stride must be an integer >= 1"),
     ({"terms_train": 0}, "terms_train"),
-    ({"terms_eval": 1.5}, "terms_eval"),
     ({"correction": 1.5}, "correction"),
     ({"correction": 0}, "correction"),
     ({"bound": "exact"}, "choose from certified, upstream"),
@@ -223,9 +227,11 @@ def test_soc_rejects_a_non_generator() -> None:
 
 
 @pytest.mark.parametrize("shape, match", [
-    ((1, 3, 6, 6), r"expects input \(B, 4, H, W\)"),
-    ((4, 6, 6), r"expects input"),
+    ((1, 3, 6, 6), r"expects input of shape \(B, 4, H, W\)"),
+    ((3, 6, 6), r"expects input"),
+    ((6, 6), r"expects input"),
     ((1, 4, 5, 6), "divisible by 2"),
+    ((4, 5, 6), "divisible by 2"),
 ])
 def test_soc_rejects_wrong_input(shape: tuple[int, ...], match: str) -> None:
     layer = SOCConv2d(4, 4, stride=2)

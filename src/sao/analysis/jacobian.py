@@ -33,7 +33,7 @@ def jacobian_singular_values(method: str, depth: int, degree: int = 4, gain: flo
     gen = torch.Generator().manual_seed(seed)
     model = fnn(depth, activation).double()
     # the method draws every target layer itself; only the kept dense first and last need the orthogonal init
-    sparsify(model, method, degree=degree, gain=gain, activation=activation, generator=gen)
+    sparsify(model, method, degree=degree, gain=gain, activation=activation, generator=gen, strict=True)
     orthogonal_init_(nn.ModuleList([model[0], model[-1]]), gain=gain, activation=activation, generator=gen)
     body = nn.Sequential(*list(model)[:-1]).requires_grad_(False)
     x = torch.randn(body[0].in_features, generator=gen, dtype=torch.float64)

@@ -18,7 +18,7 @@ def method_stack(method: str, width: int, depth: int, degree: int | None = None,
     """
     net = nn.Sequential(*[nn.Linear(width, width, bias=False, dtype=torch.float64) for _ in range(depth)])
     sparsify(net, method, degree=degree, sparsity=sparsity, backend="masked", exclude="none",
-             activation=activation, generator=generator)
+             activation=activation, generator=generator, strict=True)
     return [(layer.weight.detach(), connection_mask(layer)) for layer in net]
 
 
@@ -28,7 +28,7 @@ def method_weight(method: str, out_features: int, in_features: int, degree: int 
     """One ``(out, in)`` float64 weight and its bool mask drawn by ``method``."""
     net = nn.Sequential(nn.Linear(in_features, out_features, bias=False, dtype=torch.float64))
     sparsify(net, method, degree=degree, sparsity=sparsity, backend="masked", exclude="none",
-             activation=activation, generator=generator)
+             activation=activation, generator=generator, strict=True)
     return net[0].weight.detach(), connection_mask(net[0])
 
 

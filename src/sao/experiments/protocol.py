@@ -117,11 +117,11 @@ def train_with_method(model: nn.Module, method: str, settings: dict[str, Any], d
         dense = train(model, data, cfg, Path(run_dir) / "dense", progress=False)
         if dense["status"] == "diverged":
             return {**dense, "phase": "dense", **measured_sparsity(model)}
-        sparsify(model, method, **settings)
+        sparsify(model, method, **settings, strict=True)
         metrics_dir = Path(run_dir) / "finetune"
     else:
         if method != "dense":
-            sparsify(model, method, **settings)
+            sparsify(model, method, **settings, strict=True)
         # a subfolder: train() writes its own config.json, which must not replace the run's
         metrics_dir = Path(run_dir) / "train"
     result = train(model, data, cfg, metrics_dir, progress=False)

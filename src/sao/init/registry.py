@@ -75,18 +75,39 @@ def _centre(blocks: Tensor, kernel_size: tuple[int, ...]) -> Tensor:
     return out
 
 
-LAYER_INITS.register("sao", LayerInit(lambda t, k, gain, gen: gain * sao_blocks(t, gen), 0, "for-relu"))
-LAYER_INITS.register("rg-normal", LayerInit(lambda t, k, gain, gen: gain * rg_normal_blocks(t, generator=gen), 0))
-LAYER_INITS.register("rg-uniform", LayerInit(lambda t, k, gain, gen: gain * rg_uniform_blocks(t, generator=gen), 0))
-LAYER_INITS.register("sao-delta", LayerInit(lambda t, k, gain, gen: _centre(gain * sao_blocks(t, gen), k), 2,
-                                            "for-relu", "odd"))
+def _sao_draw(topology: Topology, kernel_size: tuple[int, ...], gain: float,
+              generator: torch.Generator | None) -> Tensor:
+    return gain * sao_blocks(topology, generator)
 
+
+def _rg_normal_draw(topology: Topology, kernel_size: tuple[int, ...], gain: float,
+                    generator: torch.Generator | None) -> Tensor:
+    return gain * rg_normal_blocks(topology, generator=generator)
+
+
+def _rg_uniform_draw(topology: Topology, kernel_size: tuple[int, ...], gain: float,
+                     generator: torch.Generator | None) -> Tensor:
+    return gain * rg_uniform_blocks(topology, generator=generator)
+
+
+def _sao_delta_draw(topology: Topology, kernel_size: tuple[int, ...], gain: float,
+                    generator: torch.Generator | None) -> Tensor:
+    return _centre(gain * sao_blocks(topology, generator), kernel_size)
+
+
+# Module-level functions, not lambdas: registry entries (and anything holding one) must pickle.
+LAYER_INITS.register("sao", LayerInit(_sao_draw, 0, "for-relu"))
+LAYER_INITS.register("rg-normal", LayerInit(_rg_normal_draw, 0))
+LAYER_INITS.register("rg-uniform", LayerInit(_rg_uniform_draw, 0))
+LAYER_INITS.register("sao-delta", LayerInit(_sao_delta_draw, 2, "for-relu", "odd"))
 
 def _sao_eco_blocks(topology: Topology, kernel_size: tuple[int, ...], gain: float,
                     generator: torch.Generator | None) -> Tensor:
     # ECO mixes all taps through one inverse FFT, so build the (small) dense kernel and cut its blocks.
-    dense = torch.empty(topology.out_features, topology.in_features, *kernel_size, dtype=torch.float64)
-    return topology.dense_to_blocks(sao_eco_(dense, gain=gain, topology=topology, generator=generator))
+    # On the CPU also inside a `with torch.device("meta")` block (deferred initialisation).
+    with torch.device("cpu"):
+        dense = torch.empty(topology.out_features, topology.in_features, *kernel_size, dtype=torch.float64)
+        return topology.dense_to_blocks(sao_eco_(dense, gain=gain, topology=topology, generator=generator))
 
 
 LAYER_INITS.register("sao-eco", LayerInit(_sao_eco_blocks, 2, "never", "square"))

@@ -1,14 +1,23 @@
 """The sparsify entry point and the method registry: ``sao.sparsify(model, method="sao", degree=4)``.
 
-:func:`sparsify` finds the ``nn.Linear`` and ``nn.Conv2d`` layers of a model (in
-``named_modules`` order), leaves out the excluded ones (by default the first and the last, as
-the paper keeps the stem and the classifier dense) and hands the rest to a method from
-:data:`METHODS`, which returns their replacements. New methods (pruning baselines, EOI)
+:func:`sparsify` finds the weight layers of a model (``nn.Linear``/``nn.Conv2d``, in
+``named_modules`` order; :mod:`sao.methods._layers`), leaves out the excluded ones (by default
+the first and the last, as the paper keeps the stem and the classifier dense) and those it
+cannot replace faithfully, asks a method from :data:`METHODS` for a per-layer plan
+(:meth:`SparsifyMethod.plan_layer`: the degree/sparsity each layer can take) and then for the
+replacements (:meth:`SparsifyMethod.sparsify_layers`). New methods (pruning baselines, EOI)
 register themselves the same way::
 
     @METHODS.register("my-method")
     class MyMethod(SparsifyMethod):
         def sparsify_layers(self, layers, settings): ...
+
+**Targets a layer cannot hit exactly.** An SAO layer of shape ``(m, n)`` takes only the
+degrees ``d = max(m, n) / g`` with ``g`` dividing both sides (paper §IV-A), so e.g. a 64x64
+layer can be 87.5 % or 93.75 % sparse but not 90 %. With ``strict=False`` (the default) each
+layer takes the nearest achievable degree/sparsity (:func:`sao.topology.nearest_degree`; a tie
+goes to the denser layer), the summary reports the deviation and one ``UserWarning`` says how
+far off the worst layer is; ``strict=True`` raises instead (the paper presets use it).
 
 **Models with ECO layers** (:class:`~sao.nn.ECOConv2d`: ``cnn_eco``, ``lipconvnet``) are treated
 differently: their sparse variant, SAO-ECO, is built into the ECO layers at construction, and
@@ -22,21 +31,55 @@ layers SAO-ECO does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
-from typing import ClassVar
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import ClassVar, Literal, TypeVar, overload
 
 import torch
 from torch import Tensor, nn
 
 from sao._registry import Registry
-from sao.nn import ECOConv2d, SOCConv2d
+from sao._validation import as_int, as_real
+from sao.init._random import check_activation
+from sao.methods._layers import (
+    EXCLUDE_CHOICES,
+    Exclude,
+    LayerSlot,
+    eco_target_layers,
+    find_layers,
+    has_eco_layers,
+    layer_dims,
+    target_layers,
+    weight_shape,
+)
+from sao.methods._summary import LayerReport, SparsifySummary
+from sao.nn import BACKENDS, ECOConv2d
+from sao.topology import nearest_degree, resolve_degree
 
-__all__ = ["EXCLUDE_CHOICES", "METHODS", "SparsifyMethod", "SparsifySettings", "connection_mask", "eco_methods",
-           "eco_target_layers", "has_eco_layers", "sparsify", "target_layers"]
+__all__ = ["EXCLUDE_CHOICES", "METHODS", "LayerPlan", "SparsifyMethod", "SparsifySettings", "connection_mask",
+           "degree_plan", "eco_methods", "eco_target_layers", "has_eco_layers", "sparsify", "target_layers"]
 
-EXCLUDE_CHOICES = ("first_last", "first", "last", "none")
-Exclude = str | Collection[str] | Callable[[str, nn.Module], bool]
+M = TypeVar("M", bound=nn.Module)
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What one target layer will become, decided before anything is built or drawn.
+
+    Attributes:
+        degree: the SAO degree the layer gets (or the degree its pruning sparsity comes from).
+        sparsity: the sparsity it is built or pruned to.
+        target: the sparsity asked of it (the requested one, or ``1 - degree / max(out, in)``).
+        nearest: ``True`` if ``sparsity`` is the nearest achievable instead of the target.
+        note: how the plan differs from the request, or how to read the layer's row.
+    """
+
+    degree: int | None = None
+    sparsity: float | None = None
+    target: float | None = None
+    nearest: bool = False
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -44,12 +87,15 @@ class SparsifySettings:
     """What every method receives besides the layers.
 
     Attributes:
-        degree: SAO degree per layer (exclusive with ``sparsity``).
-        sparsity: target fraction of zero weights (kernels) per layer.
+        degree: SAO degree per layer as requested (exclusive with ``sparsity``).
+        sparsity: requested fraction of zero weights (kernels) per layer.
         backend: ``"blocked"`` or ``"masked"`` for the new sparse layers.
         activation: the network's activation (``"relu"`` selects mirrored SAO).
         gain: weight multiplier at initialisation.
         generator: source of randomness.
+        strict: require every target layer to take the request exactly (else: nearest).
+        plans: the :class:`LayerPlan` of every target layer, by name (filled by :func:`sparsify`
+            from :meth:`SparsifyMethod.plan_layer` before :meth:`SparsifyMethod.sparsify_layers`).
     """
 
     degree: int | None = None
@@ -58,10 +104,46 @@ class SparsifySettings:
     activation: str = "tanh"
     gain: float = 1.0
     generator: torch.Generator | None = None
+    strict: bool = False
+    plans: Mapping[str, LayerPlan] = field(default_factory=dict, compare=False, repr=False)
+
+    def plan(self, name: str) -> LayerPlan:
+        """The plan of the layer called ``name``; the request as given if it has none."""
+        found = self.plans.get(name)
+        return found if found is not None else LayerPlan(self.degree, self.sparsity, self.sparsity)
+
+
+def requested_target(m: int, n: int, settings: SparsifySettings) -> float | None:
+    """The sparsity asked of an ``(m, n)`` layer: the requested one, or SAO's ``1 - degree / max(m, n)`` (≥ 0)."""
+    if settings.sparsity is not None:
+        return settings.sparsity
+    return None if settings.degree is None else max(0.0, 1.0 - settings.degree / max(m, n))
+
+
+def degree_plan(m: int, n: int, settings: SparsifySettings, mirrored: bool = False) -> LayerPlan:
+    """The plan of an ``(m, n)`` layer built on an SAO topology: the exact degree, else the nearest valid one.
+
+    Raises:
+        ValueError: with ``settings.strict`` if the request is not achievable exactly (the
+            message names the nearest valid values); always if no degree exists at all (the
+            mirrored ReLU variant on odd sizes).
+    """
+    larger, target = max(m, n), requested_target(m, n, settings)
+    try:
+        d = resolve_degree(m, n, settings.degree, settings.sparsity, mirrored)
+        return LayerPlan(d, 1.0 - d / larger, target)
+    except ValueError:
+        if settings.strict:
+            raise
+    d = nearest_degree(m, n, degree=settings.degree, sparsity=settings.sparsity, mirrored=mirrored)
+    asked = f"degree={settings.degree}" if settings.sparsity is None else f"sparsity={settings.sparsity:g}"
+    kind = " (mirrored)" if mirrored else ""
+    return LayerPlan(d, 1.0 - d / larger, target, True, f"{asked} not achievable for {m}x{n}{kind}; nearest valid "
+                                                         f"degree {d}")
 
 
 class SparsifyMethod:
-    """A way to sparsify a list of layers; override :meth:`sparsify_layers`.
+    """A way to sparsify a list of layers; override :meth:`sparsify_layers` (and :meth:`plan_layer`).
 
     Attributes:
         handles_eco: ``True`` if :meth:`sparsify_layers` also takes :class:`~sao.nn.ECOConv2d`
@@ -70,47 +152,29 @@ class SparsifyMethod:
 
     handles_eco: ClassVar[bool] = False
 
+    @property
+    def needs_target(self) -> bool:
+        """Whether the method needs ``degree=`` or ``sparsity=`` (not, e.g., the dense baseline)."""
+        return False
+
+    def plan_layer(self, name: str, module: nn.Module, settings: SparsifySettings) -> LayerPlan:
+        """What ``module`` will become under ``settings`` (nearest achievable unless ``settings.strict``).
+
+        Called for every target layer before :meth:`sparsify_layers`, without drawing random
+        numbers. The default takes the request as it is.
+
+        Raises:
+            ValueError: if the method cannot build this layer (:func:`sparsify` then skips it, or
+                raises with ``strict=True``).
+        """
+        return LayerPlan(settings.degree, settings.sparsity, requested_target(*layer_dims(module), settings))
+
     def sparsify_layers(self, layers: list[tuple[str, nn.Module]], settings: SparsifySettings) -> list[nn.Module]:
-        """Return one replacement module per ``(name, module)``, in order."""
+        """Return one replacement module per ``(name, module)``, in order (``settings.plan(name)`` says what)."""
         raise NotImplementedError
 
 
 METHODS: Registry[SparsifyMethod] = Registry("sparsify method", "sao.methods.METHODS")
-
-
-def _excluded(layers: list[tuple[str, nn.Module]], exclude: Exclude, kinds: str) -> list[tuple[str, nn.Module]]:
-    """``layers`` without the ones ``exclude`` names (see :func:`target_layers`)."""
-    if callable(exclude):
-        return [(n, m) for n, m in layers if not exclude(n, m)]
-    if isinstance(exclude, str):
-        if exclude not in EXCLUDE_CHOICES:
-            raise ValueError(f"exclude={exclude!r} is not supported; choose from {', '.join(EXCLUDE_CHOICES)}, "
-                             "a collection of layer names, or a predicate (name, module) -> bool")
-        first = 1 if exclude in ("first_last", "first") else 0
-        last = len(layers) - 1 if exclude in ("first_last", "last") else len(layers)
-        return layers[first:max(first, last)]
-    names = set(exclude)
-    unknown = names - {n for n, _ in layers}
-    if unknown:
-        raise ValueError(f"exclude names {sorted(unknown)} are not {kinds} layers of the model; "
-                         f"layers are: {[n for n, _ in layers]}")
-    return [(n, m) for n, m in layers if n not in names]
-
-
-def target_layers(model: nn.Module, exclude: Exclude = "first_last") -> list[tuple[str, nn.Module]]:
-    """The ``(name, module)`` pairs :func:`sparsify` would replace, in ``named_modules`` order.
-
-    The plain ``nn.Linear``/``nn.Conv2d`` layers left after ``exclude``. On a model with
-    :class:`~sao.nn.ECOConv2d` layers :func:`sparsify` prunes :func:`eco_target_layers` instead.
-
-    Args:
-        model: any module.
-        exclude: ``"first_last"`` (default), ``"first"``, ``"last"``, ``"none"``, a collection
-            of module names, or a predicate ``(name, module) -> bool`` returning ``True`` for
-            layers to leave dense.
-    """
-    layers = [(n, m) for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
-    return _excluded(layers, exclude, "Linear/Conv2d")
 
 
 def eco_methods() -> list[str]:
@@ -118,43 +182,99 @@ def eco_methods() -> list[str]:
     return [name for name in METHODS.names() if METHODS.get(name).handles_eco]
 
 
-def has_eco_layers(model: nn.Module) -> bool:
-    """Whether ``model`` holds :class:`~sao.nn.ECOConv2d` layers (then :func:`sparsify` targets only them)."""
-    return any(isinstance(m, ECOConv2d) for m in model.modules())
+def _request(degree: int | None, sparsity: float | None, backend: str, activation: str, gain: float,
+             method: str, chosen: SparsifyMethod) -> tuple[int | None, float | None, float]:
+    """Validate the request (these errors do not depend on ``strict``)."""
+    degree = None if degree is None else as_int(degree, "degree", minimum=1)
+    sparsity = None if sparsity is None else as_real(sparsity, "sparsity", low=0.0, high=1.0, high_open=True)
+    if degree is not None and sparsity is not None:
+        raise ValueError(f"give at most one of degree= or sparsity= (got degree={degree}, sparsity={sparsity})")
+    if chosen.needs_target and degree is None and sparsity is None:
+        raise ValueError(f"method={method!r} needs degree= or sparsity=")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not supported; choose from {', '.join(BACKENDS)}")
+    check_activation(activation)
+    return degree, sparsity, as_real(gain, "gain")
 
 
-def eco_target_layers(model: nn.Module, exclude: Exclude = "first_last") -> list[tuple[str, nn.Module]]:
-    """The :class:`~sao.nn.ECOConv2d` ``(name, module)`` pairs :func:`sparsify` prunes on a model with ECO layers.
-
-    ``exclude`` is applied to the model's weight layers in ``named_modules`` order — plain
-    ``nn.Linear``/``nn.Conv2d``, :class:`~sao.nn.SOCConv2d` and ``ECOConv2d`` (not looking
-    inside SOC/ECO layers) — exactly as in :func:`target_layers`; of what is left only the ECO
-    layers are returned. The plain and SOC layers always stay dense, as SAO-ECO leaves them,
-    so every method sparsifies the same layers. For ``cnn_eco`` and ``lipconvnet`` the first
-    and last layers are never ECO, so the default returns every ECO layer.
-    """
-    layers: list[tuple[str, nn.Module]] = []
-    inside: str | None = None  # prefix of the SOC/ECO layer being walked: its parts are not layers of their own
-    for n, m in model.named_modules():
-        if inside is not None and n.startswith(inside):
-            continue
-        if isinstance(m, ECOConv2d | SOCConv2d):
-            layers.append((n, m))
-            inside = f"{n}." if n else ""
-        elif type(m) in (nn.Linear, nn.Conv2d):
-            layers.append((n, m))
-    return [(n, m) for n, m in _excluded(layers, exclude, "Linear/Conv2d/SOC/ECO") if isinstance(m, ECOConv2d)]
+def _measured(module: nn.Module) -> float | None:
+    """Fraction of absent connections of ``module`` (``None`` if it has no connection mask)."""
+    try:
+        mask = connection_mask(module)
+    except (ValueError, AttributeError, RuntimeError):  # no weight, or an uninitialised (lazy) one
+        return None
+    return None if mask.numel() == 0 else 1.0 - float(mask.double().mean())
 
 
-def sparsify(model: nn.Module, method: str = "sao", degree: int | None = None, sparsity: float | None = None,
+def _shape(module: nn.Module) -> tuple[int, ...]:
+    """The weight shape for the summary; ``()`` where it is not known yet (lazy modules)."""
+    try:
+        return weight_shape(module)
+    except (ValueError, RuntimeError):
+        return ()
+
+
+def _report(slot: LayerSlot, shape: tuple[int, ...], now: nn.Module, status: str, reason: str,
+            method: str | None = None, plan: LayerPlan | None = None) -> LayerReport:
+    connections = shape[0] * shape[1] if len(shape) >= 2 else 0
+    return LayerReport(slot.name, type(slot.module).__name__, shape, method, None if plan is None else plan.degree,
+                       None if plan is None else plan.target, _measured(now), status, reason, connections,
+                       slot.names[1:])
+
+
+@overload
+def sparsify(model: M, method: str = ..., degree: int | None = ..., sparsity: float | None = ...,
+             backend: str = ..., exclude: Exclude = ..., activation: str = ..., gain: float = ...,
+             generator: torch.Generator | None = ..., *, strict: bool = ..., return_summary: Literal[False] = ...,
+             verbose: bool = ...) -> M: ...
+
+
+@overload
+def sparsify(model: M, method: str = ..., degree: int | None = ..., sparsity: float | None = ...,
+             backend: str = ..., exclude: Exclude = ..., activation: str = ..., gain: float = ...,
+             generator: torch.Generator | None = ..., *, strict: bool = ..., return_summary: Literal[True],
+             verbose: bool = ...) -> tuple[M, SparsifySummary]: ...
+
+
+def sparsify(model: M, method: str = "sao", degree: int | None = None, sparsity: float | None = None,
              backend: str = "blocked", exclude: Exclude = "first_last", activation: str = "tanh",
-             gain: float = 1.0, generator: torch.Generator | None = None) -> nn.Module:
+             gain: float = 1.0, generator: torch.Generator | None = None, *, strict: bool = False,
+             return_summary: bool = False, verbose: bool = False) -> M | tuple[M, SparsifySummary]:
     """Replace the ``nn.Linear``/``nn.Conv2d`` layers of ``model`` by sparse ones, in place.
 
     With ``method="sao"`` every target layer becomes a :class:`~sao.nn.SparseLinear`
-    (sparse orthogonal) or :class:`~sao.nn.SparseConv2d` (SAO-Delta) with the given degree or
-    sparsity; ``"rg-n"``/``"rg-u"`` use Gaussian/uniform values on the same kind of topology.
-    Weights are drawn afresh (this is sparsity *before* training); biases start at zero.
+    (sparse orthogonal, paper §IV-C) or :class:`~sao.nn.SparseConv2d` (SAO-Delta) with the
+    given degree or sparsity; ``"rg-n"``/``"rg-u"`` use Gaussian/uniform values on the same kind
+    of topology; the pruning baselines (§III-E) and ``"eoi"`` give
+    :class:`~sao.nn.MaskedLinear`/:class:`~sao.nn.MaskedConv2d` layers. Weights are drawn afresh
+    (this is sparsity *before* training; biases start at zero), except for the ``-t`` methods,
+    which prune the layers as they are (their Parameters are kept).
+
+    **Which layers.** The weight layers in ``named_modules`` order, minus ``exclude`` (the
+    first and the last by default). Left dense, each with its reason in the summary:
+
+    - subclasses of ``nn.Linear``/``nn.Conv2d`` (e.g. ``NonDynamicallyQuantizableLinear``, the
+      ``out_proj`` of ``nn.MultiheadAttention``, whose owner reads ``.weight`` and never calls
+      its ``forward``): never replaced, with or without ``strict``;
+    - grouped and depthwise convolutions (MobileNet, ResNeXt, EfficientNet);
+    - layers whose weight/bias Parameter is shared with another module;
+    - layers the method cannot build (no convolution form for ``rg-n``/``rg-u``, even kernels
+      for SAO-Delta/Delta-orthogonal/EOI-Delta, odd sizes for the mirrored ReLU variant).
+
+    With ``strict=True`` the last three raise ``ValueError`` instead. A layer *module* used at
+    several places (tied) gets one replacement, placed at every place, so the tie is kept.
+
+    **Targets a layer cannot hit exactly** (module docstring): by default each layer takes the
+    nearest achievable degree/sparsity; ``strict=True`` raises instead. Magnitude/random
+    pruning hits any sparsity up to the rounding of the kept count, EOI up to a few extra
+    non-zeros (``min(out, in) - 1`` at most); the summary reports what was achieved.
+
+    **Summary.** Returns ``model`` (so ``sparsify(net, ...) is net``); with
+    ``return_summary=True`` returns ``(model, summary)``, a :class:`SparsifySummary` with one
+    row per weight layer (name, kind, shape, method, degree, target, sparsity measured from the
+    new layer's connection mask, status, reason) and the overall sparsity of the sparsified
+    layers weighted by connections; ``verbose=True`` prints it. If a layer took a nearest
+    target or a layer not excluded was skipped, one ``UserWarning`` says so.
 
     On a model with :class:`~sao.nn.ECOConv2d` layers only the ECO layers are targets
     (:func:`eco_target_layers`; stem, SOC layers and classifier stay dense, as SAO-ECO leaves
@@ -165,51 +285,100 @@ def sparsify(model: nn.Module, method: str = "sao", degree: int | None = None, s
     Args:
         model: the model to change.
         method: a name in :data:`METHODS` (``sao.methods.METHODS.names()``).
-        degree: SAO degree of every target layer (exclusive with ``sparsity``).
-        sparsity: fraction of zero weights per target layer.
+        degree: SAO degree of every target layer (exclusive with ``sparsity``); an integer.
+        sparsity: fraction of zero weights per target layer, in ``[0, 1)``.
         backend: ``"blocked"`` (fast, memory ∝ density) or ``"masked"`` (the paper's way).
         exclude: layers to keep dense; see :func:`target_layers`.
         activation: the network's activation; ``"relu"`` selects the mirrored SAO construction.
         gain: weight multiplier.
         generator: source of randomness for every layer, drawn in module order.
+        strict: raise instead of taking the nearest achievable target or skipping a layer
+            (subclasses are skipped either way).
+        return_summary: also return the :class:`SparsifySummary`.
+        verbose: print the summary.
 
     Returns:
-        ``model``, changed in place.
+        ``model``, changed in place; ``(model, summary)`` with ``return_summary=True``.
 
     Raises:
-        ValueError: on an unknown method/exclude choice, a degree/sparsity that a target
-            layer cannot take (the message names the layer and the valid values), or a method
-            that cannot prune ECO layers on a model with ECO layers.
+        ValueError: on an unknown method/backend/activation/exclude choice, both or (for a
+            method that needs one) neither of ``degree``/``sparsity``, a value out of range, a
+            single-layer model, a method that cannot prune ECO layers on a model with ECO
+            layers, or with ``strict=True`` a layer that cannot take the request (the message
+            names the layer and the valid values).
+        TypeError: if ``degree`` is not an integer or ``sparsity``/``gain`` not a real number.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(784, 256), nn.Tanh(), nn.Linear(256, 256), nn.Tanh(), nn.Linear(256, 10))
         >>> net = sparsify(net, degree=4, generator=torch.Generator().manual_seed(0))
         >>> type(net[2]).__name__, net[2].sparsity
         ('SparseLinear', 0.984375)
+        >>> net = nn.Sequential(nn.Linear(8, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 2))
+        >>> with warnings.catch_warnings(record=True) as caught:  # 0.9 is not achievable for 64x64: one warning
+        ...     net, summary = sparsify(net, sparsity=0.9, return_summary=True,
+        ...                             generator=torch.Generator().manual_seed(0))
+        >>> row = summary.layers[1]
+        >>> row.name, row.degree, row.target, row.sparsity, row.status, len(caught)
+        ('2', 8, 0.9, 0.875, 'nearest', 1)
     """
     chosen = METHODS.get(method)
-    settings = SparsifySettings(degree, sparsity, backend, activation, gain, generator)
-    if has_eco_layers(model):
-        if not chosen.handles_eco:
-            raise ValueError(f"method={method!r} cannot sparsify a model with ECOConv2d layers: SAO-ECO is built "
-                             "into the ECO layers at construction (e.g. cnn_eco(..., sparsity=0.5), "
-                             "lipconvnet(..., sparsity=0.5)); on ECO models sparsify takes the kernel pruning "
-                             f"methods {', '.join(eco_methods())}")
-        layers = eco_target_layers(model, exclude)
-    else:
-        layers = target_layers(model, exclude)
-    if any(name == "" for name, _ in layers):
+    degree, sparsity, gain = _request(degree, sparsity, backend, activation, gain, method, chosen)
+    eco = has_eco_layers(model)
+    if eco and not chosen.handles_eco:
+        raise ValueError(f"method={method!r} cannot sparsify a model with ECOConv2d layers: SAO-ECO is built "
+                         "into the ECO layers at construction (e.g. cnn_eco(..., sparsity=0.5), "
+                         "lipconvnet(..., sparsity=0.5)); on ECO models sparsify takes the kernel pruning "
+                         f"methods {', '.join(eco_methods())}")
+    slots = find_layers(model, exclude, eco)
+    if any(s.role == "target" and s.name == "" for s in slots):
         raise ValueError("sparsify changes the layers inside a model; to make a single layer sparse, "
                          "build sao.nn.SparseLinear / SparseConv2d directly")
-    for (name, _), new in zip(layers, chosen.sparsify_layers(layers, settings), strict=True):
-        model.set_submodule(name, new)
-    return model
+    settings = SparsifySettings(degree, sparsity, backend, activation, gain, generator, bool(strict))
+    plans: dict[str, LayerPlan] = {}
+    refused: dict[str, str] = {}
+    for slot in slots:
+        where = f"layer {slot.name!r} ({slot.module})"
+        if slot.role == "skipped" and strict and slot.refused_when_strict:
+            raise ValueError(f"{where}: {slot.reason}; exclude it or pass strict=False")
+        if slot.role != "target":
+            continue
+        try:
+            plans[slot.name] = chosen.plan_layer(slot.name, slot.module, settings)
+        except ValueError as err:
+            if strict:
+                raise ValueError(f"{where}: {err}") from None
+            refused[slot.name] = f"{method!r} cannot build this layer: {err}"
+    shapes = {id(s.module): _shape(s.module) for s in slots}
+    targets = [s for s in slots if s.name in plans]
+    new = chosen.sparsify_layers([(s.name, s.module) for s in targets], replace(settings, plans=plans))
+    for slot, module in zip(targets, new, strict=True):
+        for name in slot.names:
+            model.set_submodule(name, module)
+    rows = []
+    for slot in slots:
+        now, shape = model.get_submodule(slot.name), shapes[id(slot.module)]
+        if slot.name in plans:
+            plan = plans[slot.name]
+            status = "nearest" if plan.nearest else "applied"
+            rows.append(_report(slot, shape, now, status, plan.note, method, plan))
+        elif slot.name in refused:
+            rows.append(_report(slot, shape, now, "skipped", refused[slot.name]))
+        else:
+            rows.append(_report(slot, shape, now, slot.role, slot.reason))
+    request = f"degree={degree}" if degree is not None else (f"sparsity={sparsity:g}" if sparsity is not None else "")
+    summary = SparsifySummary(method, request, bool(strict), tuple(rows))
+    message = summary.warning()
+    if message is not None:
+        warnings.warn(message, UserWarning, stacklevel=2)
+    if verbose:
+        print(summary)
+    return (model, summary) if return_summary else model
 
 
 def connection_mask(module: nn.Module) -> Tensor:
     """Bool ``(out, in)`` mask of the connections a layer has (kernels, for convolutions).
 
-    Works for :mod:`sao.nn` sparse layers (their ``mask``), layers pruned with
+    Works for :mod:`sao.nn` sparse and masked layers (their ``mask``), layers pruned with
     :mod:`torch.nn.utils.prune` (a connection exists if any of its kernel taps is unmasked)
     and plain dense layers (all ``True``). For an :class:`~sao.nn.ECOConv2d` it is the ``C x C``
     mask of its inner convolution (SAO-ECO topology or pruning mask; all ``True`` when dense).

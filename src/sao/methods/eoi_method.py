@@ -1,22 +1,26 @@
 """EOI as a sparsify method (Nowak et al., ICML 2024): exact sparse orthogonal, random support.
 
 Each target layer is rebuilt as a plain ``nn.Linear`` holding an EOI matrix, or an
-``nn.Conv2d`` holding an EOI matrix at the centre tap (the Delta construction); the exact
-support is attached with :func:`torch.nn.utils.prune.custom_from_mask` (broadcast over the
-kernel taps for convolutions), so training keeps it fixed. The density is ``1 - sparsity``,
-or SAO's ``degree / max(out, in)`` when a degree is given, so comparisons are at equal
-sparsity. EOI's support is irregular, so it has no blocked backend.
+``nn.Conv2d`` holding an EOI matrix at the centre tap (the Delta construction), and masked
+with its exact support as a :class:`~sao.nn.MaskedLinear`/:class:`~sao.nn.MaskedConv2d`
+(broadcast over the kernel taps for convolutions), so training keeps it fixed. The density is
+``1 - sparsity``, or SAO's ``degree / max(out, in)`` when a degree is given, so comparisons
+are at equal sparsity (with ``strict=False`` a degree the layer cannot take becomes its nearest
+valid degree). EOI reaches any density down to that of the padded identity,
+``1 / max(out, in)``; with ``strict=False`` a sparser request takes that one. EOI's support is
+irregular, so it has no blocked backend.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
-from sao.init.eoi import eoi_delta_with_mask_, eoi_with_mask_
-from sao.methods._base import METHODS, SparsifyMethod, SparsifySettings
-from sao.methods.prune_methods import apply_mask, fresh_orthogonal_copy, layer_sparsity
+from sao.init.eoi import eoi_delta_with_mask_, eoi_target_nonzeros, eoi_with_mask_
+from sao.methods._base import METHODS, LayerPlan, SparsifyMethod, SparsifySettings, degree_plan
+from sao.methods._layers import layer_dims
+from sao.methods.prune_methods import apply_mask, check_fresh_copy, fresh_orthogonal_copy
 
 __all__ = ["EOIMethod"]
 
@@ -25,20 +29,36 @@ __all__ = ["EOIMethod"]
 class EOIMethod(SparsifyMethod):
     """Replace each layer by an EOI-initialised layer with its exact support as a fixed mask."""
 
+    @property
+    def needs_target(self) -> bool:
+        return True
+
+    def plan_layer(self, name: str, module: nn.Module, settings: SparsifySettings) -> LayerPlan:
+        check_fresh_copy(module, settings)  # EOI-Delta needs a centre tap, as the Delta redraw before it
+        m, n = layer_dims(module)
+        if settings.degree is not None:
+            plan = degree_plan(m, n, settings)
+        else:
+            plan = LayerPlan(None, settings.sparsity, settings.sparsity)
+        try:
+            eoi_target_nonzeros(m, n, sparsity=plan.sparsity)
+        except ValueError:
+            if settings.strict:
+                raise
+            sparsest = 1.0 - 1.0 / max(m, n)
+            return replace(plan, sparsity=sparsest, nearest=True,
+                           note=f"sparsity={plan.sparsity:g} is beyond EOI's sparsest {m}x{n} matrix (the padded "
+                                f"identity), {sparsest:.4f}")
+        return plan
+
     def sparsify_layers(self, layers: list[tuple[str, nn.Module]], settings: SparsifySettings) -> list[nn.Module]:
-        return [self._replace(name, module, settings) for name, module in layers]
+        return [self._replace(module, settings.plan(name).sparsity, settings) for name, module in layers]
 
     @staticmethod
-    def _replace(name: str, module: nn.Module, settings: SparsifySettings) -> nn.Module:
-        try:
-            if isinstance(module, nn.Conv2d) and module.groups != 1:
-                raise ValueError(f"grouped convolutions (groups={module.groups}) cannot take EOI; exclude it")
-            new = fresh_orthogonal_copy(module, settings)  # same configuration; the weight is redrawn below
-            init = eoi_with_mask_ if isinstance(new, nn.Linear) else eoi_delta_with_mask_
-            _, mask = init(new.weight, sparsity=layer_sparsity(module, settings), gain=settings.gain,
-                           generator=settings.generator)
-        except ValueError as err:
-            raise ValueError(f"layer {name!r} ({module}): {err}") from None
+    def _replace(module: nn.Module, sparsity: float, settings: SparsifySettings) -> nn.Module:
+        new = fresh_orthogonal_copy(module, settings)  # same configuration; the weight is redrawn below
+        init = eoi_with_mask_ if isinstance(new, nn.Linear) else eoi_delta_with_mask_
+        _, mask = init(new.weight, sparsity=sparsity, gain=settings.gain, generator=settings.generator)
         return apply_mask(new, mask)
 
 

@@ -23,7 +23,8 @@ def orthogonal_init_(model: nn.Module, gain: float = 1.0, activation: str = "tan
     layers (:mod:`sao.nn`) and pruned layers keep their weights.
     """
     for module in model.modules():
-        # pruned layers (torch.nn.utils.prune) expose a computed ``weight``: writing it would do nothing
+        # sao's pruned layers are MaskedLinear/MaskedConv2d (not nn.Linear/nn.Conv2d) and keep their weights; a
+        # layer a user pruned with torch.nn.utils.prune exposes a computed ``weight``: writing it would do nothing
         if type(module) not in (nn.Linear, nn.Conv2d) or hasattr(module, "weight_orig"):
             continue
         w = module.weight

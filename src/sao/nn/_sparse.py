@@ -1,22 +1,35 @@
-"""Shared machinery of the sparse layers: topology buffers and the two storage backends.
+"""Shared machinery of the sparse layers: the topology as layer state, and the two storage backends.
 
 ``"masked"`` stores a dense ``weight_orig`` and a fixed ``weight_mask`` and computes with
 ``weight_orig * weight_mask`` (the paper's way, as :mod:`torch.nn.utils.prune` does).
-``"blocked"`` stores only the ``(g, bm, bn, *kernel)`` dense blocks of the topology and
-computes with a batched matmul or a grouped convolution on permuted features, so memory and
-FLOPs scale with the density ``1/g``. Both expose the same ``weight`` (dense view), ``mask``
-and ``topology``, hold the same values after the same seeded construction, and keep the
-topology fixed while training.
+``"blocked"`` stores only the dense blocks of the topology and computes with a batched matmul or
+a grouped convolution on permuted features, so memory and FLOPs scale with the density ``1/g``.
+Both expose the same ``weight`` (dense view), ``mask`` and ``topology``, hold the same values
+after the same seeded construction, and keep the topology fixed while training.
+
+**State.** The topology is the layer's :class:`~sao.topology.Topology` (kept on the CPU, the
+source of truth) and is saved in the ``state_dict`` as buffers: the permutations ``row_perm``/
+``col_perm`` and ``topology_spec = [num_blocks, mirrored]`` (tensors only, so generic state-dict
+tools — averaging, EMA, ``weights_only`` loading — keep working).
+Loading a ``state_dict`` adopts the checkpoint's permutations; a checkpoint of another
+topology kind (another degree, plain vs mirrored) fails loudly naming both, as PyTorch fails
+on a size mismatch. Checkpoints written before ``topology_spec`` existed (format 1) still load:
+the block count is read from the stored blocks or mask, and 5-D conv blocks are reshaped.
+Deferred initialisation works the PyTorch way: build on ``device="meta"``, then
+``to_empty(device=...)`` and ``reset_parameters()``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
+from sao._validation import as_real
 from sao.init._random import check_activation, check_generator
 from sao.init.linear import resolve_topology
-from sao.init.registry import get_layer_init
+from sao.init.registry import LayerInit, get_layer_init
 from sao.topology import Topology, scatter_blocks
 
 __all__ = ["BACKENDS", "SparseLayerBase"]
@@ -30,81 +43,137 @@ def _check_backend(backend: str) -> str:
     return backend
 
 
-def _empty_blocks(g: int, bm: int, bn: int, kernel_size: tuple[int, ...], factory: dict) -> Tensor:
-    """Uninitialised ``(g, bm, bn, *kernel)`` blocks.
-
-    Linear blocks are laid out in memory as ``(g, bn, bm)`` (a transposed view): the blocked
-    forward multiplies by ``blocks.transpose(1, 2)``, whose weight gradient then arrives with
-    exactly the parameter's strides, so autograd accumulates it without a transposing copy
-    (that copy was up to 40 % of a step for large blocks; 1.05-1.3x faster steps measured).
-    """
-    if kernel_size:
-        return torch.empty(g, bm, bn, *kernel_size, **factory)
-    return torch.empty(g, bn, bm, **factory).transpose(1, 2)
+def _connections(mask: Tensor) -> Tensor:
+    """Bool ``(out, in)``: which connections a ``(out, in[, kh, kw])`` mask keeps (any tap non-zero)."""
+    return mask.detach().cpu().reshape(mask.shape[0], mask.shape[1], -1).ne(0).any(-1)
 
 
-def _refresh_row_inverse(module: nn.Module, incompatible_keys: object) -> None:
-    """After ``load_state_dict`` replaced ``row_perm``, recompute its (unsaved) inverse."""
-    with torch.no_grad():
-        module.row_inverse.copy_(torch.argsort(module.row_perm))
+def _describe(num_blocks: int, mirrored: bool, larger: int) -> str:
+    kind = "mirrored (ReLU) " if mirrored else ""
+    return f"{kind}degree={larger // num_blocks} ({num_blocks} blocks, sparsity {1 - 1 / num_blocks:.6g})"
 
 
 class SparseLayerBase(nn.Module):
     """Common base of :class:`SparseLinear` and :class:`SparseConv2d` (not used directly).
 
-    Buffers ``row_perm``/``col_perm`` hold the topology (saved in the ``state_dict``);
-    ``row_inverse`` (not saved) undoes the output permutation of the blocked backend.
+    Buffers ``row_perm``/``col_perm``/``topology_spec`` hold the topology (saved in the
+    ``state_dict``); ``row_inverse`` (not saved) undoes the output
+    permutation of the blocked backend. Subclasses implement ``_block_storage`` (the shape of
+    ``blocks``) and ``forward``.
     """
+
+    _version = 2  # 2: topology_spec buffer, contiguous linear blocks, 4-D conv blocks
 
     def _setup_sparse(self, out_features: int, in_features: int, kernel_size: tuple[int, ...], bias: bool,
                       degree: int | None, sparsity: float | None, init: str, backend: str, activation: str,
                       gain: float, topology: Topology | None, generator: torch.Generator | None,
                       factory: dict) -> None:
         self.init, self.backend = init, _check_backend(backend)
-        self.activation, self.gain = activation, float(gain)
-        self._layer_init = get_layer_init(init, len(kernel_size))
+        self.activation, self.gain = activation, as_real(gain, "gain")
+        self.kernel_size = kernel_size
         self._layer_init.check_kernel(kernel_size)
         check_generator(generator)
         mirrored = self._layer_init.topology_kind(check_activation(activation))
         topology = resolve_topology((out_features, in_features), degree, sparsity, topology, generator, mirrored)
-        self.num_blocks, self.mirrored, self.kernel_size = topology.num_blocks, topology.mirrored, kernel_size
+        self._topology = topology
         device = factory.get("device")
-        self.register_buffer("row_perm", topology.row_perm.to(device))
-        self.register_buffer("col_perm", topology.col_perm.to(device))
-        self.register_buffer("row_inverse", torch.argsort(topology.row_perm).to(device), persistent=False)
-        self.register_load_state_dict_post_hook(_refresh_row_inverse)
+        self.register_buffer("row_perm", torch.empty(out_features, dtype=torch.long, device=device))
+        self.register_buffer("col_perm", torch.empty(in_features, dtype=torch.long, device=device))
+        self.register_buffer("topology_spec", torch.empty(2, dtype=torch.long, device=device))
+        self.register_buffer("row_inverse", torch.empty(out_features, dtype=torch.long, device=device),
+                             persistent=False)
         if self.backend == "blocked":
-            self.blocks = nn.Parameter(_empty_blocks(topology.num_blocks, *topology.block_shape, kernel_size, factory))
+            self.blocks = nn.Parameter(torch.empty(self._block_storage(topology), **factory))
         else:
             self.weight_orig = nn.Parameter(torch.empty(out_features, in_features, *kernel_size, **factory))
-            mask = topology.mask().to(device=device, dtype=factory.get("dtype") or torch.get_default_dtype())
-            self.register_buffer("weight_mask", mask.view(*mask.shape, *[1] * len(kernel_size)))
+            self.register_buffer("weight_mask", torch.empty(out_features, in_features, *[1] * len(kernel_size),
+                                                            **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self.reset_parameters(generator)
 
+    def _block_storage(self, topology: Topology) -> tuple[int, ...]:
+        """Shape of the ``blocks`` parameter for ``topology``."""
+        raise NotImplementedError
+
+    @property
+    def _layer_init(self) -> LayerInit:
+        """The registered block initializer named by ``self.init`` (looked up, so layers pickle by name)."""
+        return get_layer_init(self.init, len(self.kernel_size))
+
+    # ------------------------------------------------------------------ topology
+
     @property
     def topology(self) -> Topology:
-        """The fixed :class:`~sao.topology.Topology` of this layer."""
-        return Topology(self.row_perm.numel(), self.col_perm.numel(), self.num_blocks, self.row_perm.cpu(),
-                        self.col_perm.cpu(), self.mirrored)
+        """The fixed :class:`~sao.topology.Topology` of this layer (on the CPU)."""
+        return self._topology
+
+    @property
+    def num_blocks(self) -> int:
+        """``g``: the number of dense blocks."""
+        return self._topology.num_blocks
+
+    @property
+    def mirrored(self) -> bool:
+        """Whether the topology is the mirrored one of the ReLU construction."""
+        return self._topology.mirrored
+
+    @property
+    def mask(self) -> Tensor:
+        """Bool ``(out, in)`` mask of the connections (kernels, for convolutions) that exist."""
+        return self._topology.mask(device=self.row_perm.device)
+
+    @property
+    def degree(self) -> int:
+        """Degree of the smaller side's nodes."""
+        return self._topology.degree
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of absent connections, exactly ``1 - 1/num_blocks``."""
+        return self._topology.sparsity
+
+    @torch.no_grad()
+    def _write_topology(self) -> None:
+        """Write ``self._topology`` into the buffers (``row_perm``, ``col_perm``, ``topology_spec``,
+        ``row_inverse``, the mask)."""
+        topology = self._topology
+        self.topology_spec.copy_(torch.tensor([topology.num_blocks, int(topology.mirrored)]))
+        self.row_perm.copy_(topology.row_perm)
+        self.col_perm.copy_(topology.col_perm)
+        self.row_inverse.copy_(torch.argsort(topology.row_perm))
+        if self.backend == "masked":
+            mask = topology.mask()
+            self.weight_mask.copy_(mask.view(*mask.shape, *[1] * len(self.kernel_size)))
+
+    # ------------------------------------------------------------------ values
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Redraw the values (same topology) with the layer's init; zero the bias."""
-        topology = self.topology
+        """Redraw the values (same topology) with the layer's init; zero the bias.
+
+        Also rewrites the topology buffers, so after ``to_empty()`` (deferred initialisation
+        from the meta device) this gives a valid layer with the topology drawn at construction.
+        """
+        self._write_topology()
+        topology = self._topology
         blocks = self._layer_init.draw(topology, self.kernel_size, self.gain, generator)
         if self.backend == "blocked":
-            self.blocks.copy_(blocks)
+            self.blocks.copy_(blocks.reshape(self.blocks.shape))
         else:
-            self.weight_orig.copy_(topology.blocks_to_dense(blocks.to(self.weight_orig.device)))
+            self.weight_orig.copy_(topology.blocks_to_dense(blocks))
         if self.bias is not None:
             self.bias.zero_()
+
+    def block_view(self) -> Tensor:
+        """The blocked backend's ``blocks`` as ``(g, bm, bn, *kernel)`` (a view; differentiable)."""
+        g = self.num_blocks
+        return self.blocks.unflatten(0, (g, self.blocks.shape[0] // g)) if self.kernel_size else self.blocks
 
     @property
     def weight(self) -> Tensor:
         """The dense ``(out, in, *kernel)`` weight (differentiable; zero off the mask)."""
         if self.backend == "blocked":
-            return scatter_blocks(self.blocks, self.row_perm, self.col_perm)
+            return scatter_blocks(self.block_view(), self.row_perm, self.col_perm)
         return self.weight_orig * self.weight_mask
 
     def _factory(self) -> tuple[torch.device, torch.dtype]:
@@ -120,24 +189,76 @@ class SparseLayerBase(nn.Module):
             dense.bias.copy_(self.bias)
         return dense
 
-    @property
-    def mask(self) -> Tensor:
-        """Bool ``(out, in)`` mask of the connections (kernels, for convolutions) that exist."""
-        return self.topology.mask(device=self.row_perm.device)
+    # ------------------------------------------------------------------ state
 
-    @property
-    def degree(self) -> int:
-        """Degree of the smaller side's nodes."""
-        return max(self.row_perm.numel(), self.col_perm.numel()) // self.num_blocks
+    def _checkpoint_kind(self, state_dict: dict[str, Any], prefix: str) -> tuple[int, bool] | None:
+        """``(num_blocks, mirrored)`` of the checkpoint; read from the stored tensors for format-1 checkpoints."""
+        spec = state_dict.get(prefix + "topology_spec")
+        if isinstance(spec, Tensor) and spec.numel() == 2:
+            return int(spec[0]), bool(spec[1])
+        blocks, mask = state_dict.get(prefix + "blocks"), state_dict.get(prefix + "weight_mask")
+        if isinstance(blocks, Tensor) and blocks.dim() >= 3:
+            return blocks.shape[0], self.mirrored
+        if isinstance(mask, Tensor) and mask.dim() >= 2 and mask.any():
+            kept = int(_connections(mask).sum())
+            return max(mask.shape[0] * mask.shape[1] // kept, 1), self.mirrored
+        return None
 
-    @property
-    def sparsity(self) -> float:
-        """Fraction of absent connections, exactly ``1 - 1/num_blocks``."""
-        return 1.0 - 1.0 / self.num_blocks
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
+                              strict: bool, missing_keys: list[str], unexpected_keys: list[str],
+                              error_msgs: list[str]) -> None:
+        name = type(self).__name__
+        kind = self._checkpoint_kind(state_dict, prefix)
+        m, n = self._topology.out_features, self._topology.in_features
+        if kind is not None and kind != (self.num_blocks, self.mirrored):
+            theirs, ours = _describe(*kind, max(m, n)), _describe(self.num_blocks, self.mirrored, max(m, n))
+            error_msgs.append(f"topology mismatch for {prefix or name}: the checkpoint holds a {m}x{n} {theirs}, "
+                              f"this {name} is {ours}; build the layer with the checkpoint's degree (and "
+                              "activation) to load it")
+            return
+        rows, cols = state_dict.get(prefix + "row_perm"), state_dict.get(prefix + "col_perm")
+        incoming = None
+        if isinstance(rows, Tensor) and isinstance(cols, Tensor):
+            try:
+                incoming = Topology(m, n, self.num_blocks, rows.detach().cpu().long(), cols.detach().cpu().long(),
+                                    self.mirrored)
+            except ValueError as err:
+                error_msgs.append(f"invalid topology for {prefix or name} in the checkpoint: {err}")
+                return
+        state_dict = self._upgrade(state_dict, prefix, kind)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if incoming is not None:
+            self._adopt(incoming, state_dict.get(prefix + "weight_mask"), prefix, error_msgs)
+
+    def _upgrade(self, state_dict: dict[str, Any], prefix: str, kind: tuple[int, bool] | None) -> dict[str, Any]:
+        """A format-1 checkpoint's entries in this format: ``topology_spec`` added, 5-D conv blocks made 4-D."""
+        blocks = state_dict.get(prefix + "blocks")
+        add_spec = kind is not None and prefix + "topology_spec" not in state_dict
+        flatten = isinstance(blocks, Tensor) and blocks.dim() == 5
+        if not (add_spec or flatten):
+            return state_dict
+        upgraded = dict(state_dict)
+        if add_spec:
+            upgraded[prefix + "topology_spec"] = torch.tensor([kind[0], int(kind[1])])
+        if flatten:
+            upgraded[prefix + "blocks"] = blocks.flatten(0, 1)
+        return upgraded
+
+    @torch.no_grad()
+    def _adopt(self, topology: Topology, mask: Tensor | None, prefix: str, error_msgs: list[str]) -> None:
+        """Make ``topology`` (just loaded into the buffers) the layer's, and check a loaded mask against it."""
+        if isinstance(mask, Tensor) and not torch.equal(_connections(mask), topology.mask()):
+            error_msgs.append(f"weight_mask for {prefix or type(self).__name__} disagrees with row_perm/col_perm "
+                              "in the checkpoint")
+            return
+        self._topology = topology
+        # a fresh buffer, not copy_: after load_state_dict(assign=True) the old one may be on the meta device
+        self.row_inverse = torch.argsort(topology.row_perm).to(self.row_perm.device)
 
     def _sparse_repr(self) -> str:
         g = self.num_blocks
-        bm, bn = self.row_perm.numel() // g, self.col_perm.numel() // g
+        bm, bn = self._topology.block_shape
         mirrored = ", mirrored" if self.mirrored else ""
         return (f"degree={self.degree}, sparsity={self.sparsity:.4%}, blocks={g}x({bm}x{bn}){mirrored}, "
                 f"init={self.init!r}, backend={self.backend!r}, bias={self.bias is not None}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from sao.nn._shape import check_features
 from sao.nn.linear import SparseLinear
 
 __all__ = ["ELEMENTWISE", "FusedSparseChain", "fuse_sparse_chains"]
@@ -58,6 +59,7 @@ class FusedSparseChain(nn.Module):
         return layer.col_perm if i == 0 else self.layers[i - 1].row_inverse[layer.col_perm]
 
     def forward(self, x: Tensor) -> Tensor:
+        check_features(x, self.layers[0].in_features, "FusedSparseChain")
         lead = x.shape[:-1]
         h = x.reshape(-1, x.shape[-1]).t()  # (features, batch)
         batch = h.shape[1]
@@ -69,7 +71,7 @@ class FusedSparseChain(nn.Module):
             else:
                 z = torch.baddbmm(layer.bias.index_select(0, layer.row_perm).view(g, bm, 1), layer.blocks, xs)
             h = act(z.view(g * bm, batch))
-        return h.index_select(0, self.layers[-1].row_inverse).t().reshape(*lead, -1)
+        return h.index_select(0, self.layers[-1].row_inverse).t().reshape(*lead, self.layers[-1].out_features)
 
     def extra_repr(self) -> str:
         return f"{len(self.layers)} layers, {self.layers[0].in_features} -> {self.layers[-1].out_features}"

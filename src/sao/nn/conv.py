@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
 
+from sao._validation import as_int, as_int_tuple
+from sao.nn._conv import conv2d_as
+from sao.nn._shape import check_image
 from sao.nn._sparse import SparseLayerBase
 from sao.topology import Topology
 
@@ -35,6 +36,21 @@ class SparseConv2d(SparseLayerBase):
             ``"masked"`` (dense ``weight_orig`` times a fixed kernel mask).
         activation, gain, topology, generator, device, dtype: as in :class:`SparseLinear`.
 
+    Attributes:
+        blocks: (``"blocked"``) the parameter ``(g·bm, bn, kh, kw)``, the weight of the grouped
+            convolution (``groups = g``) on the channels permuted by ``col_perm``: block ``b``
+            is rows ``b·bm … (b+1)·bm`` (``block_view()`` gives ``(g, bm, bn, kh, kw)``). 4-D, so
+            ``model.to(memory_format=torch.channels_last)`` works as for ``nn.Conv2d``.
+        weight_orig, weight_mask: (``"masked"``) the dense parameter and the fixed kernel mask.
+
+    Shapes:
+        input ``(B, C_in, H, W)`` or unbatched ``(C_in, H, W)`` → output ``(B, C_out, H', W')``
+        (or unbatched), ``H'``/``W'`` as in :class:`torch.nn.Conv2d`.
+
+    Raises:
+        sao.nn.InputShapeError: (``forward``) for inputs ``nn.Conv2d`` refuses (other channel
+            counts or ranks); a ``ValueError`` and a ``RuntimeError``.
+
     Example:
         >>> conv = SparseConv2d(16, 16, 3, padding=1, sparsity=0.75, generator=torch.Generator().manual_seed(0))
         >>> conv(torch.randn(2, 16, 8, 8)).shape, conv.mask.sum(1).unique().tolist()
@@ -51,30 +67,32 @@ class SparseConv2d(SparseLayerBase):
         super().__init__()
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode={padding_mode!r} is not supported; choose from {', '.join(PADDING_MODES)}")
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.stride, self.dilation, self.padding_mode = _pair(stride), _pair(dilation), padding_mode
-        kernel = _pair(kernel_size)
+        self.in_channels = as_int(in_channels, "in_channels", minimum=1)
+        self.out_channels = as_int(out_channels, "out_channels", minimum=1)
+        self.stride, self.dilation = as_int_tuple(stride, "stride", 2, minimum=1), as_int_tuple(dilation, "dilation", 2,
+                                                                                               minimum=1)
+        self.padding_mode = padding_mode
+        kernel = as_int_tuple(kernel_size, "kernel_size", 2, minimum=1)
+        if not isinstance(padding, str):
+            padding = as_int_tuple(padding, "padding", 2, minimum=0)
         # A reference Conv2d (on the meta device: no memory) resolves and validates padding
         # exactly as PyTorch does, including "same" with even kernels.
         ref = nn.Conv2d(1, 1, kernel, self.stride, padding, self.dilation, padding_mode=padding_mode, device="meta")
         self.padding = ref.padding
         self._reversed_padding_repeated_twice = ref._reversed_padding_repeated_twice
-        self._setup_sparse(out_channels, in_channels, kernel, bias, degree, sparsity, init, backend, activation,
-                           gain, topology, generator, {"device": device, "dtype": dtype})
+        self._setup_sparse(self.out_channels, self.in_channels, kernel, bias, degree, sparsity, init, backend,
+                           activation, gain, topology, generator, {"device": device, "dtype": dtype})
 
-    def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
-        if self.padding_mode != "zeros":
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, groups)
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+    def _block_storage(self, topology: Topology) -> tuple[int, ...]:
+        return (topology.out_features, topology.block_shape[1], *self.kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_image(x, self.in_channels, "SparseConv2d")
         if self.backend == "masked":
-            return self._conv(x, self.weight, self.bias, 1)
-        g, bm, bn = self.blocks.shape[:3]
+            return conv2d_as(self, x, self.weight, self.bias)
         bias = None if self.bias is None else self.bias.index_select(0, self.row_perm)
-        z = self._conv(x.index_select(1, self.col_perm), self.blocks.reshape(g * bm, bn, *self.kernel_size), bias, g)
-        return z.index_select(1, self.row_inverse)
+        z = conv2d_as(self, x.index_select(-3, self.col_perm), self.blocks, bias, self.num_blocks)
+        return z.index_select(-3, self.row_inverse)
 
     def to_dense(self) -> nn.Conv2d:
         """A plain :class:`torch.nn.Conv2d` computing the same function (a copy)."""

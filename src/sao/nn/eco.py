@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from sao._validation import as_int
+from sao.nn._shape import check_image
 from sao.nn._stride import inner_channels, to_inner
 from sao.nn.conv import SparseConv2d
 
@@ -36,7 +38,8 @@ class ECOConv2d(nn.Module):
         backend, gain, generator, device, dtype: as in :class:`SparseConv2d`.
 
     Shapes:
-        input ``(B, c_in, N, N)`` → output ``(B, c_out, N/s, N/s)``.
+        input ``(B, c_in, N, N)`` → output ``(B, c_out, N/s, N/s)``; unbatched ``(c_in, N, N)`` →
+        ``(c_out, N/s, N/s)``. Other inputs raise :class:`~sao.nn.InputShapeError`.
 
     Example:
         >>> eco = ECOConv2d(16, 32, 3, input_size=18, stride=2, generator=torch.Generator().manual_seed(0))
@@ -49,9 +52,11 @@ class ECOConv2d(nn.Module):
                  backend: str = "blocked", gain: float = 1.0, generator: torch.Generator | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        for name, value in (("kernel_size", kernel_size), ("input_size", input_size), ("stride", stride)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        in_channels, out_channels = as_int(in_channels, "in_channels", minimum=1), as_int(out_channels, "out_channels",
+                                                                                          minimum=1)
+        kernel_size, input_size = as_int(kernel_size, "kernel_size", minimum=1), as_int(input_size, "input_size",
+                                                                                        minimum=1)
+        stride = as_int(stride, "stride", minimum=1)
         if input_size % stride:
             raise ValueError(f"stride={stride} must divide input_size={input_size}")
         size = input_size // stride
@@ -70,9 +75,9 @@ class ECOConv2d(nn.Module):
                                  generator=generator, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels or tuple(x.shape[2:]) != (self.input_size,) * 2:
-            raise ValueError(f"ECOConv2d expects input (B, {self.in_channels}, {self.input_size}, {self.input_size}), "
-                             f"got {tuple(x.shape)}")
+        check_image(x, self.in_channels, "ECOConv2d", (self.input_size, self.input_size))
+        if x.dim() == 3:  # unbatched, as nn.Conv2d takes it
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         return self.conv(to_inner(x, self.stride, self.channels))[:, : self.out_channels]
 
     def extra_repr(self) -> str:

@@ -39,7 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sao._validation import as_int, as_real
 from sao.init._random import check_generator, draw_device
+from sao.nn._shape import InputShapeError, check_image
 from sao.nn._stride import inner_channels, to_inner
 
 __all__ = ["SOC_BOUNDS", "SOCConv2d", "skew_kernel"]
@@ -92,7 +94,8 @@ class SOCConv2d(nn.Module):
         sigma: buffer, the current scale ``σ`` (saved in the ``state_dict``).
 
     Shapes:
-        input ``(B, c_in, H, W)`` with ``s | H, W`` → output ``(B, c_out, H/s, W/s)``.
+        input ``(B, c_in, H, W)`` with ``s | H, W`` → output ``(B, c_out, H/s, W/s)``; unbatched
+        ``(c_in, H, W)`` → ``(c_out, H/s, W/s)``. Other inputs raise :class:`~sao.nn.InputShapeError`.
 
     Guarantees:
         The linear part is ``P_out · S_T · P_in`` with ``P_in`` an isometry, ``P_out`` a
@@ -116,16 +119,15 @@ class SOCConv2d(nn.Module):
                  generator: torch.Generator | None = None, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None, correction: float = 0.7, bound: str = "certified") -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
-                            ("kernel_size", kernel_size), ("stride", stride), ("terms_train", terms_train),
-                            ("terms_eval", terms_eval)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        in_channels, out_channels = as_int(in_channels, "in_channels", minimum=1), as_int(out_channels, "out_channels",
+                                                                                          minimum=1)
+        kernel_size, stride = as_int(kernel_size, "kernel_size", minimum=1), as_int(stride, "stride", minimum=1)
+        terms_train, terms_eval = as_int(terms_train, "terms_train", minimum=1), as_int(terms_eval, "terms_eval",
+                                                                                        minimum=1)
         if kernel_size % 2 == 0:
             raise ValueError(f"SOC needs an odd kernel_size (a skew kernel with symmetric 'same' padding), "
                              f"got {kernel_size}")
-        if isinstance(correction, bool) or not isinstance(correction, (int, float)) or not 0 < correction <= 1:
-            raise ValueError(f"correction must be a number in (0, 1], got {correction!r}")
+        correction = as_real(correction, "correction", low=0, high=1, low_open=True)
         if bound not in SOC_BOUNDS:
             raise ValueError(f"bound={bound!r} is not supported; choose from {', '.join(SOC_BOUNDS)}")
         check_generator(generator)
@@ -172,8 +174,7 @@ class SOCConv2d(nn.Module):
         Each estimate ``σ_j = ‖R_jᵀ v‖`` (``v = R_j u / ‖R_j u‖``) increases towards ``‖R_j‖₂``
         from below.
         """
-        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-            raise ValueError(f"iters must be a positive int, got {iters!r}")
+        iters = as_int(iters, "iters", minimum=1)
         kernel = skew_kernel(self.weight)
         estimates = []
         for matrix, vector in zip(_reshapes(kernel), self._power_vectors(), strict=True):
@@ -197,11 +198,12 @@ class SOCConv2d(nn.Module):
         return skew_kernel(self.weight) * (self.correction / self.sigma)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"SOCConv2d expects input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        if x.shape[2] % self.stride or x.shape[3] % self.stride:
-            raise ValueError(f"SOCConv2d with stride={self.stride} needs H and W divisible by {self.stride}, "
-                             f"got {tuple(x.shape[2:])}")
+        check_image(x, self.in_channels, "SOCConv2d")
+        if x.shape[-2] % self.stride or x.shape[-1] % self.stride:
+            raise InputShapeError(f"SOCConv2d with stride={self.stride} needs H and W divisible by {self.stride}, "
+                                  f"got input {tuple(x.shape)}")
+        if x.dim() == 3:  # unbatched, as nn.Conv2d takes it
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         if self.training:
             self.update_sigma(self.update_iters)
         kernel = self.skew_weight()

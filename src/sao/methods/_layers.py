@@ -1,0 +1,218 @@
+"""Which layers of a model :func:`sao.sparsify` looks at, and what it decides before any method runs.
+
+A model's *weight layers* are its ``nn.Linear`` and ``nn.Conv2d`` modules (subclasses
+included) and the masked layers of earlier pruning (:class:`~sao.nn.MaskedLinear`,
+:class:`~sao.nn.MaskedConv2d`), in ``named_modules`` order; on a model with ECO layers also its
+:class:`~sao.nn.SOCConv2d` and :class:`~sao.nn.ECOConv2d` layers (not looking inside them).
+A module reachable under several names (a tied layer) is one weight layer with all its names
+(``named_modules(remove_duplicate=False)``), so one replacement goes to every place.
+
+Each weight layer gets one decision that does not depend on the method:
+
+- **excluded** (kept dense by choice): by ``exclude`` (first/last position, names, a
+  predicate), or on an ECO model every layer that is not ECO (SAO-ECO leaves them dense);
+- **skipped** (kept dense because it cannot be replaced faithfully): a *subclass* of
+  ``nn.Linear``/``nn.Conv2d`` — its owner may use it without calling its ``forward``
+  (``nn.MultiheadAttention`` reads ``out_proj.weight`` directly), or the subclass may change
+  what the layer computes, so a replacement could be ignored or wrong; a *grouped or
+  depthwise* convolution (SAO, the Delta constructions and the kernel-level pruning baselines
+  are defined for ``groups=1``); a layer whose weight or bias Parameter is *shared* with
+  another module (replacing it would break the tie silently);
+- **target**: handed to the method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+from torch import nn
+
+from sao.nn import ECOConv2d, MaskedConv2d, MaskedLinear, SOCConv2d
+
+__all__ = ["EXCLUDE_CHOICES", "Exclude", "LayerSlot", "eco_target_layers", "find_layers", "has_eco_layers",
+           "layer_dims", "target_layers", "weight_shape"]
+
+EXCLUDE_CHOICES = ("first_last", "first", "last", "none")
+Exclude = str | Collection[str] | Callable[[str, nn.Module], bool]
+
+_PLAIN = (nn.Linear, nn.Conv2d)
+_MASKED = (MaskedLinear, MaskedConv2d)
+
+
+@dataclass(frozen=True, eq=False)
+class LayerSlot:
+    """One weight layer of a model and the method-independent decision about it.
+
+    Attributes:
+        names: every name the module is reachable under (more than one for a tied layer).
+        module: the layer.
+        role: ``"target"``, ``"excluded"`` or ``"skipped"``.
+        reason: why it is excluded or skipped (empty for targets).
+        refused_when_strict: for skipped layers, whether ``strict=True`` raises instead
+            (grouped convolutions, shared Parameters; not subclasses, which are never targets).
+    """
+
+    names: tuple[str, ...]
+    module: nn.Module
+    role: str = "target"
+    reason: str = ""
+    refused_when_strict: bool = False
+
+    @property
+    def name(self) -> str:
+        """The first name (``named_modules`` order)."""
+        return self.names[0]
+
+
+def layer_dims(module: nn.Module) -> tuple[int, int]:
+    """``(out, in)`` of a weight layer's connection matrix (``(C, C)`` of an ECO layer's inner convolution)."""
+    if isinstance(module, ECOConv2d):
+        return module.channels, module.channels
+    shape = weight_shape(module)
+    return shape[0], shape[1]
+
+
+def weight_shape(module: nn.Module) -> tuple[int, ...]:
+    """The shape of a weight layer's (inner, for ECO) weight: ``(out, in)`` or ``(out, in // groups, kh, kw)``."""
+    if isinstance(module, ECOConv2d):
+        return weight_shape(module.conv)
+    weight = getattr(module, "weight_orig", None)
+    if weight is None:
+        weight = module.weight
+    return tuple(weight.shape)
+
+
+def has_eco_layers(model: nn.Module) -> bool:
+    """Whether ``model`` holds :class:`~sao.nn.ECOConv2d` layers (then :func:`sao.sparsify` targets only them)."""
+    return any(isinstance(m, ECOConv2d) for m in model.modules())
+
+
+def _places(model: nn.Module) -> list[tuple[tuple[str, ...], nn.Module]]:
+    """Every module with all its names, in order of first appearance."""
+    names: dict[int, list[str]] = {}
+    modules: dict[int, nn.Module] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+        modules.setdefault(id(module), module)
+    return [(tuple(names[key]), modules[key]) for key in names]
+
+
+def _weight_layers(model: nn.Module, eco: bool) -> list[LayerSlot]:
+    """The weight layers (module docstring), not looking inside SOC/ECO layers."""
+    kinds = (*_PLAIN, *_MASKED, ECOConv2d, SOCConv2d) if eco else (*_PLAIN, *_MASKED)
+    places = _places(model)
+    inside = {id(sub) for _, m in places if isinstance(m, ECOConv2d | SOCConv2d) for sub in m.modules() if sub is not m}
+    return [LayerSlot(names, m) for names, m in places if isinstance(m, kinds) and id(m) not in inside]
+
+
+def _exclusions(slots: list[LayerSlot], exclude: Exclude, kinds: str) -> dict[int, str]:
+    """``{index: reason}`` of the slots ``exclude`` names."""
+    if callable(exclude):
+        return {i: "excluded by the exclude predicate" for i, s in enumerate(slots)
+                if any(exclude(n, s.module) for n in s.names)}
+    if isinstance(exclude, str):
+        if exclude not in EXCLUDE_CHOICES:
+            raise ValueError(f"exclude={exclude!r} is not supported; choose from {', '.join(EXCLUDE_CHOICES)}, "
+                             "a collection of layer names, or a predicate (name, module) -> bool")
+        out: dict[int, str] = {}
+        if slots and exclude in ("first_last", "first"):
+            out[0] = f"first layer (exclude={exclude!r})"
+        if slots and exclude in ("first_last", "last"):
+            out.setdefault(len(slots) - 1, f"last layer (exclude={exclude!r})")
+        return out
+    names = set(exclude)
+    known = {n for s in slots for n in s.names}
+    if names - known:
+        raise ValueError(f"exclude names {sorted(names - known)} are not {kinds} layers of the model; "
+                         f"layers are: {[n for s in slots for n in s.names]}")
+    return {i: "excluded by name" for i, s in enumerate(slots) if names & set(s.names)}
+
+
+def _owners(model: nn.Module) -> dict[int, list[str]]:
+    """``{id(parameter): [first names of the modules holding it directly]}``."""
+    owners: dict[int, list[str]] = {}
+    for names, module in _places(model):
+        for p in module._parameters.values():
+            if p is not None:
+                owners.setdefault(id(p), []).append(names[0])
+    return owners
+
+
+def _skip_reason(slot: LayerSlot, owners: dict[int, list[str]]) -> tuple[str, bool] | None:
+    """Why a non-excluded layer cannot be replaced, and whether ``strict=True`` refuses it; ``None`` if it can."""
+    m = slot.module
+    base = next((b for b in _PLAIN if isinstance(m, b)), None)
+    if base is not None and type(m) is not base:
+        return (f"{type(m).__name__} is a subclass of nn.{base.__name__}: not replaced, since its owner may use it "
+                "without calling forward (nn.MultiheadAttention reads out_proj.weight) or the subclass may "
+                "change what it computes; exclude it by name to silence this", False)
+    groups = getattr(m, "groups", 1)
+    if groups != 1:
+        kind = "depthwise" if groups == m.in_channels else "grouped"
+        return (f"{kind} convolution (groups={groups}) left dense: SAO, the Delta constructions and "
+                "kernel-level pruning are defined for groups=1", True)
+    for pname, p in m._parameters.items():
+        others = [] if p is None else [n for n in owners.get(id(p), []) if n != slot.name]
+        if others:
+            return (f"its {pname} Parameter is shared with {others[0]!r}; replacing the layer would break the tie, "
+                    "so it is left dense", True)
+    return None
+
+
+def find_layers(model: nn.Module, exclude: Exclude = "first_last", eco: bool | None = None) -> list[LayerSlot]:
+    """The weight layers of ``model`` with their role (module docstring), in ``named_modules`` order.
+
+    Args:
+        model: any module.
+        exclude: see :func:`target_layers`; applied to the weight layers in order (for
+            ``"first"``/``"last"``: the first/last weight layer, whatever it is).
+        eco: treat ``model`` as a model with ECO layers (default: whether it has any).
+    """
+    eco = has_eco_layers(model) if eco is None else eco
+    slots = _weight_layers(model, eco)
+    kinds = "Linear/Conv2d/SOC/ECO" if eco else "Linear/Conv2d"
+    excluded = _exclusions(slots, exclude, kinds)
+    owners = _owners(model)
+    out = []
+    for i, slot in enumerate(slots):
+        if i in excluded:
+            out.append(LayerSlot(slot.names, slot.module, "excluded", excluded[i]))
+        elif eco and not isinstance(slot.module, ECOConv2d):
+            out.append(LayerSlot(slot.names, slot.module, "excluded", "dense on an ECO model (SAO-ECO leaves stem, "
+                                 "SOC layers and classifier dense; only ECO layers are targets)"))
+        elif (skip := _skip_reason(slot, owners)) is not None:
+            out.append(LayerSlot(slot.names, slot.module, "skipped", *skip))
+        else:
+            out.append(slot)
+    return out
+
+
+def target_layers(model: nn.Module, exclude: Exclude = "first_last") -> list[tuple[str, nn.Module]]:
+    """The ``(name, module)`` pairs :func:`sao.sparsify` hands to a method on a model without ECO layers.
+
+    The plain ``nn.Linear``/``nn.Conv2d`` (and masked) layers left after ``exclude`` and the
+    method-independent skips (subclasses, grouped convolutions, shared Parameters); a tied
+    layer appears once, under its first name. On a model with :class:`~sao.nn.ECOConv2d`
+    layers :func:`sao.sparsify` prunes :func:`eco_target_layers` instead.
+
+    Args:
+        model: any module.
+        exclude: ``"first_last"`` (default), ``"first"``, ``"last"``, ``"none"``, a collection
+            of module names, or a predicate ``(name, module) -> bool`` returning ``True`` for
+            layers to leave dense.
+    """
+    return [(s.name, s.module) for s in find_layers(model, exclude, eco=False) if s.role == "target"]
+
+
+def eco_target_layers(model: nn.Module, exclude: Exclude = "first_last") -> list[tuple[str, nn.Module]]:
+    """The :class:`~sao.nn.ECOConv2d` ``(name, module)`` pairs :func:`sao.sparsify` prunes on a model with ECO layers.
+
+    ``exclude`` is applied to the model's weight layers in ``named_modules`` order — plain
+    ``nn.Linear``/``nn.Conv2d``, :class:`~sao.nn.SOCConv2d` and ``ECOConv2d`` (not looking
+    inside SOC/ECO layers) — exactly as in :func:`target_layers`; of what is left only the ECO
+    layers are returned. The plain and SOC layers always stay dense, as SAO-ECO leaves them,
+    so every method sparsifies the same layers. For ``cnn_eco`` and ``lipconvnet`` the first
+    and last layers are never ECO, so the default returns every ECO layer.
+    """
+    return [(s.name, s.module) for s in find_layers(model, exclude, eco=True) if s.role == "target"]
