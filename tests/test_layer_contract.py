@@ -63,6 +63,8 @@ LAYERS: dict[str, tuple[Callable[[str], nn.Module], str, tuple[str, ...]]] = {
                                                          **F64), "conv", BACKENDS),
     "eco": (lambda b, s=0: ECOConv2d(8, 8, 3, input_size=6, sparsity=0.5, backend=b, generator=gen(s), **F64), "eco",
             BACKENDS),
+    "eco-stride": (lambda b, s=0: ECOConv2d(8, 8, 3, input_size=6, stride=2, sparsity=0.5, backend=b,
+                                            generator=gen(s), **F64), "eco", BACKENDS),
     "soc": (lambda b, s=0: SOCConv2d(8, 8, stride=2, generator=gen(s), **F64).eval(), "soc", ("blocked",)),
     "chain": (_chain, "linear", ("blocked",)),
 }
@@ -96,7 +98,11 @@ def twin(layer: nn.Module) -> Callable[[Tensor], Tensor]:
             raise RuntimeError("ECO takes only its input size")
         if isinstance(layer, SOCConv2d) and (x.shape[-1] % layer.stride or x.shape[-2] % layer.stride):
             raise RuntimeError("SOC needs sides divisible by the stride")
-        return layer(x.unsqueeze(0))[0] if x.dim() == 3 else layer(x)
+        if x.dim() == 3:
+            return layer(x.unsqueeze(0))[0]
+        if x.shape[0] == 0:  # the shape of a one-sample batch, emptied
+            return layer(torch.ones(1, *x.shape[1:], **F64))[:0]
+        return layer(x)
 
     return reference
 
@@ -225,6 +231,43 @@ def test_state_dict_with_a_broken_permutation_fails() -> None:
     state["row_perm"] = torch.zeros(16, dtype=torch.long)
     with pytest.raises(RuntimeError, match="row_perm must be a permutation"):
         target.load_state_dict(state)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dropped", [("row_perm",), ("col_perm",), ("row_perm", "col_perm")])
+def test_a_partial_topology_in_a_checkpoint_fails_and_changes_nothing(backend: str, dropped: tuple[str, ...]) -> None:
+    """Loading some of the topology's entries would leave a layer reporting one topology and computing another."""
+    source, target = (SparseLinear(16, 16, degree=4, backend=backend, generator=gen(s)) for s in (1, 2))
+    state = {k: v for k, v in source.state_dict().items() if k not in dropped}
+    before = copy.deepcopy(target.state_dict())
+    for strict in (True, False):
+        with pytest.raises(RuntimeError, match="incomplete topology"):
+            target.load_state_dict(state, strict=strict)
+        for k, v in target.state_dict().items():
+            assert torch.equal(v, before[k]), k
+
+
+def test_a_torch_prune_checkpoint_does_not_load_into_a_masked_sparse_layer() -> None:
+    """Its random mask would be computed with while the layer reports its own SAO topology."""
+    from torch.nn.utils import prune
+
+    pruned = nn.Linear(16, 16)
+    prune.random_unstructured(pruned, "weight", amount=0.75)
+    layer = SparseLinear(16, 16, degree=4, backend="masked", generator=gen())
+    mask = layer.weight_mask.clone()
+    with pytest.raises(RuntimeError, match="incomplete topology"):
+        layer.load_state_dict(pruned.state_dict(), strict=False)
+    assert torch.equal(layer.weight_mask, mask)
+    assert torch.equal(layer.weight.detach() != 0, layer.mask & (layer.weight.detach() != 0))
+
+
+def test_empty_space_to_depth_is_pixel_unshuffle() -> None:
+    """``F.pixel_unshuffle`` returns empty batches unchanged (torch 2.14); our replacement keeps its layout."""
+    from sao.nn._stride import _empty_space_to_depth
+
+    x = torch.randn(2, 3, 4, 6)
+    assert torch.equal(_empty_space_to_depth(x, 2), torch.nn.functional.pixel_unshuffle(x, 2))
+    assert _empty_space_to_depth(x[:0], 2).shape == (0, 12, 2, 3)
 
 
 def test_state_dict_with_a_mask_that_disagrees_fails() -> None:

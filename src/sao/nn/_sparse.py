@@ -21,7 +21,7 @@ Deferred initialisation works the PyTorch way: build on ``device="meta"``, then
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -216,20 +216,49 @@ class SparseLayerBase(nn.Module):
                               f"this {name} is {ours}; build the layer with the checkpoint's degree (and "
                               "activation) to load it")
             return
-        rows, cols = state_dict.get(prefix + "row_perm"), state_dict.get(prefix + "col_perm")
-        incoming = None
-        if isinstance(rows, Tensor) and isinstance(cols, Tensor):
-            try:
-                incoming = Topology(m, n, self.num_blocks, rows.detach().cpu().long(), cols.detach().cpu().long(),
-                                    self.mirrored)
-            except ValueError as err:
-                error_msgs.append(f"invalid topology for {prefix or name} in the checkpoint: {err}")
-                return
+        incoming = self._incoming_topology(state_dict, prefix, error_msgs)
+        if incoming is False:
+            return
         state_dict = self._upgrade(state_dict, prefix, kind)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         if incoming is not None:
-            self._adopt(incoming, state_dict.get(prefix + "weight_mask"), prefix, error_msgs)
+            self._adopt(incoming)
+
+    def _incoming_topology(self, state_dict: dict[str, Any], prefix: str,
+                           error_msgs: list[str]) -> Topology | Literal[False] | None:
+        """The checkpoint's topology, checked before anything is copied.
+
+        ``None`` if the checkpoint holds none of the topology's entries (a partial load of other
+        tensors keeps the layer's topology); ``False`` after appending an error if it holds only
+        some of them, permutations that are not permutations, or a mask that disagrees with them
+        (so a layer can never report one topology and compute with another).
+        """
+        name = prefix or type(self).__name__
+        topology_keys = ["row_perm", "col_perm", "topology_spec"]
+        if self.backend == "masked":
+            topology_keys.append("weight_mask")
+        present = [k for k in topology_keys if prefix + k in state_dict]
+        if not present:
+            return None
+        absent = [k for k in ("row_perm", "col_perm") if k not in present]
+        if absent:
+            error_msgs.append(f"incomplete topology for {name} in the checkpoint: it has {', '.join(present)} but "
+                              f"not {', '.join(absent)}; a sparse layer's topology loads whole (row_perm, col_perm, "
+                              "topology_spec and, for the masked backend, weight_mask)")
+            return False
+        m, n = self._topology.out_features, self._topology.in_features
+        rows, cols = (state_dict[prefix + k].detach().cpu().long() for k in ("row_perm", "col_perm"))
+        try:
+            incoming = Topology(m, n, self.num_blocks, rows, cols, self.mirrored)
+        except ValueError as err:
+            error_msgs.append(f"invalid topology for {name} in the checkpoint: {err}")
+            return False
+        mask = state_dict.get(prefix + "weight_mask")
+        if isinstance(mask, Tensor) and not torch.equal(_connections(mask), incoming.mask()):
+            error_msgs.append(f"weight_mask for {name} disagrees with row_perm/col_perm in the checkpoint")
+            return False
+        return incoming
 
     def _upgrade(self, state_dict: dict[str, Any], prefix: str, kind: tuple[int, bool] | None) -> dict[str, Any]:
         """A format-1 checkpoint's entries in this format: ``topology_spec`` added, 5-D conv blocks made 4-D."""
@@ -246,12 +275,8 @@ class SparseLayerBase(nn.Module):
         return upgraded
 
     @torch.no_grad()
-    def _adopt(self, topology: Topology, mask: Tensor | None, prefix: str, error_msgs: list[str]) -> None:
-        """Make ``topology`` (just loaded into the buffers) the layer's, and check a loaded mask against it."""
-        if isinstance(mask, Tensor) and not torch.equal(_connections(mask), topology.mask()):
-            error_msgs.append(f"weight_mask for {prefix or type(self).__name__} disagrees with row_perm/col_perm "
-                              "in the checkpoint")
-            return
+    def _adopt(self, topology: Topology) -> None:
+        """Make ``topology`` (just loaded into the buffers) the layer's."""
         self._topology = topology
         # a fresh buffer, not copy_: after load_state_dict(assign=True) the old one may be on the meta device
         self.row_inverse = torch.argsort(topology.row_perm).to(self.row_perm.device)

@@ -21,13 +21,20 @@ def inner_channels(in_channels: int, out_channels: int, stride: int) -> int:
     return max(out_channels, in_channels * stride * stride)
 
 
+def _empty_space_to_depth(x: Tensor, stride: int) -> Tensor:
+    """``F.pixel_unshuffle``'s result for an empty batch (it returns such inputs unchanged, torch 2.14)."""
+    *lead, c, h, w = x.shape
+    return x.reshape(*lead, c, h // stride, stride, w // stride, stride).movedim((-3, -1), (-4, -3)).reshape(
+        *lead, c * stride * stride, h // stride, w // stride)
+
+
 def to_inner(x: Tensor, stride: int, channels: int) -> Tensor:
     """Space-to-depth by ``stride`` (``F.pixel_unshuffle``; no-op for 1), then zero-pad the channels to ``channels``.
 
     Both steps are isometries: ``‖to_inner(x)‖ = ‖x‖`` for every ``x``.
     """
     if stride > 1:
-        x = F.pixel_unshuffle(x, stride)
+        x = F.pixel_unshuffle(x, stride) if x.numel() else _empty_space_to_depth(x, stride)
     if x.shape[1] < channels:
         x = F.pad(x, (0, 0, 0, 0, 0, channels - x.shape[1]))
     return x
