@@ -31,7 +31,7 @@ def chain_model(bias: bool, act: type[nn.Module] = nn.Tanh) -> nn.Sequential:
 def test_fused_chain_equals_layers(bias: bool, act: type[nn.Module]) -> None:
     model = chain_model(bias, act)
     fused = fuse_sparse_chains(model)
-    assert sum(isinstance(m, FusedSparseChain) for m in fused) == 1 and len(fused) == 4
+    assert sum(isinstance(m, FusedSparseChain) for m in fused.steps()) == 1 and len(fused.steps()) == 4
     x = torch.randn(5, 2, 8, dtype=torch.float64, generator=gen(1), requires_grad=True)
     y_ref, y = model(x), fused(x)
     torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=0)
@@ -46,7 +46,7 @@ def test_fused_chain_on_sparsified_fnn() -> None:
 
     model = sao.sparsify(fnn(4).double(), degree=4, generator=gen())
     fused = fuse_sparse_chains(model)
-    assert any(isinstance(m, FusedSparseChain) for m in fused)
+    assert any(isinstance(m, FusedSparseChain) for m in fused.steps())
     x = torch.randn(3, 1024, dtype=torch.float64)
     torch.testing.assert_close(fused(x), model(x), atol=1e-12, rtol=0)
 
@@ -58,3 +58,43 @@ def test_fused_chain_errors() -> None:
         FusedSparseChain([SparseLinear(8, 8, degree=2)], [nn.Softmax(dim=-1)])
     with pytest.raises(ValueError, match="outputs but"):
         FusedSparseChain([SparseLinear(8, 8, degree=2), SparseLinear(16, 8, degree=2)], [nn.Tanh(), nn.Tanh()])
+
+
+def test_fusion_keeps_the_state_dict_keys_and_checkpoints() -> None:
+    """Fusion is an execution detail: same keys, and checkpoints move both ways."""
+    model = chain_model(bias=True)
+    fused = fuse_sparse_chains(model)
+    assert list(fused.state_dict()) == list(model.state_dict())
+    other = chain_model(bias=True)
+    for layer in other:
+        if isinstance(layer, SparseLinear):
+            layer.reset_parameters(gen(8))
+    fused.load_state_dict(other.state_dict())
+    x = torch.randn(4, 8, dtype=torch.float64, generator=gen(2))
+    torch.testing.assert_close(fused(x), other(x), atol=1e-12, rtol=0)
+    model_again = chain_model(bias=True)
+    model_again.load_state_dict(fused.state_dict())
+    torch.testing.assert_close(model_again(x), other(x), atol=1e-12, rtol=0)
+
+
+def test_fused_sequential_replans_when_a_module_is_replaced_and_copies() -> None:
+    import copy
+    import pickle
+
+    fused = fuse_sparse_chains(chain_model(bias=False))
+    x = torch.randn(3, 8, dtype=torch.float64, generator=gen(4))
+    before = fused(x)
+    assert len(fused.steps()) == 4  # Linear, Tanh, one chain of three layers, Linear
+    fused[3] = nn.Softmax(dim=-1)  # not elementwise: the chain now starts after it
+    assert len(fused.steps()) == 6 and isinstance(fused.steps()[3], nn.Softmax)
+    assert len(fused.steps()[4].layers) == 2
+    torch.testing.assert_close(fused(x), nn.Sequential(*fused)(x), atol=1e-12, rtol=0)
+    assert not torch.equal(fused(x), before)
+    for clone in (copy.deepcopy(fused), pickle.loads(pickle.dumps(fused))):
+        torch.testing.assert_close(clone(x), fused(x), atol=0, rtol=0)
+        assert all(s is not t for s, t in zip(clone.steps(), fused.steps(), strict=True))
+
+
+def test_fuse_sparse_chains_takes_a_sequential() -> None:
+    with pytest.raises(TypeError, match=r"nn\.Sequential"):
+        fuse_sparse_chains(SparseLinear(8, 8, degree=2))  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ the skew orthogonal convolution ``SOCConv2d`` and the ``MaxMin`` activation."""
 from sao.nn._shape import InputShapeError
 from sao.nn._sparse import BACKENDS
 from sao.nn.activations import MaxMin
-from sao.nn.chain import ELEMENTWISE, FusedSparseChain, fuse_sparse_chains
+from sao.nn.chain import ELEMENTWISE, FusedSequential, FusedSparseChain, fuse_sparse_chains
 from sao.nn.conv import SparseConv2d
 from sao.nn.eco import ECOConv2d
 from sao.nn.linear import SparseLinear, blocked_linear
@@ -15,6 +15,7 @@ __all__ = [
     "BACKENDS",
     "ELEMENTWISE",
     "ECOConv2d",
+    "FusedSequential",
     "FusedSparseChain",
     "InputShapeError",
     "MaskedConv2d",

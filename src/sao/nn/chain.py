@@ -8,17 +8,22 @@ compose into one gather by ``row_inverse_l[col_perm_{l+1}]``, and keeping activa
 feature-major ``(features, batch)`` makes the product ``blocks @ x`` land directly in that
 layout. The chain then costs one row gather and one matmul per layer (a transpose at each end).
 It computes exactly the function of the layers it wraps and shares their parameters.
+:class:`FusedSequential` (what :func:`fuse_sparse_chains` returns) makes this an execution detail:
+it keeps a model's modules and ``state_dict`` keys and runs its chains fused.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import Tensor, nn
 
+from sao._validation import as_int
 from sao.nn._shape import check_features
 from sao.nn.linear import SparseLinear
 
-__all__ = ["ELEMENTWISE", "FusedSparseChain", "fuse_sparse_chains"]
+__all__ = ["ELEMENTWISE", "FusedSequential", "FusedSparseChain", "fuse_sparse_chains", "plan_chains"]
 
 #: Activations that act on each feature alone (so they commute with feature permutations).
 ELEMENTWISE: tuple[type[nn.Module], ...] = (nn.Tanh, nn.ReLU, nn.Identity, nn.Sigmoid, nn.GELU, nn.SiLU,
@@ -77,13 +82,18 @@ class FusedSparseChain(nn.Module):
         return f"{len(self.layers)} layers, {self.layers[0].in_features} -> {self.layers[-1].out_features}"
 
 
-def fuse_sparse_chains(model: nn.Sequential, min_layers: int = 2) -> nn.Sequential:
-    """A new ``nn.Sequential`` in which every run of ``(blocked SparseLinear, elementwise act)`` pairs
-    of at least ``min_layers`` layers is one :class:`FusedSparseChain` (parameters shared, not copied).
+def _fusable(layer: nn.Module, act: nn.Module | None) -> bool:
+    return isinstance(layer, SparseLinear) and layer.backend == "blocked" and type(act) in ELEMENTWISE
 
-    The result computes the same function; its ``state_dict`` keys differ from ``model``'s.
+
+def plan_chains(modules: list[nn.Module], min_layers: int = 2) -> list[nn.Module]:
+    """The modules of a sequence with every run of at least ``min_layers`` ``(blocked SparseLinear,
+    elementwise activation)`` pairs (matching sizes) replaced by one :class:`FusedSparseChain`.
+
+    The chains share the layers' parameters; the other modules are returned as they are.
     """
-    items, out, run = list(model), [], []
+    out: list[nn.Module] = []
+    run: list[tuple[SparseLinear, nn.Module]] = []
 
     def flush() -> None:
         if len(run) >= min_layers:
@@ -93,18 +103,78 @@ def fuse_sparse_chains(model: nn.Sequential, min_layers: int = 2) -> nn.Sequenti
         run.clear()
 
     i = 0
-    while i < len(items):
-        layer, act = items[i], items[i + 1] if i + 1 < len(items) else None
-        fits = (isinstance(layer, SparseLinear) and layer.backend == "blocked" and type(act) in ELEMENTWISE
-                and (not run or run[-1][0].out_features == layer.in_features))
-        if fits:
+    while i < len(modules):
+        layer, act = modules[i], modules[i + 1] if i + 1 < len(modules) else None
+        if _fusable(layer, act) and (not run or run[-1][0].out_features == layer.in_features):
             run.append((layer, act))
             i += 2
             continue
         flush()
-        if isinstance(layer, SparseLinear) and layer.backend == "blocked" and type(act) in ELEMENTWISE:
+        if _fusable(layer, act):
             continue  # size mismatch with the previous run: start a new run at this layer
         out.append(layer)
         i += 1
     flush()
-    return nn.Sequential(*out)
+    return out
+
+
+class FusedSequential(nn.Sequential):
+    """An ``nn.Sequential`` that runs its chains of blocked :class:`SparseLinear` layers fused.
+
+    It holds exactly the modules it was given, under the same names, so its ``state_dict``,
+    checkpoints and ``load_state_dict`` are those of the plain ``nn.Sequential``: fusion is an
+    execution detail. At each call the runs of ``(blocked SparseLinear, elementwise
+    activation)`` pairs (at least ``min_layers`` of them) execute as one
+    :class:`FusedSparseChain` (:func:`plan_chains`); the plan is rebuilt when a module is
+    replaced, and is not a submodule.
+
+    Args:
+        *args: modules, or one ``OrderedDict`` of named modules, as for ``nn.Sequential``.
+        min_layers: shortest run that is fused (keyword only).
+
+    Example:
+        >>> from sao.nn import SparseLinear
+        >>> plain = nn.Sequential(SparseLinear(8, 8, degree=2), nn.Tanh(), SparseLinear(8, 8, degree=2), nn.Tanh())
+        >>> fused = FusedSequential(*plain)
+        >>> list(fused.state_dict()) == list(plain.state_dict())
+        True
+    """
+
+    def __init__(self, *args: nn.Module, min_layers: int = 2) -> None:
+        super().__init__(*args)
+        self.min_layers = as_int(min_layers, "min_layers", minimum=1)
+        self._plan: tuple[tuple[int, ...], list[nn.Module]] | None = None
+
+    def steps(self) -> list[nn.Module]:
+        """The modules a call runs: the plan of :func:`plan_chains`, cached while the modules stay the same."""
+        key = tuple(id(m) for m in self._modules.values())
+        if self._plan is None or self._plan[0] != key:
+            self._plan = (key, plan_chains(list(self._modules.values()), self.min_layers))
+        return self._plan[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        for step in self.steps():
+            x = step(x)
+        return x
+
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())
+        state["_plan"] = None  # rebuilt on the first call (a copy's modules are new objects)
+        return state
+
+    def extra_repr(self) -> str:
+        chains = sum(isinstance(s, FusedSparseChain) for s in self.steps())
+        return f"min_layers={self.min_layers}, {chains} fused chain{'s' * (chains != 1)}"
+
+
+def fuse_sparse_chains(model: nn.Sequential, min_layers: int = 2) -> FusedSequential:
+    """``model``'s modules (shared, not copied) in a :class:`FusedSequential`: the runs of at least
+    ``min_layers`` ``(blocked SparseLinear, elementwise activation)`` pairs execute as one
+    :class:`FusedSparseChain` each.
+
+    The result computes the same function with the same parameters, and its ``state_dict`` keys
+    are ``model``'s: checkpoints of either load into the other.
+    """
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"fuse_sparse_chains takes an nn.Sequential, got {type(model).__name__}")
+    return FusedSequential(OrderedDict(model.named_children()), min_layers=min_layers)
