@@ -15,6 +15,7 @@ from sao.experiments import Run, run_one
 from sao.experiments.cnn import cnn_runs, run_cnn
 from sao.experiments.protocol import measured_sparsity
 from sao.methods import connection_mask, eco_target_layers, target_layers
+from sao.methods._layers import find_layers
 from sao.methods.pruning import kept_count
 from sao.models import cnn_eco, lipconvnet
 from sao.nn import ECOConv2d, MaskedConv2d, SOCConv2d, SparseConv2d
@@ -58,6 +59,8 @@ def test_targets_are_the_eco_layers_only() -> None:
     net = MODELS["cnn_eco"]()
     assert [n for n, _ in eco_target_layers(net)] == ["body.0", "body.2", "body.4", "body.6"]
     assert [n for n, _ in target_layers(net)] == ["stem.2", "stem.4"]  # the plain-layer view is unchanged
+    eco_rows = [s for s in find_layers(net, eco=False) if isinstance(s.module, ECOConv2d)]  # ...and shows ECO layers
+    assert len(eco_rows) == 4 and all(s.role == "skipped" and "ECO-model mode" in s.reason for s in eco_rows)
     lip = MODELS["lipconvnet"]()
     assert [n for n, _ in eco_target_layers(lip)] == ["stage3.0", "stage4.0", "stage5.0"]
     assert [n for n, _ in eco_target_layers(lip, ["stage4.0"])] == ["stage3.0", "stage5.0"]
@@ -66,7 +69,7 @@ def test_targets_are_the_eco_layers_only() -> None:
     stack = nn.Sequential(*[ECOConv2d(4, 4, 3, input_size=9, generator=gen(i)) for i in range(3)])
     assert [n for n, _ in eco_target_layers(stack)] == ["1"]
     assert [n for n, _ in eco_target_layers(stack, "none")] == ["0", "1", "2"]
-    with pytest.raises(ValueError, match="not Linear/Conv2d/SOC/ECO layers"):
+    with pytest.raises(ValueError, match="not weight layers"):
         eco_target_layers(lip, ["stage3.0.conv"])
 
 

@@ -207,3 +207,115 @@ def test_reset_parameters_keeps_the_mask_and_repr() -> None:
     text = repr(MaskedConv2d(4, 6, 3, padding="same", dilation=2, groups=2, bias=False, padding_mode="circular"))
     assert text == ("MaskedConv2d(4, 6, kernel_size=(3, 3), stride=(1, 1), padding='same', dilation=(2, 2), "
                     "groups=2, bias=False, padding_mode='circular', sparsity=0.0000%)")
+
+
+# --------------------------------------------------------------------------- from_dense refuses prune's layers
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_from_dense_refuses_a_layer_pruned_with_torch_prune(kind: str) -> None:
+    """Its ``weight`` is a non-leaf tensor recomputed by a hook; wrapping it would drop the pruning."""
+    plain = nn.Linear(8, 6) if kind == "linear" else nn.Conv2d(4, 6, 3)
+    cls = MaskedLinear if kind == "linear" else MaskedConv2d
+    prune.l1_unstructured(plain, "weight", 0.5)
+    with pytest.raises(ValueError, match=rf"pruned with torch\.nn\.utils\.prune.*call prune\.remove\(module, "
+                                         rf"'weight'\) first, or load its state_dict into sao\.nn\.{cls.__name__}"):
+        cls.from_dense(plain)
+    ours = cls(*((8, 6) if kind == "linear" else (4, 6, 3)))
+    ours.load_state_dict(plain.state_dict())  # the advice works
+    prune.remove(plain, "weight")
+    assert torch.equal(cls.from_dense(plain).weight, ours.weight)
+
+
+# --------------------------------------------------------------------------- deferred initialisation on meta
+
+
+def build_on_meta(kind: str, how: str, mask: torch.Tensor | None) -> MaskedLinear | MaskedConv2d:
+    args = (8, 6) if kind == "linear" else (4, 6, 3)
+    cls = MaskedLinear if kind == "linear" else MaskedConv2d
+    if how == "kwarg":
+        return cls(*args, mask=mask, device="meta")
+    with torch.device("meta"):
+        return cls(*args, mask=mask)
+
+
+def full(kind: str, mask: torch.Tensor | None) -> torch.Tensor:
+    shape = (6, 8) if kind == "linear" else (6, 4, 3, 3)
+    if mask is None:
+        return torch.ones(shape)
+    return mask.float() if kind == "linear" else mask.float()[:, :, None, None].expand(shape)
+
+
+@pytest.mark.parametrize("given", ["mask", "none"])
+@pytest.mark.parametrize("how", ["kwarg", "context"])
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_deferred_init_writes_the_mask_given_at_construction(kind: str, how: str, given: str) -> None:
+    mask = (linear_mask() if kind == "linear" else linear_mask(6, 4)) if given == "mask" else None
+    layer = build_on_meta(kind, how, mask)
+    assert layer.weight_mask.is_meta and "sparsity=?" in repr(layer)
+    layer.to_empty(device="cpu")
+    with pytest.raises(RuntimeError, match="holds no values yet: after to_empty"):  # never computes with garbage
+        layer.weight  # noqa: B018
+    layer.reset_parameters()
+    assert torch.equal(layer.weight_mask, full(kind, mask)) and layer._pending_mask is None
+    assert bool((layer.weight[layer.weight_mask == 0] == 0).all())
+
+
+@pytest.mark.parametrize("how", ["kwarg", "context"])
+def test_load_state_dict_after_to_empty_takes_the_checkpoints_mask(how: str) -> None:
+    src = masked_linear()  # mask linear_mask(seed=0)
+    layer = build_on_meta("linear", how, linear_mask(seed=1)).to_empty(device="cpu")
+    layer.load_state_dict(src.state_dict())
+    layer.reset_parameters()  # after loading: redraws the weight only, the loaded mask stays
+    assert torch.equal(layer.weight_mask, src.weight_mask) and layer._pending_mask is None
+
+
+def test_a_mask_given_on_meta_waits_for_load_state_dict() -> None:
+    with torch.device("meta"):
+        layer = MaskedLinear(8, 6, mask=torch.ones(6, 8, dtype=torch.bool))  # the mask is meta too: no values
+    layer.to_empty(device="cpu")
+    layer.reset_parameters()
+    with pytest.raises(RuntimeError, match=r"call load_state_dict\(\) \(its mask was given on the meta device"):
+        layer(torch.randn(2, 8))
+    src = masked_linear()
+    layer.load_state_dict(src.state_dict())
+    torch.testing.assert_close(layer(torch.ones(2, 8)), src(torch.ones(2, 8)), rtol=0, atol=0)
+
+
+def test_layers_not_built_on_meta_keep_nothing_pending() -> None:
+    assert MaskedLinear(8, 6, mask=linear_mask())._pending_mask is None
+    assert MaskedConv2d.from_dense(nn.Conv2d(4, 6, 3))._pending_mask is None  # built on meta, then bound
+    assert masked_linear()._pending_mask is None
+    old = masked_linear()
+    del old.__dict__["_pending_mask"]  # as a layer pickled before the attribute existed
+    torch.testing.assert_close(pickle.loads(pickle.dumps(old))(torch.ones(1, 8)), old(torch.ones(1, 8)))
+
+
+# --------------------------------------------------------------------------- integer arguments
+
+
+@pytest.mark.parametrize(("make", "name"), [
+    (lambda v: MaskedLinear(v, 4), "in_features"), (lambda v: MaskedLinear(4, v), "out_features"),
+    (lambda v: MaskedConv2d(v, 4, 3), "in_channels"), (lambda v: MaskedConv2d(4, v, 3), "out_channels"),
+    (lambda v: MaskedConv2d(4, 4, v), "kernel_size"), (lambda v: MaskedConv2d(4, 4, 3, stride=v), "stride"),
+    (lambda v: MaskedConv2d(4, 4, 3, padding=v), "padding"), (lambda v: MaskedConv2d(4, 4, 3, dilation=v), "dilation"),
+    (lambda v: MaskedConv2d(4, 4, 3, groups=v), "groups"),
+])
+@pytest.mark.parametrize("bad", [True, torch.tensor([2]), "2", 2.0])
+def test_integer_arguments_are_validated(make: object, name: str, bad: object) -> None:
+    if name == "padding" and isinstance(bad, str):  # a string padding is "same"/"valid": nn.Conv2d's own ValueError
+        with pytest.raises(ValueError, match="Invalid padding string"):
+            make(bad)
+        return
+    with pytest.raises(TypeError, match=f"{name} must be an integer"):
+        make(bad)
+
+
+def test_numpy_and_0d_integers_are_accepted() -> None:
+    import numpy as np
+
+    layer = MaskedConv2d(np.int64(4), torch.tensor(6), (np.int32(3), 3), stride=torch.tensor(2), groups=np.int64(2))
+    assert (layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.groups) == (4, 6, (3, 3),
+                                                                                                   (2, 2), 2)
+    assert all(type(v) is int for v in (layer.in_channels, *layer.kernel_size, *layer.stride, layer.groups))
+    assert MaskedLinear(np.int64(8), torch.tensor(6)).weight_orig.shape == (6, 8)

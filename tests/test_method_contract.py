@@ -130,3 +130,41 @@ def test_deepcopy_and_pickle_keep_the_function(model: str, method: str) -> None:
     for other in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
         torch.testing.assert_close(other(x), expected, rtol=0, atol=0)
         assert all(p is not q for p, q in zip(other.parameters(), net.parameters(), strict=True))
+
+
+@pytest.mark.parametrize(("model", "method"), CASES)
+def test_a_second_sparsify_never_reports_a_missed_target_as_applied(model: str, method: str) -> None:
+    """Sparsify at 0.75, then again at 0.25: every row built at the plan, or off-target with the reason and warned.
+
+    The method's rounding: one connection per layer (SAO topologies are exact, kept counts
+    round), EOI's ``min(out, in)`` extra non-zeros, GMP's over the layers together.
+    """
+    net, _ = build(model, method)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net, summary = sao.sparsify(net, method, sparsity=0.25, activation=MODELS[model][2], generator=gen(1),
+                                    return_summary=True)
+    caught = [w for w in caught if issubclass(w.category, UserWarning)]
+    goal = 0.0 if method == "dense" else 0.25
+    built = [r for r in summary.sparsified if r.status != "off-target"]
+    for row in built:
+        slack = min(row.shape[:2]) if method == "eoi" else 1
+        planned = 1 - row.degree / max(row.shape[:2]) if row.status == "nearest" else goal  # SAO topology's nearest
+        if not method.startswith("gmp"):
+            assert abs(row.sparsity - planned) * row.connections <= slack, row
+    if method.startswith("gmp") and built:
+        total = sum(r.connections for r in built)
+        assert abs(sum(r.sparsity * r.connections for r in built) / total - goal) * total <= 1
+    if method.endswith("-t"):  # the masked layers keep their 0.75 masks: never "applied" at 0.25
+        assert summary.sparsified and summary.off_target == summary.sparsified
+        assert summary.sparsity == pytest.approx(0.75, abs=0.01)
+        already = "already 0.7500 sparse" if not method.startswith("gmp") else "pooled layers are 0.7500 sparse"
+        assert all("kept the layer's existing mask (ANDed with the new one)" in r.reason and already in r.reason
+                   for r in summary.off_target)
+        assert "off their target" in str(caught[0].message)
+    else:  # -s, EOI, LRP, dense redraw the layers; SAO/RG-N/RG-U layers are sparse already and left as they are
+        assert not summary.off_target
+    if method in ("sao", "rg-n", "rg-u"):
+        assert all(r.reason.startswith("already sparse") or "no convolution form" in r.reason for r in summary.skipped)
+        assert not summary.sparsified and len(summary.skipped) == len(summary.layers) - 2
+    assert len(caught) == (1 if summary.off_target or summary.skipped or summary.nearest else 0)

@@ -18,9 +18,11 @@ default run (12-17 s).
 
 from __future__ import annotations
 
+import ast
 import copy
 import io
 import pickle
+import re
 import warnings
 from collections.abc import Callable
 
@@ -28,6 +30,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.nn.utils import prune
 
 import sao
 from helpers import gen
@@ -219,17 +222,173 @@ def test_layers_sharing_a_parameter_stay_dense_or_raise_when_strict() -> None:
         sao.sparsify(net, sparsity=0.75, strict=True)
 
 
+def attention_mlp() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(16, 32), nn.MultiheadAttention(32, 2, batch_first=True), nn.Linear(32, 32),
+                         nn.Linear(32, 10))
+
+
 def test_linear_subclasses_are_reported_and_can_be_excluded_by_name() -> None:
-    net = nn.Sequential(nn.Linear(16, 32), nn.MultiheadAttention(32, 2, batch_first=True), nn.Linear(32, 32),
-                        nn.Linear(32, 10))
     with pytest.warns(UserWarning, match="NonDynamicallyQuantizableLinear is a subclass of nn.Linear"):
-        _, summary = sao.sparsify(net, sparsity=0.75, generator=gen(), return_summary=True, strict=True)
+        _, summary = sao.sparsify(attention_mlp(), sparsity=0.75, generator=gen(), return_summary=True, strict=True)
     assert [(r.name, r.status) for r in summary.layers] == [("0", "excluded"), ("1.out_proj", "skipped"),
                                                             ("2", "applied"), ("3", "excluded")]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _, summary = sao.sparsify(net, sparsity=0.75, exclude=["0", "1.out_proj", "3"], return_summary=True)
+        _, summary = sao.sparsify(attention_mlp(), sparsity=0.75, exclude=["0", "1.out_proj", "3"],
+                                  return_summary=True)
     assert summary.layers[1].status == "excluded" and summary.layers[1].reason == "excluded by name"
+
+
+def excluded_by_advice(message: str) -> list[str]:
+    """The ``exclude=[...]`` list a skip warning prints."""
+    found = re.search(r"pass exclude=(\[.*?\]) \(", message)
+    assert found is not None, message
+    return ast.literal_eval(found.group(1))
+
+
+def test_following_the_skip_warning_keeps_the_first_and_last_layers_dense() -> None:
+    """``exclude=[names]`` replaces ``"first_last"``: the warning's list names the first and last layers too."""
+    with pytest.warns(UserWarning, match="subclass of nn.Linear") as caught:
+        _, before = sao.sparsify(attention_mlp(), sparsity=0.75, generator=gen(), return_summary=True)
+    advice = excluded_by_advice(str(caught[0].message))
+    assert advice == before.exclude_list() == ["0", "1.out_proj", "3"]
+    assert "replaces the default exclude='first_last'" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net, after = sao.sparsify(attention_mlp(), sparsity=0.75, generator=gen(), exclude=advice,
+                                  return_summary=True)
+    assert [(r.name, r.status) for r in after.layers] == [("0", "excluded"), ("1.out_proj", "excluded"),
+                                                          ("2", "applied"), ("3", "excluded")]
+    assert type(net[3]) is nn.Linear and type(net[0]) is nn.Linear  # the classifier and the stem stay dense
+
+
+def transformer() -> nn.Sequential:
+    torch.manual_seed(0)
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 2, 64, batch_first=True), 6,
+                                    enable_nested_tensor=False)
+    return nn.Sequential(nn.Linear(8, 32), encoder, nn.Linear(32, 2))
+
+
+def test_a_long_exclude_list_is_described_not_printed() -> None:
+    with pytest.warns(UserWarning, match=r"6 layer.*pass exclude=summary\.exclude_list\(\)"):
+        _, summary = sao.sparsify(transformer(), "lmp-t", sparsity=0.75, return_summary=True)
+    assert len(summary.exclude_list()) == 8  # 6 out_proj, the first and the last layer
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net, again = sao.sparsify(transformer(), "lmp-t", sparsity=0.75, exclude=summary.exclude_list(),
+                                  return_summary=True)
+    assert [r.name for r in again.sparsified] == [r.name for r in summary.sparsified] and len(again.sparsified) == 12
+    assert type(net[0]) is nn.Linear and type(net[2]) is nn.Linear
+
+
+# --------------------------------------------------------------------------- layers sparsify leaves as they are
+
+
+def pruned_model(kind: str) -> nn.Sequential:
+    """Stem, a layer pruned with torch.nn.utils.prune, head (the pruned layer is the only target)."""
+    torch.manual_seed(0)
+    if kind == "linear":
+        net = nn.Sequential(nn.Linear(4, 16), nn.Linear(16, 16), nn.Linear(16, 2))
+    else:
+        net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 2, 1))
+    prune.l1_unstructured(net[1], "weight", 0.5)
+    return net
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("method", METHODS.names())
+def test_layers_pruned_with_torch_prune_are_left_alone_or_raise_when_strict(method: str, kind: str) -> None:
+    net = pruned_model(kind)
+    layer, hooks, pruned = net[1], dict(net[1]._forward_pre_hooks), float(1 - connection_mask(net[1]).double().mean())
+    x = torch.randn(2, 4) if kind == "linear" else torch.randn(1, 3, 5, 5)
+    expected = net(x)
+    with pytest.warns(UserWarning, match="1 layer.*skipped.*pruned with torch.nn.utils.prune"):
+        net, summary = sao.sparsify(net, method, sparsity=0.75, generator=gen(), return_summary=True)
+    row = summary.layers[1]
+    assert (row.status, row.method, row.sparsity) == ("skipped", None, pruned)
+    twin = "MaskedLinear" if kind == "linear" else "MaskedConv2d"
+    assert f"call prune.remove(module, 'weight') first, or load its state_dict into sao.nn.{twin}" in row.reason
+    assert net[1] is layer and dict(layer._forward_pre_hooks) == hooks and hasattr(layer, "weight_orig")
+    torch.testing.assert_close(net(x), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"layer '1'.*pruned with torch\.nn\.utils\.prune"):
+        sao.sparsify(pruned_model(kind), method, sparsity=0.75, strict=True)
+
+
+def test_layers_with_another_computed_weight_are_left_alone() -> None:
+    """``weight_norm`` and ``parametrize`` compute the weight as ``prune`` does: a replacement would drop them."""
+    net = nn.Sequential(nn.Linear(4, 16), nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.nn.utils.weight_norm is deprecated
+        nn.utils.weight_norm(net[1])
+    nn.utils.parametrizations.orthogonal(net[2])
+    layers = [net[1], net[2]]
+    with pytest.warns(UserWarning, match="2 layer"):
+        net, summary = sao.sparsify(net, sparsity=0.75, generator=gen(), return_summary=True)
+    assert [net[1], net[2]] == layers and [r.status for r in summary.layers[1:3]] == ["skipped"] * 2
+    assert "WeightNorm" in summary.layers[1].reason and "parametrize" in summary.layers[2].reason
+
+
+CONVS = {"Conv1d": lambda i, o: nn.Conv1d(i, o, 3), "Conv3d": lambda i, o: nn.Conv3d(i, o, 3),
+         "ConvTranspose1d": lambda i, o: nn.ConvTranspose1d(i, o, 3),
+         "ConvTranspose2d": lambda i, o: nn.ConvTranspose2d(i, o, 3)}
+
+
+@pytest.mark.parametrize("kind", list(CONVS))
+def test_other_convolutions_count_as_first_last_and_are_reported(kind: str) -> None:
+    conv = CONVS[kind]
+    net = nn.Sequential(conv(4, 16), conv(16, 16), nn.Flatten(), nn.Linear(96, 32), nn.Linear(32, 32),
+                        nn.Linear(32, 2))
+    with pytest.warns(UserWarning, match=f"not supported: {kind}"):
+        net, summary = sao.sparsify(net, "lmp-t", sparsity=0.75, return_summary=True)
+    assert [(r.name, r.kind, r.status) for r in summary.layers] == [
+        ("0", kind, "excluded"), ("1", kind, "skipped"), ("3", "Linear", "applied"), ("4", "Linear", "applied"),
+        ("5", "Linear", "excluded")]
+    assert summary.layers[0].reason == "first layer (exclude='first_last')"
+    assert summary.layers[1].reason == f"not supported: {kind}; sao sparsifies nn.Linear and nn.Conv2d"
+    assert type(net[1]).__name__ == kind and isinstance(net[3], MaskedLinear)
+    with pytest.raises(ValueError, match=f"layer '1'.*not supported: {kind}"):
+        sao.sparsify(nn.Sequential(conv(4, 16), conv(16, 16), nn.Linear(4, 4)), sparsity=0.5, strict=True)
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_already_sparse_layers_are_reported_and_not_resparsified(model: str) -> None:
+    if model == "mlp":
+        net = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 4))
+        kind = "SparseLinear"
+    else:
+        net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3), nn.Conv2d(16, 4, 3))
+        kind = "SparseConv2d"
+    net = sao.sparsify(net, degree=4, generator=gen())
+    layer = net.get_submodule(str(len(net) // 2))
+    with pytest.warns(UserWarning, match=rf"1 layer.*already sparse \({kind}, degree 4\)"):
+        again, summary = sao.sparsify(net, degree=8, generator=gen(), return_summary=True)
+    assert [r.status for r in summary.layers] == ["excluded", "skipped", "excluded"]
+    row = summary.layers[1]
+    assert row.kind == kind and row.sparsity == layer.sparsity and row.reason.startswith(
+        f"already sparse ({kind}, degree 4); sparsify builds from a dense model")
+    assert again.get_submodule(row.name) is layer and layer.degree == 4
+    with pytest.raises(ValueError, match="already sparse"):
+        sao.sparsify(net, "lmp-t", sparsity=0.5, strict=True)
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+@pytest.mark.parametrize("training", [True, False])
+def test_replaced_layers_keep_the_training_mode(method: str, training: bool) -> None:
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Flatten(),
+                        nn.Linear(8 * 16, 32), nn.Linear(32, 32), nn.Linear(32, 2)).train(training)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rg-n/rg-u skip the conv
+        net, summary = sao.sparsify(net, method, sparsity=0.75, generator=gen(), return_summary=True)
+    assert summary.sparsified
+    assert all(m.training is training for m in net.modules())
+
+
+def test_summary_says_when_no_layer_was_sparsified() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 2, 3))
+    with pytest.warns(UserWarning, match="no convolution form"):
+        _, summary = sao.sparsify(net, "rg-n", sparsity=0.5, return_summary=True)
+    assert not summary.sparsified and summary.sparsity is None
+    assert str(summary).splitlines()[-1] == "no layer was sparsified"
 
 
 def test_layers_a_method_cannot_build_are_skipped_or_raise_when_strict() -> None:

@@ -1,11 +1,12 @@
 """The sparsify entry point and the method registry: ``sao.sparsify(model, method="sao", degree=4)``.
 
-:func:`sparsify` finds the weight layers of a model (``nn.Linear``/``nn.Conv2d``, in
-``named_modules`` order; :mod:`sao.methods._layers`), leaves out the excluded ones (by default
-the first and the last, as the paper keeps the stem and the classifier dense) and those it
-cannot replace faithfully, asks a method from :data:`METHODS` for a per-layer plan
-(:meth:`SparsifyMethod.plan_layer`: the degree/sparsity each layer can take) and then for the
-replacements (:meth:`SparsifyMethod.sparsify_layers`). New methods (pruning baselines, EOI)
+:func:`sparsify` finds the weight layers of a model (every ``nn.Linear``, convolution and sao
+layer, in ``named_modules`` order; :mod:`sao.methods._layers`), leaves out the excluded ones (by
+default the first and the last, as the paper keeps the stem and the classifier dense) and those
+it cannot replace faithfully (kinds other than ``nn.Linear``/``nn.Conv2d`` among them), asks a
+method from :data:`METHODS` for a per-layer plan (:meth:`SparsifyMethod.plan_layer`: the
+degree/sparsity each layer can take) and then for the replacements
+(:meth:`SparsifyMethod.sparsify_layers`). New methods (pruning baselines, EOI)
 register themselves the same way::
 
     @METHODS.register("my-method")
@@ -73,6 +74,11 @@ class LayerPlan:
         target: the sparsity asked of it (the requested one, or ``1 - degree / max(out, in)``).
         nearest: ``True`` if ``sparsity`` is the nearest achievable instead of the target.
         note: how the plan differs from the request, or how to read the layer's row.
+        slack: the method's rounding, in connections: how far the built layer's count of
+            present connections may be from ``sparsity`` (1: a kept count, SAO is exact; EOI's
+            ``min(out, in)``); a row further off is reported ``"off-target"``.
+        pooled: ``sparsity`` holds for the pooled layers together, not for each (GMP's global
+            threshold): the check is on their connection-weighted figure, within ``slack``.
     """
 
     degree: int | None = None
@@ -80,6 +86,8 @@ class LayerPlan:
     target: float | None = None
     nearest: bool = False
     note: str = ""
+    slack: int = 1
+    pooled: bool = False
 
 
 @dataclass(frozen=True)
@@ -214,6 +222,53 @@ def _shape(module: nn.Module) -> tuple[int, ...]:
         return ()
 
 
+def _planned(plan: LayerPlan) -> float | None:
+    """The sparsity the method was asked to build (the nearest achievable one, where it differs from the target)."""
+    return plan.sparsity if plan.sparsity is not None else plan.target
+
+
+def _off_target(rows: list[LayerReport], plans: Mapping[str, LayerPlan],
+                before: Mapping[str, float | None]) -> list[LayerReport]:
+    """``rows``, each sparsified row further from its plan than the method's rounding marked ``"off-target"``.
+
+    A row is checked on its own, pooled rows (GMP) together: the connection-weighted measured
+    sparsity may differ from the planned one by ``slack`` connections of the rows checked. The
+    usual cause is a layer that was sparser already (a ``-t`` method keeps a masked layer's mask
+    and ANDs the new one with it, as repeated :mod:`torch.nn.utils.prune` calls do); the reason
+    says so, with the figures.
+    """
+    def checkable(r: LayerReport) -> bool:
+        return r.name in plans and r.sparsity is not None and _planned(plans[r.name]) is not None and r.connections > 0
+
+    rows = list(rows)
+    todo = [i for i, r in enumerate(rows) if checkable(r)]
+    pooled = [i for i in todo if plans[rows[i].name].pooled]
+    for group in ([pooled] if pooled else []) + [[i] for i in todo if i not in pooled]:
+        total = sum(rows[i].connections for i in group)
+        measured = sum(rows[i].sparsity * rows[i].connections for i in group) / total
+        planned = sum(_planned(plans[rows[i].name]) * rows[i].connections for i in group) / total
+        slack = max(plans[rows[i].name].slack for i in group)
+        if abs(measured - planned) * total <= slack + 1e-9 * total:  # 1e-9: float noise of the weighted sums
+            continue
+        together = plans[rows[group[0]].name].pooled
+        head = (f"the {len(group)} pooled layers are {measured:.4f} sparse together for a planned {planned:.4f}; "
+                if together else "")
+        for i in group:
+            r, own = rows[i], _planned(plans[rows[i].name])
+            was = before.get(r.name)
+            if was is not None and (was - own) * r.connections > plans[r.name].slack:
+                why = (f"kept the layer's existing mask (ANDed with the new one): already {was:.4f} sparse; prune a "
+                       "dense layer (e.g. layer.to_dense()) to reach the target")
+            elif together:
+                why = f"this layer is {r.sparsity:.4f} sparse under the one global threshold"
+            else:
+                why = (f"measured {r.sparsity:.4f} is further from the planned {own:.4f} than the method's "
+                       f"rounding ({plans[r.name].slack} connection(s) of {r.connections:,})")
+            reason = head + why + (f"; {r.reason}" if r.reason and not together else "")  # GMP's note: in head
+            rows[i] = replace(r, status="off-target", reason=reason)
+    return rows
+
+
 def _report(slot: LayerSlot, shape: tuple[int, ...], now: nn.Module, status: str, reason: str,
             method: str | None = None, plan: LayerPlan | None = None) -> LayerReport:
     connections = shape[0] * shape[1] if len(shape) >= 2 else 0
@@ -250,19 +305,30 @@ def sparsify(model: M, method: str = "sao", degree: int | None = None, sparsity:
     (this is sparsity *before* training; biases start at zero), except for the ``-t`` methods,
     which prune the layers as they are (their Parameters are kept).
 
-    **Which layers.** The weight layers in ``named_modules`` order, minus ``exclude`` (the
-    first and the last by default). Left dense, each with its reason in the summary:
+    **Which layers.** The weight layers in ``named_modules`` order — every ``nn.Linear`` and
+    convolution (``Conv1d``/``Conv3d``/transposed ones included) and sao's own layers
+    (:mod:`sao.methods._layers`) — minus ``exclude`` (the first and the last by default,
+    counted over all of them). Left as they are, each with its reason in the summary:
 
     - subclasses of ``nn.Linear``/``nn.Conv2d`` (e.g. ``NonDynamicallyQuantizableLinear``, the
       ``out_proj`` of ``nn.MultiheadAttention``, whose owner reads ``.weight`` and never calls
       its ``forward``): never replaced, with or without ``strict``;
+    - kinds sao does not sparsify (``nn.Conv1d``, ``nn.Conv3d``, ``nn.ConvTranspose*d``, SOC
+      layers), and layers already sparse (:class:`~sao.nn.SparseLinear`,
+      :class:`~sao.nn.SparseConv2d`; sparsify builds from dense layers, so a second call with
+      another degree does not change them);
+    - layers pruned with :mod:`torch.nn.utils.prune` (or with a weight otherwise computed by a
+      hook: ``weight_norm``, ``parametrize``), whose hook a replacement would drop: call
+      ``prune.remove(module, "weight")`` first, or load the layer's ``state_dict`` into a
+      :class:`~sao.nn.MaskedLinear`/:class:`~sao.nn.MaskedConv2d`;
     - grouped and depthwise convolutions (MobileNet, ResNeXt, EfficientNet);
     - layers whose weight/bias Parameter is shared with another module;
     - layers the method cannot build (no convolution form for ``rg-n``/``rg-u``, even kernels
       for SAO-Delta/Delta-orthogonal/EOI-Delta, odd sizes for the mirrored ReLU variant).
 
-    With ``strict=True`` the last three raise ``ValueError`` instead. A layer *module* used at
-    several places (tied) gets one replacement, placed at every place, so the tie is kept.
+    With ``strict=True`` all but the first raise ``ValueError`` instead. A layer *module* used at
+    several places (tied) gets one replacement, placed at every place, so the tie is kept. A
+    replacement keeps the training mode (``.training``) of the layer it replaces.
 
     **Targets a layer cannot hit exactly** (module docstring): by default each layer takes the
     nearest achievable degree/sparsity; ``strict=True`` raises instead. Magnitude/random
@@ -274,7 +340,10 @@ def sparsify(model: M, method: str = "sao", degree: int | None = None, sparsity:
     row per weight layer (name, kind, shape, method, degree, target, sparsity measured from the
     new layer's connection mask, status, reason) and the overall sparsity of the sparsified
     layers weighted by connections; ``verbose=True`` prints it. If a layer took a nearest
-    target or a layer not excluded was skipped, one ``UserWarning`` says so.
+    target, a layer ended further from its plan than the method's rounding (``"off-target"``,
+    e.g. a masked layer pruned again by a ``-t`` method keeps its sparser mask) or a layer not
+    excluded was skipped, one ``UserWarning`` says so; for skipped layers it gives the
+    ``exclude=[...]`` list that keeps them dense without a warning.
 
     On a model with :class:`~sao.nn.ECOConv2d` layers only the ECO layers are targets
     (:func:`eco_target_layers`; stem, SOC layers and classifier stay dense, as SAO-ECO leaves
@@ -288,12 +357,15 @@ def sparsify(model: M, method: str = "sao", degree: int | None = None, sparsity:
         degree: SAO degree of every target layer (exclusive with ``sparsity``); an integer.
         sparsity: fraction of zero weights per target layer, in ``[0, 1)``.
         backend: ``"blocked"`` (fast, memory ∝ density) or ``"masked"`` (the paper's way).
-        exclude: layers to keep dense; see :func:`target_layers`.
+        exclude: layers to keep dense: ``"first_last"`` (default), ``"first"``, ``"last"``,
+            ``"none"``, a predicate ``(name, module) -> bool``, or a collection of layer names,
+            which keeps *exactly* those dense — it replaces ``"first_last"``, so name the first
+            and last layers too if they should stay dense (:func:`target_layers`).
         activation: the network's activation; ``"relu"`` selects the mirrored SAO construction.
         gain: weight multiplier.
         generator: source of randomness for every layer, drawn in module order.
         strict: raise instead of taking the nearest achievable target or skipping a layer
-            (subclasses are skipped either way).
+            (subclasses are skipped either way; an ``"off-target"`` row is only reported).
         return_summary: also return the :class:`SparsifySummary`.
         verbose: print the summary.
 
@@ -339,7 +411,8 @@ def sparsify(model: M, method: str = "sao", degree: int | None = None, sparsity:
     for slot in slots:
         where = f"layer {slot.name!r} ({slot.module})"
         if slot.role == "skipped" and strict and slot.refused_when_strict:
-            raise ValueError(f"{where}: {slot.reason}; exclude it or pass strict=False")
+            raise ValueError(f"{where}: {slot.reason}; name it in exclude= (with the first and last layers: a list "
+                             "replaces exclude='first_last') or pass strict=False")
         if slot.role != "target":
             continue
         try:
@@ -350,8 +423,12 @@ def sparsify(model: M, method: str = "sao", degree: int | None = None, sparsity:
             refused[slot.name] = f"{method!r} cannot build this layer: {err}"
     shapes = {id(s.module): _shape(s.module) for s in slots}
     targets = [s for s in slots if s.name in plans]
+    # what a layer that may be sparse already (masked, ECO) was; -t methods change those in place
+    before = {s.name: _measured(s.module) for s in targets if type(s.module) not in (nn.Linear, nn.Conv2d)}
     new = chosen.sparsify_layers([(s.name, s.module) for s in targets], replace(settings, plans=plans))
     for slot, module in zip(targets, new, strict=True):
+        if module is not slot.module:
+            module.train(slot.module.training)
         for name in slot.names:
             model.set_submodule(name, module)
     rows = []
@@ -365,6 +442,7 @@ def sparsify(model: M, method: str = "sao", degree: int | None = None, sparsity:
             rows.append(_report(slot, shape, now, "skipped", refused[slot.name]))
         else:
             rows.append(_report(slot, shape, now, slot.role, slot.reason))
+    rows = _off_target(rows, plans, before)
     request = f"degree={degree}" if degree is not None else (f"sparsity={sparsity:g}" if sparsity is not None else "")
     summary = SparsifySummary(method, request, bool(strict), tuple(rows))
     message = summary.warning()

@@ -1,9 +1,13 @@
 """Which layers of a model :func:`sao.sparsify` looks at, and what it decides before any method runs.
 
-A model's *weight layers* are its ``nn.Linear`` and ``nn.Conv2d`` modules (subclasses
-included) and the masked layers of earlier pruning (:class:`~sao.nn.MaskedLinear`,
-:class:`~sao.nn.MaskedConv2d`), in ``named_modules`` order; on a model with ECO layers also its
-:class:`~sao.nn.SOCConv2d` and :class:`~sao.nn.ECOConv2d` layers (not looking inside them).
+A model's *weight layers* are, in ``named_modules`` order and not looking inside one another:
+its ``nn.Linear`` modules and every convolution (``torch.nn.modules.conv._ConvNd``:
+``nn.Conv1d``/``Conv2d``/``Conv3d``, ``nn.ConvTranspose*d``; subclasses included), the masked
+layers of earlier pruning (:class:`~sao.nn.MaskedLinear`, :class:`~sao.nn.MaskedConv2d`) and
+sao's own layers (:class:`~sao.nn.SparseLinear`, :class:`~sao.nn.SparseConv2d`,
+:class:`~sao.nn.SOCConv2d`, :class:`~sao.nn.ECOConv2d`). Every one is a row of the summary and
+counts for ``exclude="first"``/``"last"``, also those sparsify cannot replace, so the first and
+last layers are the model's, not the first and last that sparsify happens to support.
 A module reachable under several names (a tied layer) is one weight layer with all its names
 (``named_modules(remove_duplicate=False)``), so one replacement goes to every place.
 
@@ -11,7 +15,13 @@ Each weight layer gets one decision that does not depend on the method:
 
 - **excluded** (kept dense by choice): by ``exclude`` (first/last position, names, a
   predicate), or on an ECO model every layer that is not ECO (SAO-ECO leaves them dense);
-- **skipped** (kept dense because it cannot be replaced faithfully): a *subclass* of
+- **skipped** (left as it is because it cannot be replaced faithfully): a kind sao does not
+  sparsify (``Conv1d``, ``Conv3d``, transposed convolutions, SOC layers); a layer that is
+  *already sparse* (``SparseLinear``/``SparseConv2d``, an SAO-ECO layer outside ECO mode:
+  sparsify builds from dense layers, so a second call with another degree would otherwise be a
+  silent no-op); a layer whose weight is *computed by a hook* (:mod:`torch.nn.utils.prune`,
+  ``weight_norm``, ``parametrize``: a replacement would drop the hook; see
+  :func:`sao.nn._reparam.reparametrization`); a *subclass* of
   ``nn.Linear``/``nn.Conv2d`` — its owner may use it without calling its ``forward``
   (``nn.MultiheadAttention`` reads ``out_proj.weight`` directly), or the subclass may change
   what the layer computes, so a replacement could be ignored or wrong; a *grouped or
@@ -27,8 +37,10 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
-from sao.nn import ECOConv2d, MaskedConv2d, MaskedLinear, SOCConv2d
+from sao.nn import ECOConv2d, MaskedConv2d, MaskedLinear, SOCConv2d, SparseConv2d, SparseLinear
+from sao.nn._reparam import reparametrization
 
 __all__ = ["EXCLUDE_CHOICES", "Exclude", "LayerSlot", "eco_target_layers", "find_layers", "has_eco_layers",
            "layer_dims", "target_layers", "weight_shape"]
@@ -38,6 +50,8 @@ Exclude = str | Collection[str] | Callable[[str, nn.Module], bool]
 
 _PLAIN = (nn.Linear, nn.Conv2d)
 _MASKED = (MaskedLinear, MaskedConv2d)
+_SAO = (SparseLinear, SparseConv2d, ECOConv2d, SOCConv2d)
+_KINDS = (nn.Linear, _ConvNd, *_MASKED, *_SAO)  # every weight layer (module docstring)
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,7 +64,7 @@ class LayerSlot:
         role: ``"target"``, ``"excluded"`` or ``"skipped"``.
         reason: why it is excluded or skipped (empty for targets).
         refused_when_strict: for skipped layers, whether ``strict=True`` raises instead
-            (grouped convolutions, shared Parameters; not subclasses, which are never targets).
+            (every skip but subclasses, which are never targets).
     """
 
     names: tuple[str, ...]
@@ -77,6 +91,8 @@ def weight_shape(module: nn.Module) -> tuple[int, ...]:
     """The shape of a weight layer's (inner, for ECO) weight: ``(out, in)`` or ``(out, in // groups, kh, kw)``."""
     if isinstance(module, ECOConv2d):
         return weight_shape(module.conv)
+    if isinstance(module, SparseLinear | SparseConv2d):  # without building the dense weight of a blocked layer
+        return (module.topology.out_features, module.topology.in_features, *module.kernel_size)
     weight = getattr(module, "weight_orig", None)
     if weight is None:
         weight = module.weight
@@ -98,15 +114,14 @@ def _places(model: nn.Module) -> list[tuple[tuple[str, ...], nn.Module]]:
     return [(tuple(names[key]), modules[key]) for key in names]
 
 
-def _weight_layers(model: nn.Module, eco: bool) -> list[LayerSlot]:
-    """The weight layers (module docstring), not looking inside SOC/ECO layers."""
-    kinds = (*_PLAIN, *_MASKED, ECOConv2d, SOCConv2d) if eco else (*_PLAIN, *_MASKED)
-    places = _places(model)
-    inside = {id(sub) for _, m in places if isinstance(m, ECOConv2d | SOCConv2d) for sub in m.modules() if sub is not m}
-    return [LayerSlot(names, m) for names, m in places if isinstance(m, kinds) and id(m) not in inside]
+def _weight_layers(model: nn.Module) -> list[LayerSlot]:
+    """The weight layers (module docstring), not looking inside one another (an ECO layer's inner conv)."""
+    places = [(names, m) for names, m in _places(model) if isinstance(m, _KINDS)]
+    inside = {id(sub) for _, m in places for sub in m.modules() if sub is not m}
+    return [LayerSlot(names, m) for names, m in places if id(m) not in inside]
 
 
-def _exclusions(slots: list[LayerSlot], exclude: Exclude, kinds: str) -> dict[int, str]:
+def _exclusions(slots: list[LayerSlot], exclude: Exclude) -> dict[int, str]:
     """``{index: reason}`` of the slots ``exclude`` names."""
     if callable(exclude):
         return {i: "excluded by the exclude predicate" for i, s in enumerate(slots)
@@ -124,8 +139,8 @@ def _exclusions(slots: list[LayerSlot], exclude: Exclude, kinds: str) -> dict[in
     names = set(exclude)
     known = {n for s in slots for n in s.names}
     if names - known:
-        raise ValueError(f"exclude names {sorted(names - known)} are not {kinds} layers of the model; "
-                         f"layers are: {[n for s in slots for n in s.names]}")
+        raise ValueError(f"exclude names {sorted(names - known)} are not weight layers (nn.Linear, convolutions, "
+                         f"sao layers) of the model; layers are: {[n for s in slots for n in s.names]}")
     return {i: "excluded by name" for i, s in enumerate(slots) if names & set(s.names)}
 
 
@@ -139,14 +154,39 @@ def _owners(model: nn.Module) -> dict[int, list[str]]:
     return owners
 
 
-def _skip_reason(slot: LayerSlot, owners: dict[int, list[str]]) -> tuple[str, bool] | None:
-    """Why a non-excluded layer cannot be replaced, and whether ``strict=True`` refuses it; ``None`` if it can."""
+def _kind_reason(m: nn.Module) -> str | None:
+    """Why sparsify cannot take a layer of this kind or state (module docstring); ``None`` if it can."""
+    kind = type(m).__name__
+    if isinstance(m, SparseLinear | SparseConv2d) or (isinstance(m, ECOConv2d) and isinstance(m.conv, SparseConv2d)
+                                                      and m.conv.num_blocks > 1):
+        degree = (m.conv if isinstance(m, ECOConv2d) else m).degree
+        return (f"already sparse ({kind}, degree {degree}); sparsify builds from a dense model (e.g. "
+                "layer.to_dense()), so the new request is not applied to it")
+    if isinstance(m, ECOConv2d):
+        return "an ECO layer: sparsify prunes ECO layers only in ECO-model mode (see eco_target_layers)"
+    if isinstance(m, SOCConv2d) or (isinstance(m, _ConvNd) and not isinstance(m, nn.Conv2d)):
+        return f"not supported: {kind}; sao sparsifies nn.Linear and nn.Conv2d"
+    if not isinstance(m, _MASKED):
+        return reparametrization(m)
+    return None
+
+
+def _skip_reason(slot: LayerSlot, owners: dict[int, list[str]], eco: bool) -> tuple[str, bool] | None:
+    """Why a non-excluded layer cannot be replaced, and whether ``strict=True`` refuses it; ``None`` if it can.
+
+    On an ECO model the ECO layers are the targets, whatever their state: the methods say
+    which they cannot prune (an SAO-ECO sparse one, :mod:`sao.methods.prune_methods`).
+    """
     m = slot.module
+    why = None if eco and isinstance(m, ECOConv2d) else _kind_reason(m)
+    if why is not None:
+        return why, True
     base = next((b for b in _PLAIN if isinstance(m, b)), None)
     if base is not None and type(m) is not base:
         return (f"{type(m).__name__} is a subclass of nn.{base.__name__}: not replaced, since its owner may use it "
                 "without calling forward (nn.MultiheadAttention reads out_proj.weight) or the subclass may "
-                "change what it computes; exclude it by name to silence this", False)
+                "change what it computes; name it in exclude= to keep it dense silently (with the first and last "
+                "layers: a list replaces exclude='first_last')", False)
     groups = getattr(m, "groups", 1)
     if groups != 1:
         kind = "depthwise" if groups == m.in_channels else "grouped"
@@ -170,9 +210,8 @@ def find_layers(model: nn.Module, exclude: Exclude = "first_last", eco: bool | N
         eco: treat ``model`` as a model with ECO layers (default: whether it has any).
     """
     eco = has_eco_layers(model) if eco is None else eco
-    slots = _weight_layers(model, eco)
-    kinds = "Linear/Conv2d/SOC/ECO" if eco else "Linear/Conv2d"
-    excluded = _exclusions(slots, exclude, kinds)
+    slots = _weight_layers(model)
+    excluded = _exclusions(slots, exclude)
     owners = _owners(model)
     out = []
     for i, slot in enumerate(slots):
@@ -181,7 +220,7 @@ def find_layers(model: nn.Module, exclude: Exclude = "first_last", eco: bool | N
         elif eco and not isinstance(slot.module, ECOConv2d):
             out.append(LayerSlot(slot.names, slot.module, "excluded", "dense on an ECO model (SAO-ECO leaves stem, "
                                  "SOC layers and classifier dense; only ECO layers are targets)"))
-        elif (skip := _skip_reason(slot, owners)) is not None:
+        elif (skip := _skip_reason(slot, owners, eco)) is not None:
             out.append(LayerSlot(slot.names, slot.module, "skipped", *skip))
         else:
             out.append(slot)
@@ -192,15 +231,19 @@ def target_layers(model: nn.Module, exclude: Exclude = "first_last") -> list[tup
     """The ``(name, module)`` pairs :func:`sao.sparsify` hands to a method on a model without ECO layers.
 
     The plain ``nn.Linear``/``nn.Conv2d`` (and masked) layers left after ``exclude`` and the
-    method-independent skips (subclasses, grouped convolutions, shared Parameters); a tied
-    layer appears once, under its first name. On a model with :class:`~sao.nn.ECOConv2d`
-    layers :func:`sao.sparsify` prunes :func:`eco_target_layers` instead.
+    method-independent skips (kinds sao does not sparsify, layers already sparse or pruned with
+    :mod:`torch.nn.utils.prune`, subclasses, grouped convolutions, shared Parameters; module
+    docstring); a tied layer appears once, under its first name. On a model with
+    :class:`~sao.nn.ECOConv2d` layers :func:`sao.sparsify` prunes :func:`eco_target_layers` instead.
 
     Args:
         model: any module.
         exclude: ``"first_last"`` (default), ``"first"``, ``"last"``, ``"none"``, a collection
             of module names, or a predicate ``(name, module) -> bool`` returning ``True`` for
-            layers to leave dense.
+            layers to leave dense. A collection of names keeps *exactly* those layers dense: it
+            replaces ``"first_last"``, so to keep the first and last weight layers dense as well,
+            name them too (e.g. ``exclude=["conv1", "encoder.out_proj", "fc"]``; the warning about
+            skipped layers prints the list that keeps the current choice).
     """
     return [(s.name, s.module) for s in find_layers(model, exclude, eco=False) if s.role == "target"]
 

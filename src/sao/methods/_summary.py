@@ -7,10 +7,18 @@ Every weight layer of the model is a row (see :mod:`sao.methods._layers`), spars
   count, or EOI's few extra non-zeros);
 - ``"nearest"``: the layer cannot take the target exactly and got the nearest achievable
   degree/sparsity (only with ``strict=False``);
+- ``"off-target"``: the method ran, but the layer's measured sparsity is further from what it
+  planned than the method's rounding (one connection; EOI's extra non-zeros; for GMP the
+  global figure), e.g. a masked layer pruned again by a ``-t`` method keeps its sparser mask;
+  the reason gives the figures;
 - ``"excluded"``: kept dense by ``exclude`` (first/last layer by default) or by design (the
   non-ECO layers of an ECO model);
-- ``"skipped"``: kept dense because it cannot be replaced (subclass, grouped convolution,
-  shared Parameter, or a layer this method cannot build); the reason says which.
+- ``"skipped"``: left as it is because it cannot be replaced (a kind sao does not sparsify, a
+  layer already sparse or pruned with :mod:`torch.nn.utils.prune`, subclass, grouped
+  convolution, shared Parameter, or a layer this method cannot build); the reason says which.
+
+Every ``"nearest"``, ``"off-target"`` and ``"skipped"`` row is counted in the one warning
+:func:`sao.sparsify` emits (:meth:`SparsifySummary.warning`).
 
 The sparsity of a row is measured on the layer now in the model, from its connection mask
 (:func:`sao.methods.connection_mask`: whole kernels for convolutions), never copied from the
@@ -23,7 +31,9 @@ from dataclasses import dataclass
 
 __all__ = ["STATUSES", "LayerReport", "SparsifySummary"]
 
-STATUSES = ("applied", "nearest", "excluded", "skipped")
+STATUSES = ("applied", "nearest", "off-target", "excluded", "skipped")
+_SPARSIFIED = ("applied", "nearest", "off-target")
+_SHORT_LIST = 160  # characters: a longer exclude=[...] list is described, not printed
 
 
 @dataclass(frozen=True)
@@ -102,8 +112,8 @@ class SparsifySummary:
 
     @property
     def sparsified(self) -> tuple[LayerReport, ...]:
-        """The rows the method built (``"applied"`` or ``"nearest"``)."""
-        return tuple(r for r in self.layers if r.status in ("applied", "nearest"))
+        """The rows the method built (``"applied"``, ``"nearest"`` or ``"off-target"``)."""
+        return tuple(r for r in self.layers if r.status in _SPARSIFIED)
 
     @property
     def skipped(self) -> tuple[LayerReport, ...]:
@@ -114,6 +124,20 @@ class SparsifySummary:
     def nearest(self) -> tuple[LayerReport, ...]:
         """The rows that took the nearest achievable degree/sparsity instead of the target."""
         return tuple(r for r in self.layers if r.status == "nearest")
+
+    @property
+    def off_target(self) -> tuple[LayerReport, ...]:
+        """The rows the method built that are further from its plan than its rounding (module docstring)."""
+        return tuple(r for r in self.layers if r.status == "off-target")
+
+    def exclude_list(self) -> list[str]:
+        """The ``exclude=`` names that keep dense what is dense now: the excluded and the skipped layers.
+
+        A list of names keeps exactly those layers dense and replaces the default
+        ``"first_last"``, so it holds the excluded (first/last) layers too; passing it gives the
+        same model without the warning about skipped layers.
+        """
+        return [r.name for r in self.layers if r.status in ("excluded", "skipped")]
 
     @property
     def sparsity(self) -> float | None:
@@ -134,15 +158,26 @@ class SparsifySummary:
                          f"{self.request} exactly and took the nearest achievable sparsity (largest deviation "
                          f"{abs(worst.deviation or 0.0):.4f}: {worst.name!r} got {_cell(worst.sparsity)} for "
                          f"{_cell(worst.target)}); overall {_cell(self.sparsity)} for {_cell(self.target)}")
+        if self.off_target:
+            first = self.off_target[0]
+            parts.append(f"{len(self.off_target)} of {len(self.sparsified)} sparsified layers are off their target "
+                         f"by more than the method's rounding, e.g. {first.name!r} got {_cell(first.sparsity)} for "
+                         f"{_cell(first.target)}: {first.reason}")
         if self.skipped:
             first = self.skipped[0]
-            parts.append(f"{len(self.skipped)} layer(s) were skipped and left dense, e.g. {first.name!r}: "
-                         f"{first.reason}")
+            keep = f"exclude={self.exclude_list()!r}"
+            if len(keep) > _SHORT_LIST:
+                keep = ("exclude=summary.exclude_list() (with return_summary=True), the names of the rows now "
+                        "'excluded' or 'skipped'")
+            parts.append(f"{len(self.skipped)} layer(s) were skipped and left as they are, e.g. {first.name!r}: "
+                         f"{first.reason}; to leave them out without this warning pass {keep} (a list keeps "
+                         "exactly the layers it names dense and replaces the default exclude='first_last', so this "
+                         "one names the first and last layers too)")
         if not parts:
             return None
         return (f"sparsify(method={self.method!r}): " + "; ".join(parts) + ". See the per-layer table with "
                 "sparsify(..., verbose=True) or sparsify(..., return_summary=True); pass strict=True to get an "
-                "error instead (subclasses of nn.Linear/nn.Conv2d are skipped either way), or exclude= the layers.")
+                "error instead (subclasses of nn.Linear/nn.Conv2d are skipped either way).")
 
     def __str__(self) -> str:
         header = ("layer", "kind", "shape", "method", "degree", "target", "sparsity", "status", "reason")
@@ -154,11 +189,12 @@ class SparsifySummary:
         widths = [max(len(row[i]) for row in cells) for i in range(len(header) - 1)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
                  for row in cells]
-        counts = ", ".join(f"{sum(r.status == s for r in self.layers)} {s}" for s in STATUSES)
+        tally = {s: sum(r.status == s for r in self.layers) for s in STATUSES}
+        counts = ", ".join(f"{n} {s}" for s, n in tally.items() if n or s != "off-target")  # off-target: a fault
         strict = ", strict" if self.strict else ""
         total = sum(r.connections for r in self.sparsified)
         title = (f"sparsify(method={self.method!r}{', ' + self.request if self.request else ''}{strict}): "
                  f"{len(self.layers)} weight layers ({counts})")
         overall = (f"sparsified layers: sparsity {_cell(self.sparsity)} (target {_cell(self.target)}) over "
-                   f"{total:,} connections")
+                   f"{total:,} connections" if self.sparsified else "no layer was sparsified")
         return "\n".join([title, *[line.rstrip() for line in lines], overall])

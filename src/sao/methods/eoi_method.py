@@ -40,6 +40,7 @@ class EOIMethod(SparsifyMethod):
             plan = degree_plan(m, n, settings)
         else:
             plan = LayerPlan(None, settings.sparsity, settings.sparsity)
+        plan = replace(plan, slack=min(m, n))  # EOI: ceil(density·m·n) non-zeros, plus up to min(m, n) - 1
         try:
             eoi_target_nonzeros(m, n, sparsity=plan.sparsity)
         except ValueError:

@@ -41,7 +41,7 @@ class InitMethod(SparsifyMethod):
     def plan_layer(self, name: str, module: nn.Module, settings: SparsifySettings) -> LayerPlan:
         conv = _is_conv(module)
         if conv and self.conv_init is None:
-            raise ValueError("this method has no convolution form; exclude the conv layers")
+            raise ValueError("this method has no convolution form (it sparsifies nn.Linear layers only)")
         init = get_layer_init(self.conv_init if conv else self.linear_init, 2 if conv else 0)
         if conv:
             init.check_kernel(module.kernel_size)

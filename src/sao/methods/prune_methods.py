@@ -189,7 +189,7 @@ class PruneMethod(SparsifyMethod):
             plan = LayerPlan(None, settings.sparsity, settings.sparsity)
         if self.rule == "global-magnitude":
             note = "global threshold: layers vary, the target layers together keep the target"
-            plan = replace(plan, note=f"{plan.note}; {note}" if plan.note else note)
+            plan = replace(plan, note=f"{plan.note}; {note}" if plan.note else note, pooled=True)
         return plan
 
     def sparsify_layers(self, layers: list[tuple[str, nn.Module]], settings: SparsifySettings) -> list[nn.Module]:

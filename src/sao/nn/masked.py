@@ -28,9 +28,13 @@ Note:
     Layouts as in PyTorch: ``weight_orig`` and ``weight_mask`` are ``(out, in)`` for linear and
     ``(out, in // groups, kh, kw)`` for conv layers; :attr:`mask` is the bool connection mask,
     ``(out, in)`` / ``(out, in // groups)`` (a kernel counts as present if any of its taps is).
-    The mask is a buffer: built on the ``meta`` device it holds no values, so after
-    ``to_empty()`` load a ``state_dict`` (``reset_parameters()`` redraws ``weight_orig`` and
-    ``bias`` as ``nn.Linear``/``nn.Conv2d`` do and leaves the mask alone).
+    Deferred initialisation works the PyTorch way: build on the ``meta`` device (``device="meta"``
+    or ``with torch.device("meta")``), then ``to_empty(device=...)`` and ``reset_parameters()``,
+    which redraws ``weight_orig`` and ``bias`` as ``nn.Linear``/``nn.Conv2d`` do and writes the
+    mask given at construction (all ones if none; kept on the CPU until then, only for layers
+    built on ``meta``) into the ``weight_mask`` buffer — or load a ``state_dict`` instead.
+    Until one of the two, the buffer holds whatever ``to_empty`` left, and ``weight``/``forward``
+    raise rather than compute with it.
 """
 
 from __future__ import annotations
@@ -41,19 +45,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sao._validation import as_int, as_int_tuple
 from sao.nn._conv import conv2d_as
+from sao.nn._reparam import reparametrization
 from sao.nn._shape import check_features, check_image
 
 __all__ = ["MaskedConv2d", "MaskedLinear"]
 
 
-def _full_mask(mask: Tensor | None, weight: Tensor) -> Tensor:
-    """``mask`` as a fresh 0/1 tensor of the weight's shape, dtype and device (all ones if ``None``).
+def _mask_values(mask: Tensor, weight: Tensor) -> Tensor:
+    """``mask`` checked and shaped to broadcast to the weight (a connection mask gets trailing 1s), not copied.
 
     Takes a full-shape mask or a connection mask ``weight.shape[:2]`` (broadcast over kernel taps).
     """
-    if mask is None:
-        return torch.ones_like(weight, memory_format=torch.contiguous_format)
     if not isinstance(mask, Tensor):
         raise TypeError(f"mask must be a tensor, got {type(mask).__name__}")
     shape, connections = tuple(weight.shape), tuple(weight.shape[:2])
@@ -64,7 +68,31 @@ def _full_mask(mask: Tensor | None, weight: Tensor) -> Tensor:
                          f"got {tuple(mask.shape)}")
     if mask.dtype != torch.bool and not mask.is_meta and not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError("mask must be boolean or hold only 0 and 1")
-    return mask.to(device=weight.device, dtype=weight.dtype).expand(shape).clone(memory_format=torch.contiguous_format)
+    return mask
+
+
+def _full_mask(mask: Tensor | None, weight: Tensor) -> Tensor:
+    """``mask`` as a fresh 0/1 tensor of the weight's shape, dtype and device (all ones if ``None``)."""
+    if mask is None:
+        return torch.ones_like(weight, memory_format=torch.contiguous_format)
+    mask = _mask_values(mask, weight)
+    return mask.to(device=weight.device, dtype=weight.dtype).expand(weight.shape).clone(
+        memory_format=torch.contiguous_format)
+
+
+def _check_dense(layer: nn.Module, kind: type[nn.Module]) -> None:
+    """Raise unless ``layer`` is exactly a ``kind`` holding its own ``weight``/``bias`` Parameters.
+
+    Raises:
+        ValueError: if its weight is computed (:mod:`torch.nn.utils.prune`, ``weight_norm``,
+            ``parametrize``): wrapping it would drop that hook; the message says what to do first.
+        TypeError: if ``layer`` is not exactly a ``kind``.
+    """
+    why = reparametrization(layer) if isinstance(layer, kind) else None
+    if why is not None:
+        raise ValueError(f"from_dense cannot wrap this {type(layer).__name__}, {why}")
+    if type(layer) is not kind:
+        raise TypeError(f"from_dense takes an nn.{kind.__name__}, got {type(layer).__name__}")
 
 
 class _MaskedLayer(nn.Module):
@@ -73,6 +101,7 @@ class _MaskedLayer(nn.Module):
     weight_orig: nn.Parameter
     weight_mask: Tensor
     bias: nn.Parameter | None
+    _pending_mask: Tensor | None = None  # class default: layers pickled before it existed load as "nothing pending"
 
     def _bind(self, weight: nn.Parameter, bias: nn.Parameter | None, mask: Tensor | None) -> None:
         """Hold ``weight``/``bias`` (the same Parameter objects) and a copy of ``mask`` as the buffer.
@@ -83,15 +112,38 @@ class _MaskedLayer(nn.Module):
         self.register_parameter("bias", bias)
         self.register_parameter("weight_orig", weight)
         self.register_buffer("weight_mask", _full_mask(mask, weight))
+        # Built on meta, the buffer holds no values: keep the mask (a CPU copy, or all ones) for
+        # reset_parameters() after to_empty(). None: nothing pending (no memory for other layers).
+        # A mask given on meta has no values either: it stays pending until load_state_dict().
+        self._pending_mask = None
+        if self.weight_mask.is_meta:
+            given = torch.ones((), dtype=torch.bool, device="cpu") if mask is None else _mask_values(mask, weight)
+            self._pending_mask = given.detach() if given.is_meta else given.detach().to("cpu", copy=True)
+
+    def _check_values(self) -> None:
+        """Raise if the mask buffer was materialised by ``to_empty`` but not yet written."""
+        pending = self._pending_mask
+        if pending is not None and not self.weight_mask.is_meta:
+            todo = ("load_state_dict() (its mask was given on the meta device, without values)" if pending.is_meta
+                    else "reset_parameters() (writes the mask given at construction) or load_state_dict()")
+            raise RuntimeError(f"{type(self).__name__} was built on the meta device and its weight_mask holds no "
+                               f"values yet: after to_empty() call {todo}")
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        if prefix + "weight_mask" in state_dict:  # the checkpoint's mask replaces the pending one
+            self._pending_mask = None
 
     @property
     def weight(self) -> Tensor:
         """The masked weight ``weight_orig * weight_mask`` (differentiable; exactly zero off the mask)."""
+        self._check_values()
         return self.weight_orig * self.weight_mask
 
     @property
     def mask(self) -> Tensor:
         """Bool ``(out, in)`` mask of the connections present (kernels, for convolutions)."""
+        self._check_values()
         present = self.weight_mask != 0
         return present if present.dim() == 2 else present.flatten(2).any(-1)
 
@@ -103,7 +155,15 @@ class _MaskedLayer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Redraw ``weight_orig`` and ``bias`` as ``nn.Linear``/``nn.Conv2d`` do; the mask is kept."""
+        """Redraw ``weight_orig`` and ``bias`` as ``nn.Linear``/``nn.Conv2d`` do; the mask is kept.
+
+        After ``to_empty()`` of a layer built on the ``meta`` device it also writes the mask given
+        at construction (all ones if none) into ``weight_mask`` (module docstring).
+        """
+        pending = self._pending_mask
+        if pending is not None and not pending.is_meta and not self.weight_mask.is_meta:
+            self.weight_mask.copy_(pending)
+            self._pending_mask = None
         nn.init.kaiming_uniform_(self.weight_orig, a=math.sqrt(5))
         if self.bias is not None:
             fan_in = self.weight_orig[0].numel() if self.weight_orig.shape[0] else 0
@@ -118,7 +178,8 @@ class _MaskedLayer(nn.Module):
         return dense.train(self.training)
 
     def _sparsity_repr(self) -> str:
-        return "sparsity=?" if self.weight_mask.is_meta else f"sparsity={self.sparsity:.4%}"
+        unknown = self.weight_mask.is_meta or self._pending_mask is not None
+        return "sparsity=?" if unknown else f"sparsity={self.sparsity:.4%}"
 
 
 class MaskedLinear(_MaskedLayer):
@@ -151,6 +212,8 @@ class MaskedLinear(_MaskedLayer):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, mask: Tensor | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        in_features, out_features = as_int(in_features, "in_features", minimum=0), as_int(out_features,
+                                                                                          "out_features", minimum=0)
         dense = nn.Linear(in_features, out_features, bias, device=device, dtype=dtype)
         self.in_features, self.out_features = dense.in_features, dense.out_features
         self._bind(dense.weight, dense.bias, mask)
@@ -160,10 +223,11 @@ class MaskedLinear(_MaskedLayer):
         """Mask an existing ``nn.Linear``, reusing its ``weight`` and ``bias`` Parameters (as ``prune`` does).
 
         Raises:
+            ValueError: if ``layer`` is pruned with :mod:`torch.nn.utils.prune` (or its weight is
+                otherwise computed by a hook): the message says how to undo that first.
             TypeError: if ``layer`` is not exactly an ``nn.Linear``.
         """
-        if type(layer) is not nn.Linear:
-            raise TypeError(f"from_dense takes an nn.Linear, got {type(layer).__name__}")
+        _check_dense(layer, nn.Linear)
         new = cls(layer.in_features, layer.out_features, layer.bias is not None, device="meta")
         new._bind(layer.weight, layer.bias, mask)
         return new.train(layer.training)
@@ -215,6 +279,14 @@ class MaskedConv2d(_MaskedLayer):
                  padding_mode: str = "zeros", mask: Tensor | None = None, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        in_channels, out_channels = as_int(in_channels, "in_channels", minimum=0), as_int(out_channels,
+                                                                                          "out_channels", minimum=0)
+        kernel_size = as_int_tuple(kernel_size, "kernel_size", 2, minimum=1)
+        stride = as_int_tuple(stride, "stride", 2, minimum=1)
+        dilation = as_int_tuple(dilation, "dilation", 2, minimum=1)
+        if not isinstance(padding, str):
+            padding = as_int_tuple(padding, "padding", 2, minimum=0)
+        groups = as_int(groups, "groups", minimum=1)
         conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
                          device=device, dtype=dtype)
         self._configure(conv)
@@ -232,10 +304,11 @@ class MaskedConv2d(_MaskedLayer):
         """Mask an existing ``nn.Conv2d``, reusing its ``weight`` and ``bias`` Parameters (as ``prune`` does).
 
         Raises:
+            ValueError: if ``layer`` is pruned with :mod:`torch.nn.utils.prune` (or its weight is
+                otherwise computed by a hook): the message says how to undo that first.
             TypeError: if ``layer`` is not exactly an ``nn.Conv2d``.
         """
-        if type(layer) is not nn.Conv2d:
-            raise TypeError(f"from_dense takes an nn.Conv2d, got {type(layer).__name__}")
+        _check_dense(layer, nn.Conv2d)
         new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                   layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode, device="meta")
         new._bind(layer.weight, layer.bias, mask)
