@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from torch import nn
@@ -9,6 +11,7 @@ from torch import nn
 import sao
 from helpers import gen
 from sao.nn import FusedSparseChain, SparseLinear, fuse_sparse_chains
+from sao.nn._chain_kernel import sparse_chain
 
 
 def chain_model(bias: bool, act: type[nn.Module] = nn.Tanh) -> nn.Sequential:
@@ -98,3 +101,49 @@ def test_fused_sequential_replans_when_a_module_is_replaced_and_copies() -> None
 def test_fuse_sparse_chains_takes_a_sequential() -> None:
     with pytest.raises(TypeError, match=r"nn\.Sequential"):
         fuse_sparse_chains(SparseLinear(8, 8, degree=2))  # type: ignore[arg-type]
+
+
+def _kernel_or_skip() -> None:
+    from sao.nn._chain_kernel import load_chain_kernel
+
+    if load_chain_kernel() is None:
+        pytest.skip("the compiled chain kernel cannot be built here")
+
+
+@pytest.mark.parametrize("act", [nn.Tanh, nn.ReLU, nn.Identity])
+def test_compiled_and_pytorch_paths_agree(act: type[nn.Module]) -> None:
+    """``compiled=True`` runs the C++ kernel on the CPU; ``compiled=False`` the PyTorch path; same numbers."""
+    _kernel_or_skip()
+    model = chain_model(bias=True, act=act)
+    fast, slow = fuse_sparse_chains(model), fuse_sparse_chains(model, compiled=False)
+    x = torch.randn(6, 8, dtype=torch.float64, generator=gen(7), requires_grad=True)
+    with mock.patch("sao.nn.chain.sparse_chain", wraps=sparse_chain) as kernel:
+        y_slow = slow(x)
+        assert kernel.call_count == 0
+        y_fast = fast(x)
+        assert kernel.call_count == 1
+    torch.testing.assert_close(y_fast, y_slow, atol=1e-12, rtol=0)
+    g_fast = torch.autograd.grad(y_fast.square().sum(), [x, *model.parameters()])
+    g_slow = torch.autograd.grad(y_slow.square().sum(), [x, *model.parameters()])
+    for a, b in zip(g_fast, g_slow, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_compiled_path_falls_back_where_it_does_not_apply() -> None:
+    """torch.func transforms, other activations and double backward use the PyTorch path."""
+    _kernel_or_skip()
+    model = chain_model(bias=False)
+    fused = fuse_sparse_chains(model)
+    x = torch.randn(8, dtype=torch.float64, generator=gen(8))
+    torch.testing.assert_close(torch.func.jacrev(fused)(x), torch.func.jacrev(model)(x), atol=1e-12, rtol=0)
+    gelu = fuse_sparse_chains(chain_model(bias=False, act=nn.GELU))
+    with mock.patch("sao.nn.chain.sparse_chain", wraps=sparse_chain) as kernel:
+        gelu(x[None])
+        assert kernel.call_count == 0
+    blocks, xb = fused[2].blocks, x[None].clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(fused(xb).square().sum(), xb, create_graph=True)  # a gradient penalty
+    with pytest.raises(RuntimeError, match=r"differentiate twice"):  # loud, never a silently missing term
+        g.square().sum().backward()
+    slow = fuse_sparse_chains(model, compiled=False)  # the PyTorch path is twice differentiable
+    (g,) = torch.autograd.grad(slow(xb).square().sum(), xb, create_graph=True)
+    torch.autograd.grad(g.square().sum(), blocks)

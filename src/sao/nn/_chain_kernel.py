@@ -22,6 +22,7 @@ thread are kept.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import threading
@@ -74,6 +75,18 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
+def _import_cpp_extension() -> ModuleType:
+    """``torch.utils.cpp_extension``, without its import-time "No CUDA runtime is found" log line on CPU machines."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        log.setLevel(level)
+    return cpp_extension
+
+
 def load_chain_kernel(verbose: bool = False) -> ModuleType | None:
     """The compiled chain kernel, building it on the first call; ``None`` (one warning) if unavailable.
 
@@ -94,8 +107,7 @@ def load_chain_kernel(verbose: bool = False) -> ModuleType | None:
                 _state["error"] = f"sao: the compiled chain kernel is disabled ({_DISABLE_ENV}); using PyTorch ops"
             else:
                 try:
-                    from torch.utils import cpp_extension
-
+                    cpp_extension = _import_cpp_extension()
                     _state["module"] = cpp_extension.load(
                         name=_extension_name(), sources=[str(_SOURCE)], extra_cflags=list(_CFLAGS),
                         extra_ldflags=list(_LDFLAGS), verbose=verbose)

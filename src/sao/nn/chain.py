@@ -20,14 +20,18 @@ import torch
 from torch import Tensor, nn
 
 from sao._validation import as_int
+from sao.nn._chain_kernel import chain_indices, load_chain_kernel, sparse_chain
 from sao.nn._shape import check_features
 from sao.nn.linear import SparseLinear
 
-__all__ = ["ELEMENTWISE", "FusedSequential", "FusedSparseChain", "fuse_sparse_chains", "plan_chains"]
+__all__ = ["ELEMENTWISE", "KERNEL_ACTIVATIONS", "FusedSequential", "FusedSparseChain", "fuse_sparse_chains",
+           "plan_chains"]
 
 #: Activations that act on each feature alone (so they commute with feature permutations).
 ELEMENTWISE: tuple[type[nn.Module], ...] = (nn.Tanh, nn.ReLU, nn.Identity, nn.Sigmoid, nn.GELU, nn.SiLU,
                                             nn.LeakyReLU, nn.ELU, nn.Hardtanh, nn.Softplus)
+#: The activations the compiled chain kernel runs, by module type.
+KERNEL_ACTIVATIONS: dict[type[nn.Module], str] = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.Identity: "identity"}
 
 
 class FusedSparseChain(nn.Module):
@@ -38,14 +42,23 @@ class FusedSparseChain(nn.Module):
             layers[i + 1].in_features``.
         activations: one elementwise module per layer (see :data:`ELEMENTWISE`), applied after it.
 
+        compiled: run through the compiled CPU kernel (:mod:`sao.nn._chain_kernel`) where it
+            applies: CPU, float32/float64, activations ``Tanh``/``ReLU``/``Identity``, no autocast and
+            no ``torch.func`` transform. Elsewhere (and with ``compiled=False``) the PyTorch path
+            runs. Both compute the same function (float64: to 1e-12; float32: to ~1e-5 over 1000
+            layers); the kernel's backward is not twice differentiable (use ``compiled=False`` for
+            double backward).
+
     Shapes:
         input ``(..., layers[0].in_features)`` → output ``(..., layers[-1].out_features)``.
 
     The layers stay submodules (``self.layers``), so their parameters are shared and trained in place.
     """
 
-    def __init__(self, layers: list[SparseLinear], activations: list[nn.Module]) -> None:
+    def __init__(self, layers: list[SparseLinear], activations: list[nn.Module], compiled: bool = True) -> None:
         super().__init__()
+        self.compiled = bool(compiled)
+        self._indices: tuple[tuple[int, ...], tuple] | None = None
         if not layers or len(layers) != len(activations):
             raise ValueError("give one activation per layer, and at least one layer")
         for i, (layer, act) in enumerate(zip(layers, activations, strict=True)):
@@ -63,8 +76,36 @@ class FusedSparseChain(nn.Module):
         layer = self.layers[i]
         return layer.col_perm if i == 0 else self.layers[i - 1].row_inverse[layer.col_perm]
 
+    def _kernel_activations(self, x: Tensor) -> tuple[str, ...] | None:
+        """The activation names for the compiled kernel if it applies to this call, else ``None``."""
+        if not self.compiled or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+            return None
+        if torch.is_autocast_enabled("cpu") or torch._C._are_functorch_transforms_active():
+            return None
+        names = tuple(KERNEL_ACTIVATIONS.get(type(act)) for act in self.activations)
+        if None in names or any(layer.blocks.dtype != x.dtype or layer.blocks.device.type != "cpu"
+                                for layer in self.layers):
+            return None
+        return names if load_chain_kernel() is not None else None
+
+    def _kernel_indices(self) -> tuple:
+        """:func:`~sao.nn._chain_kernel.chain_indices`, cached while the layers' topology buffers stay the same."""
+        key = tuple(p for layer in self.layers
+                    for p in (id(layer.topology), layer.col_perm.data_ptr(), layer.row_inverse.data_ptr()))
+        if self._indices is None or self._indices[0] != key:
+            self._indices = (key, chain_indices(list(self.layers)))
+        return self._indices[1]
+
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())
+        state["_indices"] = None  # index tensors are rebuilt for the copy's own buffers
+        return state
+
     def forward(self, x: Tensor) -> Tensor:
         check_features(x, self.layers[0].in_features, "FusedSparseChain")
+        names = self._kernel_activations(x)
+        if names is not None:
+            return sparse_chain(x, list(self.layers), names, self._kernel_indices())
         lead = x.shape[:-1]
         h = x.reshape(-1, x.shape[-1]).t()  # (features, batch)
         batch = h.shape[1]
@@ -86,7 +127,7 @@ def _fusable(layer: nn.Module, act: nn.Module | None) -> bool:
     return isinstance(layer, SparseLinear) and layer.backend == "blocked" and type(act) in ELEMENTWISE
 
 
-def plan_chains(modules: list[nn.Module], min_layers: int = 2) -> list[nn.Module]:
+def plan_chains(modules: list[nn.Module], min_layers: int = 2, compiled: bool = True) -> list[nn.Module]:
     """The modules of a sequence with every run of at least ``min_layers`` ``(blocked SparseLinear,
     elementwise activation)`` pairs (matching sizes) replaced by one :class:`FusedSparseChain`.
 
@@ -97,7 +138,7 @@ def plan_chains(modules: list[nn.Module], min_layers: int = 2) -> list[nn.Module
 
     def flush() -> None:
         if len(run) >= min_layers:
-            out.append(FusedSparseChain([p[0] for p in run], [p[1] for p in run]))
+            out.append(FusedSparseChain([p[0] for p in run], [p[1] for p in run], compiled))
         else:
             out.extend(m for pair in run for m in pair)
         run.clear()
@@ -131,6 +172,7 @@ class FusedSequential(nn.Sequential):
     Args:
         *args: modules, or one ``OrderedDict`` of named modules, as for ``nn.Sequential``.
         min_layers: shortest run that is fused (keyword only).
+        compiled: let the chains use the compiled CPU kernel (keyword only; see :class:`FusedSparseChain`).
 
     Example:
         >>> from sao.nn import SparseLinear
@@ -140,16 +182,17 @@ class FusedSequential(nn.Sequential):
         True
     """
 
-    def __init__(self, *args: nn.Module, min_layers: int = 2) -> None:
+    def __init__(self, *args: nn.Module, min_layers: int = 2, compiled: bool = True) -> None:
         super().__init__(*args)
         self.min_layers = as_int(min_layers, "min_layers", minimum=1)
+        self.compiled = bool(compiled)
         self._plan: tuple[tuple[int, ...], list[nn.Module]] | None = None
 
     def steps(self) -> list[nn.Module]:
         """The modules a call runs: the plan of :func:`plan_chains`, cached while the modules stay the same."""
         key = tuple(id(m) for m in self._modules.values())
         if self._plan is None or self._plan[0] != key:
-            self._plan = (key, plan_chains(list(self._modules.values()), self.min_layers))
+            self._plan = (key, plan_chains(list(self._modules.values()), self.min_layers, self.compiled))
         return self._plan[1]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -167,14 +210,15 @@ class FusedSequential(nn.Sequential):
         return f"min_layers={self.min_layers}, {chains} fused chain{'s' * (chains != 1)}"
 
 
-def fuse_sparse_chains(model: nn.Sequential, min_layers: int = 2) -> FusedSequential:
+def fuse_sparse_chains(model: nn.Sequential, min_layers: int = 2, compiled: bool = True) -> FusedSequential:
     """``model``'s modules (shared, not copied) in a :class:`FusedSequential`: the runs of at least
     ``min_layers`` ``(blocked SparseLinear, elementwise activation)`` pairs execute as one
     :class:`FusedSparseChain` each.
 
     The result computes the same function with the same parameters, and its ``state_dict`` keys
-    are ``model``'s: checkpoints of either load into the other.
+    are ``model``'s: checkpoints of either load into the other. With ``compiled=True`` the chains
+    run through the compiled CPU kernel where it applies (see :class:`FusedSparseChain`).
     """
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"fuse_sparse_chains takes an nn.Sequential, got {type(model).__name__}")
-    return FusedSequential(OrderedDict(model.named_children()), min_layers=min_layers)
+    return FusedSequential(OrderedDict(model.named_children()), min_layers=min_layers, compiled=compiled)
