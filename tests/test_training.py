@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -219,3 +220,37 @@ def test_jacobian_spectrum_scales_with_gain_and_flattens_inputs() -> None:
         model[1].weight.copy_(2.0 * torch.eye(3, 12, dtype=torch.float64))
     mean, var = jacobian_spectrum(model, torch.randn(2, 3, 2, 2, dtype=torch.float64))
     assert mean == pytest.approx(2.0) and var == pytest.approx(0.0, abs=1e-12)
+
+
+def _sparse_model(seed: int = 0) -> nn.Sequential:
+    from sao.nn import SparseLinear
+
+    g = gen(seed)
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Linear(FEATURES, 32), nn.Tanh()]
+    for _ in range(4):
+        layers += [SparseLinear(32, 32, degree=4, generator=g), nn.Tanh()]
+    return nn.Sequential(*layers, nn.Linear(32, CLASSES))
+
+
+def test_fusion_is_an_execution_detail(tmp_path: Path) -> None:
+    """``fused=True`` (the default: chains of sparse layers fused, compiled on the CPU) trains the same run as
+    ``fused=False`` up to float32 rounding, with the same checkpoint keys; a resume may switch it."""
+    cfg = dataclasses.replace(CFG, epochs=2)
+    results, models = {}, {}
+    for fused in (True, False):
+        models[fused] = _sparse_model()
+        results[fused] = train(models[fused], _loaders(), dataclasses.replace(cfg, fused=fused), tmp_path / str(fused),
+                               progress=False)
+    assert results[True]["val_acc"] == pytest.approx(results[False]["val_acc"], abs=1 / 128)
+    for (key, a), (key_b, b) in zip(models[True].state_dict().items(), models[False].state_dict().items(),
+                                    strict=True):
+        assert key == key_b
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    rows = {f: read_metrics(tmp_path / str(f) / "metrics.jsonl") for f in (True, False)}
+    for a, b in zip(rows[True][1:], rows[False][1:], strict=True):  # row 0 is the initial measurement
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4, abs=1e-6)
+        assert a["jacobian_mean"] == pytest.approx(b["jacobian_mean"], rel=1e-4)
+    again = train(_sparse_model(), _loaders(), dataclasses.replace(cfg, fused=False), tmp_path / "True",
+                  progress=False)  # the fused run's checkpoint is taken unfused: not "a different config"
+    assert again["epochs_run"] == 2

@@ -81,7 +81,10 @@ def run_reproduce(args: argparse.Namespace) -> int:
                             gpus_per_run=0 if args.gpus_per_run is None else args.gpus_per_run)
     out = args.out or Path("runs") / f"{args.experiment}-{args.preset}"
     # precision settings enter a run's config (and so its hash) only when asked for
-    overrides = {k: v for k, v in (("amp", args.amp), ("cudnn_benchmark", args.cudnn_benchmark)) if v}
+    overrides: dict[str, Any] = {k: v for k, v in (("amp", args.amp), ("cudnn_benchmark", args.cudnn_benchmark))
+                                 if v}
+    if args.no_fused:
+        overrides["fused"] = False
     runs = [Run(r.label, {**r.config, **overrides}) for r in exp.runs(args.preset, args.data_root, args.device)]
     start = time.perf_counter()
     run_grid(runs, exp.run_fn, out, launcher=args.launcher, options=options)
@@ -147,6 +150,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 def _add_precision_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", default=None, choices=("bf16", "fp16"), help="mixed precision (default: float32)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN autotune conv algorithms (CUDA)")
+    p.add_argument("--no-fused", action="store_true",
+                   help="run chains of sparse layers layer by layer instead of fused (compiled on the CPU); "
+                        "same function up to float rounding; enters the run's config")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -183,4 +189,6 @@ def _train_one(args: argparse.Namespace) -> dict[str, Any]:
         "weight_decay": args.weight_decay, "nesterov": args.nesterov, "schedule": args.schedule,
         "warmup_epochs": args.warmup_epochs, "max_grad_norm": args.max_grad_norm, "amp": args.amp,
         "cudnn_benchmark": args.cudnn_benchmark}
+    if args.no_fused:  # only when asked: runs of earlier versions keep their config hash
+        config["fused"] = False
     return run_one(Run(f"{args.method}-N{args.depth}-s{args.seed}", config), table7.run_table7, args.out)

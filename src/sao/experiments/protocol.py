@@ -36,7 +36,8 @@ __all__ = [
 
 #: Optional run-config keys of the training and their defaults (the paper's FNN settings, SPEC §4).
 TRAINING_DEFAULTS: dict[str, Any] = {"momentum": 0.9, "weight_decay": 1e-4, "nesterov": False, "schedule": "constant",
-                                     "warmup_epochs": 0, "max_grad_norm": None, "amp": None, "cudnn_benchmark": False}
+                                     "warmup_epochs": 0, "max_grad_norm": None, "amp": None, "cudnn_benchmark": False,
+                                     "fused": True}
 
 
 def train_config(config: dict[str, Any], defaults: dict[str, Any] | None = None) -> TrainConfig:

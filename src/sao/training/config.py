@@ -53,6 +53,8 @@ class TrainConfig:
     max_grad_norm: float | None = None  # clip the total gradient norm to this value; None: no clipping
     amp: str | None = None  # mixed precision: None (float32), "bf16" or "fp16" (fp16 adds a gradient scaler)
     cudnn_benchmark: bool = False  # let cuDNN pick the fastest conv algorithms (CUDA only; not bit-reproducible)
+    fused: bool = True  # run an nn.Sequential's chains of blocked SparseLinear layers fused (sao.nn.FusedSequential;
+    #                     the compiled CPU kernel where it applies): same parameters and function, an execution detail
 
     def __post_init__(self) -> None:
         from sao.training.schedule import SCHEDULES  # here to avoid an import cycle
@@ -80,6 +82,7 @@ class TrainConfig:
                f"one of {', '.join(DEVICE_CHOICES)} (cuda may carry an index, e.g. 'cuda:1')")
         _check("amp", self.amp, self.amp is None or self.amp in AMP_DTYPES, f"None or one of {', '.join(AMP_DTYPES)}")
         _check("cudnn_benchmark", self.cudnn_benchmark, isinstance(self.cudnn_benchmark, bool), "True or False")
+        _check("fused", self.fused, isinstance(self.fused, bool), "True or False")
         SCHEDULES.get(self.schedule)  # ValueError listing the known schedules
 
     def to_dict(self) -> dict[str, Any]:

@@ -58,6 +58,7 @@ from tqdm import tqdm
 
 from sao._atomic import atomic_write_bytes
 from sao.data import ShardedBatchSampler
+from sao.nn import fuse_sparse_chains
 from sao.training.checkpoint import CHECKPOINT_FORMAT, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from sao.training.config import AMP_DTYPES, TrainConfig, resolve_device
 from sao.training.distributed import all_reduce_sum, device_for_rank, is_main_process, world
@@ -162,6 +163,21 @@ def _row(epoch: int, status: str, lr: float | None, train: tuple[float | None, f
                   "seconds": seconds}
 
 
+#: TrainConfig fields that choose how a run executes, not what it computes: a resume may change them.
+EXECUTION_ONLY = ("device", "fused")
+
+
+def _execution_model(model: nn.Module, config: TrainConfig) -> nn.Module:
+    """What runs the forward passes: ``model`` with its sparse chains fused (``config.fused``), else ``model``.
+
+    The fused view shares every module with ``model`` and has its ``state_dict`` keys, so
+    checkpoints, the optimizer and the saved results are the same either way.
+    """
+    if config.fused and type(model) is nn.Sequential:
+        return fuse_sparse_chains(model)
+    return model
+
+
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
     """A run resumes only under the config it started with (the device may differ).
 
@@ -169,7 +185,7 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> 
     """
     current = config.to_dict()
     saved = {**_defaults(), **saved}
-    differ = sorted(k for k in set(saved) | set(current) if k != "device" and saved.get(k) != current.get(k))
+    differ = sorted(k for k in set(saved) | set(current) if k not in EXECUTION_ONLY and saved.get(k) != current.get(k))
     if differ:
         details = ", ".join(f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in differ)
         raise ValueError(f"checkpoint {path} was written with a different config ({details}); "
@@ -226,6 +242,7 @@ def train(model: nn.Module, loaders: Mapping[str, DataLoader], config: TrainConf
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = config.cudnn_benchmark
     model.to(device)
+    runner = _execution_model(model, config)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
@@ -270,14 +287,14 @@ def train(model: nn.Module, loaders: Mapping[str, DataLoader], config: TrainConf
         if main:
             truncate_metrics(metrics_path, -1)
         began = time.perf_counter()
-        measured = _measure(model, loaders, probe, device)
+        measured = _measure(runner, loaders, probe, device)
         log(_row(0, "init", None, (None, None), measured, has_test, time.perf_counter() - began))
         checkpoint(0, "ok")
         start, status = 0, "ok"
         if on_epoch_end is not None:
             on_epoch_end(rows[-1])
 
-    net = _data_parallel(model, device)
+    net = _data_parallel(runner, device)
     epoch = start
     while epoch < config.epochs and status != "diverged":
         epoch += 1
@@ -290,7 +307,7 @@ def train(model: nn.Module, loaders: Mapping[str, DataLoader], config: TrainConf
             status, measured = "diverged", {}
         else:
             scheduler.step()
-            measured = _measure(model, loaders, probe, device)
+            measured = _measure(runner, loaders, probe, device)
         log(_row(epoch, status, lr, (train_loss, train_acc), measured, has_test, time.perf_counter() - began))
         checkpoint(epoch, status)
         if on_epoch_end is not None:
