@@ -15,12 +15,14 @@ it keeps a model's modules and ``state_dict`` keys and runs its chains fused.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from sao._validation import as_int
 from sao.nn._chain_kernel import chain_indices, load_chain_kernel, sparse_chain
+from sao.nn._chain_triton import sparse_chain_triton, triton_chain_available
 from sao.nn._shape import check_features
 from sao.nn.linear import SparseLinear
 
@@ -42,9 +44,10 @@ class FusedSparseChain(nn.Module):
             layers[i + 1].in_features``.
         activations: one elementwise module per layer (see :data:`ELEMENTWISE`), applied after it.
 
-        compiled: run through the compiled CPU kernel (:mod:`sao.nn._chain_kernel`) where it
-            applies: CPU, float32/float64, activations ``Tanh``/``ReLU``/``Identity``, no autocast and
-            no ``torch.func`` transform. Elsewhere (and with ``compiled=False``) the PyTorch path
+        compiled: run through a compiled chain kernel where it applies — on the CPU the C++ one
+            (:mod:`sao.nn._chain_kernel`), on CUDA the Triton one (:mod:`sao.nn._chain_triton`) —:
+            float32/float64, activations ``Tanh``/``ReLU``/``Identity``, no autocast and no
+            ``torch.func`` transform. Elsewhere (and with ``compiled=False``) the PyTorch path
             runs. Both compute the same function (float64: to 1e-12; float32: to ~1e-5 over 1000
             layers); the kernel's backward is not twice differentiable (use ``compiled=False`` for
             double backward).
@@ -76,17 +79,21 @@ class FusedSparseChain(nn.Module):
         layer = self.layers[i]
         return layer.col_perm if i == 0 else self.layers[i - 1].row_inverse[layer.col_perm]
 
-    def _kernel_activations(self, x: Tensor) -> tuple[str, ...] | None:
-        """The activation names for the compiled kernel if it applies to this call, else ``None``."""
-        if not self.compiled or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+    def _kernel(self, x: Tensor) -> tuple[Callable[..., Tensor], tuple[str, ...]] | None:
+        """The compiled chain function for this call (CPU: C++; CUDA: Triton) and the activation names, or ``None``."""
+        if not self.compiled or x.dtype not in (torch.float32, torch.float64):
             return None
-        if torch.is_autocast_enabled("cpu") or torch._C._are_functorch_transforms_active():
+        if torch.is_autocast_enabled(x.device.type) or torch._C._are_functorch_transforms_active():
             return None
         names = tuple(KERNEL_ACTIVATIONS.get(type(act)) for act in self.activations)
-        if None in names or any(layer.blocks.dtype != x.dtype or layer.blocks.device.type != "cpu"
+        if None in names or any(layer.blocks.dtype != x.dtype or layer.blocks.device != x.device
                                 for layer in self.layers):
             return None
-        return names if load_chain_kernel() is not None else None
+        if x.device.type == "cpu":
+            return (sparse_chain, names) if load_chain_kernel() is not None else None
+        if x.device.type == "cuda" and triton_chain_available(x.device):
+            return sparse_chain_triton, names
+        return None
 
     def _kernel_indices(self) -> tuple:
         """:func:`~sao.nn._chain_kernel.chain_indices`, cached while the layers' topology buffers stay the same."""
@@ -103,9 +110,10 @@ class FusedSparseChain(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_features(x, self.layers[0].in_features, "FusedSparseChain")
-        names = self._kernel_activations(x)
-        if names is not None:
-            return sparse_chain(x, list(self.layers), names, self._kernel_indices())
+        kernel = self._kernel(x)
+        if kernel is not None:
+            run, names = kernel
+            return run(x, list(self.layers), names, self._kernel_indices())
         lead = x.shape[:-1]
         h = x.reshape(-1, x.shape[-1]).t()  # (features, batch)
         batch = h.shape[1]
