@@ -7,9 +7,13 @@ sparse ones compute the same function (``max|Δy|`` vs the per-layer blocked sta
 - ``dense``: an ``nn.Linear`` stack of the same shape (the baseline);
 - ``masked``: ``SparseLinear(backend="masked")`` layers (dense ``weight_orig * weight_mask``);
 - ``fused``: :class:`sao.nn.FusedSparseChain` (composed gathers, one ``bmm`` per layer);
-- ``kernel``: :func:`sao.nn._chain_kernel.sparse_chain` (one compiled call per pass).
+- ``kernel``: :func:`sao.nn._chain_kernel.sparse_chain` (one compiled call per pass);
+- ``sparseprop``: the public CPU peer, SparseProp (Nikdan et al., ICML 2023; sparse backpropagation
+  for unstructured sparsity), each layer ``sparseprop.modules.SparseLinear.from_dense`` of the same
+  SAO weight — only if it is installed (it builds from source:
+  ``pip install pybind11 && pip install --no-build-isolation sparseprop``).
 
-All four are timed round-robin in one run (``measure_uncontended``), so their ratios are fair even
+All variants are timed round-robin in one run (``measure_uncontended``), so their ratios are fair even
 on a busy machine; ``other procs`` is how many cores other processes used meanwhile (⚠ above
 0.2). The kernel's build/load time is printed first (a first build compiles; later runs load the
 cached binary).
@@ -60,6 +64,15 @@ def step_fn(forward: Callable[[torch.Tensor], torch.Tensor], params: list[nn.Par
     return step
 
 
+def _sparseprop_stack(layers: list[SparseLinear]) -> nn.Module | None:
+    """The same chain as SparseProp layers (built from each layer's dense SAO weight), if SparseProp is installed."""
+    try:
+        from sparseprop.modules import SparseLinear as PeerLinear
+    except ImportError:
+        return None
+    return nn.Sequential(*[m for layer in layers for m in (PeerLinear.from_dense(layer.to_dense()), nn.Tanh())])
+
+
 def run_case(depth: int, width: int, degree: int, batch: int, args: argparse.Namespace) -> dict:
     x = torch.randn(batch, width, generator=torch.Generator().manual_seed(args.seed + 1))
     blocked = sparse_layers(depth, width, degree, "blocked", args.seed)
@@ -71,16 +84,21 @@ def run_case(depth: int, width: int, degree: int, batch: int, args: argparse.Nam
     acts = ["tanh"] * depth
     indices = ck.chain_indices(blocked)
     blocked_params = list(per_layer.parameters())
+    peer = _sparseprop_stack(blocked)
     fns = {
         "dense": step_fn(dense, list(dense.parameters()), x),
         "masked": step_fn(masked_seq, list(masked_seq.parameters()), x),
         "fused": step_fn(fused, blocked_params, x),
         "kernel": step_fn(lambda v: ck.sparse_chain(v, blocked, acts, indices), blocked_params, x),
     }
+    if peer is not None:
+        fns["sparseprop"] = step_fn(peer, list(peer.parameters()), x)
     with torch.no_grad():
         ref = per_layer(x)
         diffs = {"masked": (masked_seq(x) - ref).abs().max().item(), "fused": (fused(x) - ref).abs().max().item(),
                  "kernel": (ck.sparse_chain(x, blocked, acts, indices) - ref).abs().max().item()}
+        if peer is not None:
+            diffs["sparseprop"] = (peer(x) - ref).abs().max().item()
     times, other, attempts = measure_uncontended(fns, warmup=args.warmup, repeats=args.repeats,
                                                  max_total_s=args.max_case_s, retries=args.retries,
                                                  wait_s=args.retry_wait_s)
@@ -111,7 +129,7 @@ def main() -> None:
     for depth, width, degree, batch in (QUICK_CASES if args.quick else CASES):
         r = run_case(depth, width, degree, batch, args)
         t = r["times"]
-        for name in ("dense", "masked", "fused", "kernel"):
+        for name in [n for n in ("dense", "masked", "fused", "kernel", "sparseprop") if n in t]:
             m = t[name]
             rows.append([f"{depth} × {width}/d{degree}, B={batch}", name, fmt_time(m.median), fmt_time(m.iqr),
                          f"{t['dense'].median / m.median:.2f}×", f"{t['masked'].median / m.median:.2f}×",

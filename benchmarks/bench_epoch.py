@@ -23,12 +23,13 @@ from sao.experiments.table7 import run_table7
 from sao.training import lr_for_depth
 
 
-def cases() -> list[tuple[str, str | None]]:
-    """(device, amp) pairs available here; the first is the baseline."""
+def cases(devices: str = "all") -> list[tuple[str, str | None]]:
+    """(device, amp) pairs available here, on ``devices`` (``"all"``, ``"cpu"`` or ``"cuda"``); the first is the
+    baseline of the speed-up column."""
     found: list[tuple[str, str | None]] = [("cpu", None), ("cpu", "bf16")]
     if torch.cuda.is_available():
         found += [("cuda", None), ("cuda", "bf16"), ("cuda", "fp16")]
-    return found
+    return [case for case in found if devices in ("all", case[0])]
 
 
 def epoch_seconds(args: argparse.Namespace, device: str, amp: str | None) -> float:
@@ -36,7 +37,7 @@ def epoch_seconds(args: argparse.Namespace, device: str, amp: str | None) -> flo
     config = {"experiment": "table7", "method": args.method, "depth": args.depth, "seed": 0, "epochs": 2,
               "dataset": args.dataset, "data_root": args.data_root, "degree": 4, "gain": 1.1,
               "batch_size": args.batch_size, "lr": lr_for_depth(args.depth), "device": device, "amp": amp,
-              "cudnn_benchmark": device == "cuda"}
+              "cudnn_benchmark": device == "cuda", **({"fused": False} if args.no_fused else {})}
     with tempfile.TemporaryDirectory() as tmp:
         run_table7(config, Path(tmp))
         sub = "finetune" if args.method.endswith("-t") else "train"
@@ -53,6 +54,9 @@ def main() -> None:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: all cores)")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--devices", choices=("all", "cpu", "cuda"), default="all",
+                        help="which devices to time (default: every one present)")
+    parser.add_argument("--no-fused", action="store_true", help="run the sparse chains layer by layer")
     args = parser.parse_args()
     threads = set_threads(args.threads)  # before machine_info, which records the thread count
     info = {**machine_info(), "threads": threads}
@@ -61,7 +65,10 @@ def main() -> None:
     print_header(f"One Table 7 epoch: FNN-{args.depth}, {args.method}, {args.dataset}, batch {args.batch_size}",
                  info)
     rows = []
-    for device, amp in cases():
+    chosen = cases(args.devices)
+    if not chosen:
+        raise SystemExit(f"no {args.devices} device here")
+    for device, amp in chosen:
         seconds = epoch_seconds(args, device, amp)
         rows.append({"device": device, "amp": amp or "fp32", "seconds": seconds})
         print(f"  {device} {amp or 'fp32'}: {seconds:.2f} s", flush=True)

@@ -4,7 +4,7 @@
 #      cases of test_nn / test_distributed);
 #   2. the Triton chain vs a dense cuBLAS nn.Linear stack and the PyTorch fused path, forward + backward,
 #      1000 x 256/d4 batch 128 and 4 x 4096/d64 batch 256 (median of repeats, torch.cuda.synchronize);
-#   3. `benchmarks/bench_epoch.py --depth 1000` (one Table 7 epoch, every device/precision present).
+#   3. `benchmarks/bench_epoch.py --depth 1000 --devices cuda` (one Table 7 epoch, every CUDA precision).
 # Each step has its own time limit; the script prints a summary and exits non-zero if any step failed
 # (2 if there is no CUDA device at all).
 #
@@ -111,7 +111,7 @@ for depth, width, degree, batch in [(1000, 256, 4, 128), (4, 4096, 64, 256)]:
 raise SystemExit(0 if ok else 1)
 PYEOF
 
-step "bench_epoch --depth 1000" 210 "$PY" benchmarks/bench_epoch.py --depth 1000
+step "bench_epoch --depth 1000" 210 "$PY" benchmarks/bench_epoch.py --depth 1000 --devices cuda
 
 echo
 echo "=== gpu_check summary"
