@@ -6,7 +6,8 @@ sparse ones compute the same function (``max|Δy|`` vs the per-layer blocked sta
 
 - ``dense``: an ``nn.Linear`` stack of the same shape (the baseline);
 - ``masked``: ``SparseLinear(backend="masked")`` layers (dense ``weight_orig * weight_mask``);
-- ``fused``: :class:`sao.nn.FusedSparseChain` (composed gathers, one ``bmm`` per layer);
+- ``fused``: :class:`sao.nn.FusedSparseChain` with ``compiled=False`` (PyTorch ops: composed gathers, one
+  ``bmm`` per layer);
 - ``kernel``: :func:`sao.nn._chain_kernel.sparse_chain` (one compiled call per pass);
 - ``sparseprop``: the public CPU peer, SparseProp (Nikdan et al., ICML 2023; sparse backpropagation
   for unstructured sparsity), each layer ``sparseprop.modules.SparseLinear.from_dense`` of the same
@@ -80,7 +81,7 @@ def run_case(depth: int, width: int, degree: int, batch: int, args: argparse.Nam
     dense = nn.Sequential(*[m for _ in range(depth) for m in (nn.Linear(width, width), nn.Tanh())])
     per_layer = nn.Sequential(*[m for layer in blocked for m in (layer, nn.Tanh())])
     masked_seq = nn.Sequential(*[m for layer in masked for m in (layer, nn.Tanh())])
-    fused = FusedSparseChain(blocked, [nn.Tanh() for _ in blocked])
+    fused = FusedSparseChain(blocked, [nn.Tanh() for _ in blocked], compiled=False)  # the PyTorch path
     acts = ["tanh"] * depth
     indices = ck.chain_indices(blocked)
     blocked_params = list(per_layer.parameters())
