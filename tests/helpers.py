@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -15,3 +16,25 @@ def assert_semi_orthogonal(w: torch.Tensor, gain: float = 1.0, atol: float = 1e-
     m, n = w.shape
     gram = w @ w.T if m <= n else w.T @ w
     torch.testing.assert_close(gram, gain**2 * torch.eye(min(m, n), dtype=w.dtype), atol=atol, rtol=0)
+
+
+#: The activation module of each name the compiled chain kernels take.
+CHAIN_MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU, "identity": nn.Identity}
+
+
+def make_chain(sizes: list[int], degrees: list[int], acts: list[str], bias: bool, dtype: torch.dtype, *,
+               seed: int = 0, device: str = "cpu") -> tuple[list, nn.Sequential]:
+    """Blocked layers ``sizes[i] -> sizes[i + 1]`` (ReLU layers mirrored), random biases, and their unfused stack."""
+    from sao.nn import SparseLinear
+
+    g = gen(seed)
+    layers = []
+    for n, m, d, a in zip(sizes, sizes[1:], degrees, acts, strict=False):
+        layer = SparseLinear(n, m, degree=d, bias=bias, activation="relu" if a == "relu" else "tanh", generator=g,
+                             dtype=dtype)
+        if bias:
+            with torch.no_grad():
+                layer.bias.normal_(generator=g)
+        layers.append(layer.to(device))
+    return layers, nn.Sequential(*[mod for layer, a in zip(layers, acts, strict=True)
+                                   for mod in (layer, CHAIN_MODULES[a]())])

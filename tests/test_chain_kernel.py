@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from helpers import gen
+from helpers import CHAIN_MODULES, gen, make_chain
 from sao.nn import SparseLinear
 from sao.nn import _chain_kernel as ck
 from sao.topology import valid_degrees
@@ -26,23 +26,10 @@ with warnings.catch_warnings():
     _KERNEL = ck.load_chain_kernel()
 pytestmark = pytest.mark.skipif(_KERNEL is None, reason="the compiled chain kernel cannot be built here")
 
-MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU, "identity": nn.Identity}
+MODULES = CHAIN_MODULES
 F32_TOL = {"atol": 1e-5, "rtol": 1e-5}  # float32: tanh is a few-ulp rational approximation, sums reordered
 
 
-def make_chain(sizes: list[int], degrees: list[int], acts: list[str], bias: bool, dtype: torch.dtype,
-               seed: int = 0) -> tuple[list[SparseLinear], nn.Sequential]:
-    """Blocked layers ``sizes[i] -> sizes[i + 1]`` (ReLU layers mirrored), random biases, and their unfused stack."""
-    g = gen(seed)
-    layers = []
-    for n, m, d, a in zip(sizes, sizes[1:], degrees, acts, strict=False):
-        layer = SparseLinear(n, m, degree=d, bias=bias, activation="relu" if a == "relu" else "tanh", generator=g,
-                             dtype=dtype)
-        if bias:
-            with torch.no_grad():
-                layer.bias.normal_(generator=g)
-        layers.append(layer)
-    return layers, nn.Sequential(*[mod for layer, a in zip(layers, acts, strict=True) for mod in (layer, MODULES[a]())])
 
 
 def assert_same(layers: list[SparseLinear], ref: nn.Sequential, acts: list[str], batch: int,

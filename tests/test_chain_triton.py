@@ -18,13 +18,12 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
 
-from helpers import gen
+from helpers import CHAIN_MODULES, gen, make_chain
 from sao.nn import SparseLinear
 from sao.nn import _chain_triton as ct
 
-MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU, "identity": nn.Identity}
+MODULES = CHAIN_MODULES
 # float32: sums are reordered and tanh is computed from exp (a few ulp from torch.tanh). The GPU's exp is
 # itself approximate (ex2.approx), so the CUDA comparison allows 1e-4.
 TOL = {torch.float32: {"atol": 1e-5, "rtol": 1e-5}, torch.float64: {"atol": 1e-12, "rtol": 0}}
@@ -49,19 +48,6 @@ CASES["dot-tiles-float32"] = ([32, 32, 128, 128], [16, 32, 128], ["tanh", "relu"
 CASES["wide-float64"] = ([32, 32, 128], [16, 32], ["tanh", "relu"], True, "float64", 70)
 
 
-def make_chain(sizes: list[int], degrees: list[int], acts: list[str], bias: bool, dtype: torch.dtype,
-               device: str = "cpu") -> tuple[list[SparseLinear], nn.Sequential]:
-    """Blocked layers ``sizes[i] -> sizes[i + 1]`` (ReLU layers mirrored), random biases, and their unfused stack."""
-    g = gen(0)
-    layers = []
-    for n, m, d, a in zip(sizes, sizes[1:], degrees, acts, strict=False):
-        layer = SparseLinear(n, m, degree=d, bias=bias, activation="relu" if a == "relu" else "tanh", generator=g,
-                             dtype=dtype)
-        if bias:
-            with torch.no_grad():
-                layer.bias.normal_(generator=g)
-        layers.append(layer.to(device))
-    return layers, nn.Sequential(*[mod for layer, a in zip(layers, acts, strict=True) for mod in (layer, MODULES[a]())])
 
 
 def check_case(case: Case, device: str = "cpu") -> None:
@@ -69,7 +55,7 @@ def check_case(case: Case, device: str = "cpu") -> None:
     sizes, degrees, acts, bias, dtype_name, batch = case
     dtype = DTYPES[dtype_name]
     tol = (TOL if device == "cpu" else CUDA_TOL)[dtype]
-    layers, ref = make_chain(sizes, degrees, acts, bias, dtype, device)
+    layers, ref = make_chain(sizes, degrees, acts, bias, dtype, device=device)
     x = torch.randn(batch, sizes[0], dtype=dtype, generator=gen(1)).to(device).requires_grad_()
     y, y_ref = ct.sparse_chain_triton(x, layers, acts), ref(x)
     torch.testing.assert_close(y, y_ref, **tol)
@@ -80,7 +66,7 @@ def check_case(case: Case, device: str = "cpu") -> None:
 
 
 def check_no_grad_and_leading_dims(device: str = "cpu") -> None:
-    layers, ref = make_chain([16, 16, 16], [4, 4], ["tanh", "tanh"], True, torch.float32, device)
+    layers, ref = make_chain([16, 16, 16], [4, 4], ["tanh", "tanh"], True, torch.float32, device=device)
     x = torch.randn(2, 5, 16, generator=gen(3)).to(device)
     with torch.no_grad():
         y = ct.sparse_chain_triton(x, layers, ["tanh", "tanh"])
@@ -110,7 +96,7 @@ def check_tanh_accuracy(device: str = "cpu") -> None:
 
 def check_gradcheck(device: str = "cpu") -> None:
     acts = ["tanh", "relu"]
-    layers, _ = make_chain([8, 8, 8], [2, 2], acts, True, torch.float64, device)
+    layers, _ = make_chain([8, 8, 8], [2, 2], acts, True, torch.float64, device=device)
     gathers, row_perms, final = ct.chain_indices(layers)
     params = [p.detach().clone().requires_grad_() for layer in layers for p in (layer.blocks, layer.bias)]
     x = torch.randn(2, 8, dtype=torch.float64, generator=gen(1)).to(device).requires_grad_()
