@@ -56,6 +56,7 @@ from sao.methods._layers import (
 )
 from sao.methods._summary import LayerReport, SparsifySummary
 from sao.nn import BACKENDS, ECOConv2d
+from sao.nn.masked import kernel_connections
 from sao.topology import nearest_degree, resolve_degree
 
 __all__ = ["EXCLUDE_CHOICES", "METHODS", "LayerPlan", "SparsifyMethod", "SparsifySettings", "connection_mask",
@@ -468,7 +469,7 @@ def connection_mask(module: nn.Module) -> Tensor:
         return mask
     pruned = getattr(module, "weight_mask", None)
     if isinstance(pruned, Tensor):
-        return (pruned != 0).flatten(2).any(-1) if pruned.dim() > 2 else pruned != 0
+        return kernel_connections(pruned)
     weight = getattr(module, "weight", None)
     if not isinstance(weight, Tensor) or weight.dim() < 2:
         raise ValueError(f"{type(module).__name__} has no (out, in[, k, k]) weight")

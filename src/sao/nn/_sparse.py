@@ -30,6 +30,7 @@ from sao._validation import as_real
 from sao.init._random import check_activation, check_generator
 from sao.init.linear import resolve_topology
 from sao.init.registry import LayerInit, get_layer_init
+from sao.nn.masked import kernel_connections
 from sao.topology import Topology, scatter_blocks
 
 __all__ = ["BACKENDS", "SparseLayerBase"]
@@ -41,11 +42,6 @@ def _check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not supported; choose from {', '.join(BACKENDS)}")
     return backend
-
-
-def _connections(mask: Tensor) -> Tensor:
-    """Bool ``(out, in)``: which connections a ``(out, in[, kh, kw])`` mask keeps (any tap non-zero)."""
-    return mask.detach().cpu().reshape(mask.shape[0], mask.shape[1], -1).ne(0).any(-1)
 
 
 def _describe(num_blocks: int, mirrored: bool, larger: int) -> str:
@@ -200,7 +196,7 @@ class SparseLayerBase(nn.Module):
         if isinstance(blocks, Tensor) and blocks.dim() >= 3:
             return blocks.shape[0], self.mirrored
         if isinstance(mask, Tensor) and mask.dim() >= 2 and mask.any():
-            kept = int(_connections(mask).sum())
+            kept = int(kernel_connections(mask.detach().cpu()).sum())
             return max(mask.shape[0] * mask.shape[1] // kept, 1), self.mirrored
         return None
 
@@ -255,7 +251,7 @@ class SparseLayerBase(nn.Module):
             error_msgs.append(f"invalid topology for {name} in the checkpoint: {err}")
             return False
         mask = state_dict.get(prefix + "weight_mask")
-        if isinstance(mask, Tensor) and not torch.equal(_connections(mask), incoming.mask()):
+        if isinstance(mask, Tensor) and not torch.equal(kernel_connections(mask.detach().cpu()), incoming.mask()):
             error_msgs.append(f"weight_mask for {name} disagrees with row_perm/col_perm in the checkpoint")
             return False
         return incoming

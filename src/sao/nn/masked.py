@@ -50,7 +50,15 @@ from sao.nn._conv import conv2d_as
 from sao.nn._reparam import reparametrization
 from sao.nn._shape import check_features, check_image
 
-__all__ = ["MaskedConv2d", "MaskedLinear"]
+__all__ = ["MaskedConv2d", "MaskedLinear", "kernel_connections"]
+
+
+def kernel_connections(mask: Tensor) -> Tensor:
+    """Bool ``(out, in)``: the connections a ``(out, in)`` or ``(out, in, kh, kw)`` weight mask keeps.
+
+    A connection of a convolution (a whole kernel) is present if any of its taps is non-zero.
+    """
+    return mask.reshape(mask.shape[0], mask.shape[1], -1).ne(0).any(-1)
 
 
 def _mask_values(mask: Tensor, weight: Tensor) -> Tensor:
@@ -144,8 +152,7 @@ class _MaskedLayer(nn.Module):
     def mask(self) -> Tensor:
         """Bool ``(out, in)`` mask of the connections present (kernels, for convolutions)."""
         self._check_values()
-        present = self.weight_mask != 0
-        return present if present.dim() == 2 else present.flatten(2).any(-1)
+        return kernel_connections(self.weight_mask)
 
     @property
     def sparsity(self) -> float:
