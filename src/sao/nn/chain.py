@@ -75,10 +75,6 @@ class FusedSparseChain(nn.Module):
                                  f"takes {layer.in_features} inputs")
         self.layers, self.activations = nn.ModuleList(layers), nn.ModuleList(activations)
 
-    def _gather_index(self, i: int) -> Tensor:
-        layer = self.layers[i]
-        return layer.col_perm if i == 0 else self.layers[i - 1].row_inverse[layer.col_perm]
-
     def _kernel(self, x: Tensor) -> tuple[Callable[..., Tensor], tuple[str, ...]] | None:
         """The compiled chain function for this call (CPU: C++; CUDA: Triton) and the activation names, or ``None``."""
         if not self.compiled or x.dtype not in (torch.float32, torch.float64):
@@ -95,8 +91,11 @@ class FusedSparseChain(nn.Module):
             return sparse_chain_triton, names
         return None
 
-    def _kernel_indices(self) -> tuple:
-        """:func:`~sao.nn._chain_kernel.chain_indices`, cached while the layers' topology buffers stay the same."""
+    def _chain_indices(self) -> tuple:
+        """``(gathers, row_perms, final_inverse)`` (:func:`~sao.nn._chain_kernel.chain_indices`: the composed
+        gather ``row_inverse_{l-1}[col_perm_l]`` of every layer), cached while the topology buffers stay the same."""
+        if torch._C._are_functorch_transforms_active():  # no data pointers to key on there
+            return chain_indices(list(self.layers))
         key = tuple(p for layer in self.layers
                     for p in (id(layer.topology), layer.col_perm.data_ptr(), layer.row_inverse.data_ptr()))
         if self._indices is None or self._indices[0] != key:
@@ -113,13 +112,14 @@ class FusedSparseChain(nn.Module):
         kernel = self._kernel(x)
         if kernel is not None:
             run, names = kernel
-            return run(x, list(self.layers), names, self._kernel_indices())
+            return run(x, list(self.layers), names, self._chain_indices())
         lead = x.shape[:-1]
         h = x.reshape(-1, x.shape[-1]).t()  # (features, batch)
         batch = h.shape[1]
-        for i, (layer, act) in enumerate(zip(self.layers, self.activations, strict=True)):
+        gathers = self._chain_indices()[0]
+        for layer, act, gather in zip(self.layers, self.activations, gathers, strict=True):
             g, bm, bn = layer.blocks.shape
-            xs = h.index_select(0, self._gather_index(i)).view(g, bn, batch)
+            xs = h.index_select(0, gather).view(g, bn, batch)
             if layer.bias is None:
                 z = torch.bmm(layer.blocks, xs)
             else:
