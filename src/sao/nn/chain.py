@@ -225,7 +225,9 @@ def fuse_sparse_chains(model: nn.Sequential, min_layers: int = 2, compiled: bool
 
     The result computes the same function with the same parameters, and its ``state_dict`` keys
     are ``model``'s: checkpoints of either load into the other. With ``compiled=True`` the chains
-    run through the compiled CPU kernel where it applies (see :class:`FusedSparseChain`).
+    run through a compiled kernel where it applies (see :class:`FusedSparseChain`); it is not
+    twice differentiable, so for gradient penalties or other double backward pass
+    ``compiled=False`` (otherwise the second backward raises "trying to differentiate twice").
     """
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"fuse_sparse_chains takes an nn.Sequential, got {type(model).__name__}")
