@@ -61,7 +61,7 @@ class FusedSparseChain(nn.Module):
     def __init__(self, layers: list[SparseLinear], activations: list[nn.Module], compiled: bool = True) -> None:
         super().__init__()
         self.compiled = bool(compiled)
-        self._indices: tuple[tuple[int, ...], tuple] | None = None
+        self._indices: tuple[tuple, tuple] | None = None
         if not layers or len(layers) != len(activations):
             raise ValueError("give one activation per layer, and at least one layer")
         for i, (layer, act) in enumerate(zip(layers, activations, strict=True)):
@@ -97,7 +97,8 @@ class FusedSparseChain(nn.Module):
         if torch._C._are_functorch_transforms_active():  # no data pointers to key on there
             return chain_indices(list(self.layers))
         key = tuple(p for layer in self.layers
-                    for p in (id(layer.topology), layer.col_perm.data_ptr(), layer.row_inverse.data_ptr()))
+                    for p in (layer.topology, layer.col_perm.data_ptr(), layer.row_inverse.data_ptr()))
+        # the Topology objects themselves (compared by identity), not their ids: held here, never reused
         if self._indices is None or self._indices[0] != key:
             self._indices = (key, chain_indices(list(self.layers)))
         return self._indices[1]
