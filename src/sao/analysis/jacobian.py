@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from sao.analysis._files import plt, save_figure, write_table
+from sao._files import plt, save_figure, write_table
 from sao.analysis.layers import check_methods
 from sao.methods import sparsify
 from sao.models import fnn, orthogonal_init_

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from sao.analysis._files import plt, save_figure, write_table
+from sao._files import plt, save_figure, write_table
 from sao.analysis.layers import check_methods, method_stack
 from sao.topology import reachability
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from sao.analysis._files import plt, save_figure, write_table
+from sao._files import plt, save_figure, write_table
 from sao.analysis.layers import check_methods, method_weight
 
 __all__ = ["DEFAULT_METHODS", "DERIVATIVES", "layer_singular_values", "run_singular_values", "singular_value_rows"]

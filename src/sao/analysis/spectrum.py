@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from sao.analysis._files import plt, save_figure, write_table
+from sao._files import plt, save_figure, write_table
 from sao.analysis.layers import method_weight
 from sao.methods import METHODS
 from sao.topology import components, configuration_model, ramanujan, spectrum

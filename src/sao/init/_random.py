@@ -5,14 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sao._random import draw_device
 from sao._validation import check_float_tensor
-
-ACTIVATIONS = ("linear", "tanh", "relu")
-
-
-def draw_device(generator: torch.Generator | None) -> torch.device:
-    """Where random numbers are drawn: the generator's device, else the CPU."""
-    return generator.device if generator is not None else torch.device("cpu")
 
 
 def haar(batch: int, rows: int, cols: int, generator: torch.Generator | None = None) -> Tensor:
@@ -39,19 +33,6 @@ def mirror(half: Tensor) -> Tensor:
     """
     top = torch.cat([half, -half], dim=-1)
     return torch.cat([top, -top], dim=-2)
-
-
-def check_activation(activation: str) -> bool:
-    """Validate ``activation`` and return whether it needs the mirrored (ReLU) construction."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation={activation!r} is not supported; choose from {', '.join(ACTIVATIONS)} "
-                         "('relu' selects the mirrored construction, the others the plain one)")
-    return activation == "relu"
-
-
-def check_generator(generator: torch.Generator | None) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
 def check_weight(tensor: object, fn: str, dims: int, expected: str, at_least: bool = False) -> bool:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sao._random import check_activation, check_generator, draw_device
 from sao._validation import as_real
-from sao.init._random import check_activation, check_generator, check_weight, draw_device, haar, mirror
-from sao.init.linear import resolve_topology, sao_
-from sao.topology import Topology
+from sao.init._random import check_weight, haar, mirror
+from sao.init.linear import sao_
+from sao.topology import Topology, resolve_topology
 
 __all__ = ["check_conv_weight", "delta_orthogonal_", "sao_delta_"]
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sao._random import check_generator
 from sao._validation import as_int, as_real
-from sao.init._random import check_generator, haar
+from sao.init._random import haar
 from sao.init.conv import check_conv_weight
-from sao.init.linear import resolve_topology, sao_blocks
-from sao.topology import Topology
+from sao.init.linear import sao_blocks
+from sao.topology import Topology, resolve_topology
 
 __all__ = ["eco_", "eco_frequency_index", "sao_eco_"]
 

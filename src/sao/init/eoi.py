@@ -35,8 +35,9 @@ import math
 import torch
 from torch import Tensor
 
+from sao._random import check_generator, draw_device
 from sao._validation import as_int, as_real
-from sao.init._random import check_generator, check_weight, draw_device
+from sao.init._random import check_weight
 from sao.init.conv import centre_tap, check_conv_weight
 
 __all__ = ["eoi_", "eoi_delta_", "eoi_delta_with_mask_", "eoi_target_nonzeros", "eoi_with_mask_"]

@@ -9,21 +9,21 @@ every device and dtype.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from sao._random import check_activation, check_generator, draw_device
 from sao._validation import as_real
-from sao.init._random import check_activation, check_generator, check_weight, draw_device, haar, mirror
-from sao.topology import Topology, ramanujan, resolve_degree
+from sao.init._random import check_weight, haar, mirror
+from sao.topology import Topology, resolve_topology
 
 __all__ = [
     "fill_blocks_",
     "orthogonal_",
     "ramanujan_normal_",
     "ramanujan_uniform_",
-    "resolve_topology",
     "rg_normal_blocks",
     "rg_uniform_blocks",
     "sao_",
@@ -71,36 +71,6 @@ def orthogonal_(tensor: Tensor, gain: float = 1.0, generator: torch.Generator | 
         return tensor
     rows, cols = tensor.shape[0], tensor[0].numel()
     return tensor.copy_((gain * haar(1, rows, cols, generator)[0]).view_as(tensor))
-
-
-def resolve_topology(target: Tensor | Sequence[int], degree: int | None, sparsity: float | None,
-                     topology: Topology | None, generator: torch.Generator | None,
-                     mirrored: bool | None = False) -> Topology:
-    """The topology for a weight (or a shape) ``(m, n, ...)``: ``topology`` checked, or a new draw.
-
-    ``mirrored`` is the kind a new draw gets and the kind a given topology must have
-    (``None``: any kind is accepted, a new draw is plain).
-
-    Raises:
-        ValueError: if the given topology does not fit the shape, is of the wrong kind, or
-            disagrees with a given degree/sparsity.
-    """
-    m, n = (target.shape if isinstance(target, Tensor) else target)[:2]
-    if topology is None:
-        return ramanujan(m, n, degree, sparsity, generator=generator, mirrored=bool(mirrored))
-    if not isinstance(topology, Topology):
-        raise TypeError(f"topology must be a sao.topology.Topology, got {type(topology).__name__}")
-    if (topology.out_features, topology.in_features) != (m, n):
-        raise ValueError(f"topology is {topology.out_features}x{topology.in_features} but the weight is {m}x{n}")
-    if mirrored and not topology.mirrored:
-        raise ValueError("activation='relu' needs a mirrored topology: ramanujan(..., mirrored=True)")
-    if mirrored is False and topology.mirrored:
-        raise ValueError("a mirrored topology holds the ReLU construction [[S0, -S0], [-S0, S0]], which is not "
-                         "orthogonal; use activation='relu' with it, or a plain ramanujan(...) topology")
-    asked = (degree, sparsity) != (None, None)
-    if asked and resolve_degree(m, n, degree, sparsity, topology.mirrored) != topology.degree:
-        raise ValueError(f"degree/sparsity ({degree}, {sparsity}) disagree with the given {topology}")
-    return topology
 
 
 def fill_blocks_(tensor: Tensor, topology: Topology, blocks: Tensor) -> Tensor:
@@ -171,6 +141,7 @@ def sao_(tensor: Tensor, degree: int | None = None, sparsity: float | None = Non
             ones), an unknown activation, or a topology that does not fit.
 
     Example:
+        >>> from sao.topology import ramanujan
         >>> gen = torch.Generator().manual_seed(0)
         >>> topo = ramanujan(256, 256, degree=4, generator=gen)
         >>> w = sao_(torch.empty(256, 256), topology=topo, generator=gen)

@@ -44,7 +44,7 @@ class LayerInit:
     kernel_rule: str = "any"
 
     def topology_kind(self, relu: bool) -> bool | None:
-        """The ``mirrored`` argument of :func:`sao.init.linear.resolve_topology` for this init."""
+        """The ``mirrored`` argument of :func:`sao.topology.resolve_topology` for this init."""
         return {"for-relu": relu, "never": False, "any": None}[self.mirrored]
 
     def check_kernel(self, kernel_size: tuple[int, ...]) -> None:

@@ -40,9 +40,9 @@ from typing import ClassVar, Literal, TypeVar, overload
 import torch
 from torch import Tensor, nn
 
+from sao._random import check_activation
 from sao._registry import Registry
 from sao._validation import as_int, as_real
-from sao.init._random import check_activation
 from sao.methods._layers import (
     EXCLUDE_CHOICES,
     Exclude,

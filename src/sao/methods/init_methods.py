@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from sao.init._random import check_activation
+from sao._random import check_activation
 from sao.init.registry import get_layer_init
 from sao.methods._base import METHODS, LayerPlan, SparsifyMethod, SparsifySettings, degree_plan
 from sao.methods._layers import layer_dims

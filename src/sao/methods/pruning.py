@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from sao.init._random import check_generator, draw_device
+from sao._random import check_generator, draw_device
 
 __all__ = ["global_magnitude_masks", "kept_count", "kernel_scores", "magnitude_mask", "random_mask"]
 

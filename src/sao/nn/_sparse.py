@@ -26,12 +26,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from sao._random import check_activation, check_generator
 from sao._validation import as_real
-from sao.init._random import check_activation, check_generator
-from sao.init.linear import resolve_topology
 from sao.init.registry import LayerInit, get_layer_init
 from sao.nn.masked import kernel_connections
-from sao.topology import Topology, scatter_blocks
+from sao.topology import Topology, resolve_topology, scatter_blocks
 
 __all__ = ["BACKENDS", "SparseLayerBase"]
 

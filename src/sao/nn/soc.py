@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sao._random import check_generator, draw_device
 from sao._validation import as_int, as_real
-from sao.init._random import check_generator, draw_device
 from sao.nn._shape import InputShapeError, check_image
 from sao.nn._stride import inner_channels, to_inner
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sao.analysis._files import plt, save_figure, write_table
+from sao._files import plt, save_figure, write_table
 from sao.experiments import finished_results
 
 __all__ = ["METRICS", "aggregate", "row_label", "settings_note", "table_rows", "write_report"]

@@ -1,7 +1,8 @@
 """Sparse layer topologies (paper §IV-A) and their graph facts (§IV-B).
 
 The public names are :class:`Topology`, :func:`ramanujan`, :func:`valid_degrees`,
-:func:`degree_for_sparsity`, :func:`resolve_degree`, :func:`nearest_degree`, :func:`scatter_blocks`, :func:`spectrum`,
+:func:`degree_for_sparsity`, :func:`resolve_degree`, :func:`resolve_topology`, :func:`nearest_degree`,
+:func:`scatter_blocks`, :func:`spectrum`,
 :func:`components`, :func:`reachability` and, for contrast, random biregular graphs from
 :func:`configuration_model`.
 """
@@ -13,6 +14,7 @@ from sao.topology._ramanujan import (
     nearest_degree,
     ramanujan,
     resolve_degree,
+    resolve_topology,
     scatter_blocks,
     valid_degrees,
 )
@@ -28,6 +30,7 @@ __all__ = [
     "ramanujan",
     "reachability",
     "resolve_degree",
+    "resolve_topology",
     "scatter_blocks",
     "spectrum",
     "valid_degrees",

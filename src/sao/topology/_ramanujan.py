@@ -16,6 +16,7 @@ A degree is valid exactly when ``g`` divides both ``m`` and ``n``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,8 @@ from torch import Tensor
 
 from sao._validation import as_int, as_real
 
-__all__ = ["Topology", "degree_for_sparsity", "nearest_degree", "ramanujan", "resolve_degree", "scatter_blocks",
+__all__ = ["Topology", "degree_for_sparsity", "nearest_degree", "ramanujan", "resolve_degree", "resolve_topology",
+           "scatter_blocks",
            "valid_degrees"]
 
 
@@ -312,3 +314,33 @@ def _kind(mirrored: bool) -> str:
 def _nearest(valid: list[int], target: float, larger: int) -> str:
     closest = sorted(valid, key=lambda d: abs(d - target))[:2]
     return ", ".join(f"degree={d} (sparsity={1 - d / larger:.6g})" for d in sorted(closest))
+
+
+def resolve_topology(target: Tensor | Sequence[int], degree: int | None, sparsity: float | None,
+                     topology: Topology | None, generator: torch.Generator | None,
+                     mirrored: bool | None = False) -> Topology:
+    """The topology for a weight (or a shape) ``(m, n, ...)``: ``topology`` checked, or a new draw.
+
+    ``mirrored`` is the kind a new draw gets and the kind a given topology must have
+    (``None``: any kind is accepted, a new draw is plain).
+
+    Raises:
+        ValueError: if the given topology does not fit the shape, is of the wrong kind, or
+            disagrees with a given degree/sparsity.
+    """
+    m, n = (target.shape if isinstance(target, Tensor) else target)[:2]
+    if topology is None:
+        return ramanujan(m, n, degree, sparsity, generator=generator, mirrored=bool(mirrored))
+    if not isinstance(topology, Topology):
+        raise TypeError(f"topology must be a sao.topology.Topology, got {type(topology).__name__}")
+    if (topology.out_features, topology.in_features) != (m, n):
+        raise ValueError(f"topology is {topology.out_features}x{topology.in_features} but the weight is {m}x{n}")
+    if mirrored and not topology.mirrored:
+        raise ValueError("activation='relu' needs a mirrored topology: ramanujan(..., mirrored=True)")
+    if mirrored is False and topology.mirrored:
+        raise ValueError("a mirrored topology holds the ReLU construction [[S0, -S0], [-S0, S0]], which is not "
+                         "orthogonal; use activation='relu' with it, or a plain ramanujan(...) topology")
+    asked = (degree, sparsity) != (None, None)
+    if asked and resolve_degree(m, n, degree, sparsity, topology.mirrored) != topology.degree:
+        raise ValueError(f"degree/sparsity ({degree}, {sparsity}) disagree with the given {topology}")
+    return topology

@@ -7,8 +7,8 @@ from collections import Counter
 import torch
 from torch import Tensor
 
+from sao._random import check_generator, draw_device
 from sao._validation import as_int
-from sao.init._random import check_generator, draw_device
 
 __all__ = ["configuration_model"]
 

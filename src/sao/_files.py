@@ -1,4 +1,4 @@
-"""Atomic result files for the analyses: CSV + Markdown tables and PNG figures."""
+"""Atomic result files for analyses and reports: CSV + Markdown tables and PNG figures (matplotlib, Agg)."""
 
 from __future__ import annotations
 
