@@ -14,7 +14,7 @@ from helpers import gen
 from sao.experiments import Run, run_one
 from sao.experiments.cnn import cnn_runs, run_cnn
 from sao.experiments.protocol import measured_sparsity
-from sao.methods import connection_mask, eco_target_layers, target_layers
+from sao.methods import AFTER_TRAINING, METHODS, connection_mask, eco_target_layers, target_layers
 from sao.methods._layers import find_layers
 from sao.methods.pruning import kept_count
 from sao.models import cnn_eco, lipconvnet
@@ -252,4 +252,4 @@ def test_run_cnn_prunes_eco_models(tmp_path: Path, table: str, method: str, dept
     assert result["status"] == "completed" and result["test_acc"] is not None
     assert result["connection_sparsity_min"] == result["connection_sparsity_max"] == 0.5
     phases = {p.name for p in Path(result["run_dir"]).iterdir() if p.is_dir()}
-    assert phases == ({"dense", "finetune"} if method.endswith("-t") else {"train"})
+    assert phases == ({"dense", "finetune"} if METHODS.get(method).phase == AFTER_TRAINING else {"train"})

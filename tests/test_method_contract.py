@@ -18,7 +18,7 @@ from torch import nn
 
 import sao
 from helpers import gen
-from sao.methods import METHODS, SparsifySummary
+from sao.methods import AFTER_TRAINING, METHODS, PruneMethod, SparsifySummary
 from sao.methods.pruning import kept_count
 
 SPARSITY = 0.75  # exact for every layer below: 32/64 wide, 16-channel convs (degrees divide)
@@ -73,6 +73,12 @@ def inputs(model: str, batch: int = 4, seed: int = 1) -> torch.Tensor:
 CASES = [(model, method) for model in MODELS for method in METHODS.names()]
 
 
+def pooled(method: str) -> bool:
+    """Whether ``method`` prunes the layers together (GMP's one threshold): only their total is at the target."""
+    chosen = METHODS.get(method)
+    return isinstance(chosen, PruneMethod) and chosen.rule is not None and chosen.rule.pooled
+
+
 @pytest.mark.parametrize(("model", "method"), CASES)
 def test_reported_sparsity_is_measured_and_exact(model: str, method: str) -> None:
     net, summary = build(model, method)
@@ -85,10 +91,10 @@ def test_reported_sparsity_is_measured_and_exact(model: str, method: str) -> Non
         m, n = present.shape
         if method == "eoi":  # EOI's guarantee: t <= nnz <= t + min(m, n) - 1
             assert kept_count(m * n, SPARSITY) <= int(present.sum()) <= kept_count(m * n, SPARSITY) + min(m, n) - 1
-        elif not method.startswith("gmp"):  # GMP: one threshold, layers vary, the total is exact (below)
+        elif not pooled(method):  # GMP: one threshold, layers vary, the total is exact (below)
             assert row.sparsity == row.target
         total, kept = total + m * n, kept + int(present.sum())
-    if method.startswith("gmp"):
+    if pooled(method):
         assert kept == kept_count(total, SPARSITY)
     if summary.sparsified and method != "eoi":
         assert summary.sparsity == pytest.approx(summary.target, abs=1 / total)
@@ -150,15 +156,15 @@ def test_a_second_sparsify_never_reports_a_missed_target_as_applied(model: str, 
     for row in built:
         slack = min(row.shape[:2]) if method == "eoi" else 1
         planned = 1 - row.degree / max(row.shape[:2]) if row.status == "nearest" else goal  # SAO topology's nearest
-        if not method.startswith("gmp"):
+        if not pooled(method):
             assert abs(row.sparsity - planned) * row.connections <= slack, row
-    if method.startswith("gmp") and built:
+    if pooled(method) and built:
         total = sum(r.connections for r in built)
         assert abs(sum(r.sparsity * r.connections for r in built) / total - goal) * total <= 1
-    if method.endswith("-t"):  # the masked layers keep their 0.75 masks: never "applied" at 0.25
+    if METHODS.get(method).phase == AFTER_TRAINING:  # masked layers keep their 0.75 masks: never "applied" at 0.25
         assert summary.sparsified and summary.off_target == summary.sparsified
         assert summary.sparsity == pytest.approx(0.75, abs=0.01)
-        already = "already 0.7500 sparse" if not method.startswith("gmp") else "pooled layers are 0.7500 sparse"
+        already = "already 0.7500 sparse" if not pooled(method) else "pooled layers are 0.7500 sparse"
         assert all("kept the layer's existing mask (ANDed with the new one)" in r.reason and already in r.reason
                    for r in summary.off_target)
         assert "off their target" in str(caught[0].message)

@@ -11,7 +11,7 @@ from torch import nn
 import sao
 from helpers import gen
 from sao._registry import Registry
-from sao.methods import METHODS, SparsifyMethod, target_layers
+from sao.methods import AFTER_TRAINING, AT_INIT, METHODS, PHASES, PruneMethod, SparsifyMethod, target_layers
 from sao.nn import SparseConv2d, SparseLinear
 
 
@@ -140,7 +140,23 @@ def test_custom_method_registration() -> None:
         net = sao.sparsify(mlp(), method="test-identity")
         assert isinstance(net[2], nn.Identity) and isinstance(net[4], nn.Identity)
     finally:
-        METHODS._items.pop("test-identity")
+        METHODS.unregister("test-identity")
+    assert "test-identity" not in METHODS
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_phase_is_after_training_exactly_for_the_t_methods(name: str) -> None:
+    """The one place a method's name is read for its phase: names ending in ``-t`` prune trained layers."""
+    assert METHODS.get(name).phase == (AFTER_TRAINING if name.endswith("-t") else AT_INIT)
+
+
+def test_phase_values_and_default() -> None:
+    assert (AT_INIT, AFTER_TRAINING) == PHASES == ("at-init", "after-training")
+
+    class Anything(SparsifyMethod):
+        pass
+    assert Anything().phase == AT_INIT
+    assert PruneMethod("random", reinit=False).phase == AFTER_TRAINING and PruneMethod(None).phase == AT_INIT
 
 
 def test_registry_warns_on_overwrite_and_lists_names() -> None:
@@ -152,3 +168,14 @@ def test_registry_warns_on_overwrite_and_lists_names() -> None:
     assert reg.get("a") == 2 and "already registered" in str(caught[0].message)
     with pytest.raises(ValueError, match=r"unknown thing 'b'; choose from: a \(add one with tests.REG.register\)"):
         reg.get("b")
+
+
+def test_registry_unregister() -> None:
+    reg: Registry[int] = Registry("thing", "tests.REG")
+    reg.register("a", 1)
+    reg.register("b", 2)
+    assert reg.unregister("a") == 1 and "a" not in reg and reg.names() == ["b"]
+    with pytest.raises(ValueError, match=r"unknown thing 'a'; choose from: b "):
+        reg.unregister("a")
+    reg.register("a", 3)  # a name can be registered again once removed, without a warning
+    assert reg.get("a") == 3

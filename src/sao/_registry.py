@@ -1,4 +1,4 @@
-"""A tiny name → object registry: ``@REG.register("name")``, ``REG.get(name)``, ``REG.names()``."""
+"""A tiny name → object registry: ``REG.register("name", obj)``, ``REG.get(name)``, ``REG.unregister(name)``."""
 
 from __future__ import annotations
 
@@ -31,12 +31,30 @@ class Registry(Generic[T]):
         return add if obj is None else add(obj)
 
     def get(self, name: str) -> T:
-        """The object registered as ``name``."""
+        """The object registered as ``name``.
+
+        Raises:
+            ValueError: if nothing is registered as ``name`` (the message lists the known names).
+        """
         try:
             return self._items[name]
         except (KeyError, TypeError):
-            raise ValueError(f"unknown {self.kind} {name!r}; choose from: {', '.join(self.names())} "
-                             f"(add one with {self.path}.register)") from None
+            raise self._unknown(name) from None
+
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` and return what was registered under it (e.g. to undo a registration in a test).
+
+        Raises:
+            ValueError: if nothing is registered as ``name`` (the message lists the known names).
+        """
+        try:
+            return self._items.pop(name)
+        except (KeyError, TypeError):
+            raise self._unknown(name) from None
+
+    def _unknown(self, name: object) -> ValueError:
+        return ValueError(f"unknown {self.kind} {name!r}; choose from: {', '.join(self.names())} "
+                          f"(add one with {self.path}.register)")
 
     def names(self) -> list[str]:
         """Registered names, sorted."""

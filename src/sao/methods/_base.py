@@ -6,12 +6,41 @@ default the first and the last, as the paper keeps the stem and the classifier d
 it cannot replace faithfully (kinds other than ``nn.Linear``/``nn.Conv2d`` among them), asks a
 method from :data:`METHODS` for a per-layer plan (:meth:`SparsifyMethod.plan_layer`: the
 degree/sparsity each layer can take) and then for the replacements
-(:meth:`SparsifyMethod.sparsify_layers`). New methods (pruning baselines, EOI)
-register themselves the same way::
+(:meth:`SparsifyMethod.sparsify_layers`).
 
-    @METHODS.register("my-method")
-    class MyMethod(SparsifyMethod):
-        def sparsify_layers(self, layers, settings): ...
+**Adding a method.** :data:`METHODS` maps names to method *objects* (instances, not classes):
+subclass :class:`SparsifyMethod`, implement :meth:`~SparsifyMethod.sparsify_layers` (one
+replacement module per ``(name, layer)`` pair, in order), register an instance under a name and
+pass that name to :func:`sparsify`. The built-in methods (:mod:`sao.methods.init_methods`,
+:mod:`sao.methods.prune_methods`, :mod:`sao.methods.eoi_method`) are registered this way.
+Optionally override :meth:`~SparsifyMethod.plan_layer` (refuse a layer with ``ValueError``, plan
+its degree/sparsity), :attr:`~SparsifyMethod.needs_target` (the method needs ``degree=`` or
+``sparsity=``), :attr:`~SparsifyMethod.phase` (the method prunes trained layers) and
+``handles_eco``. A toy method that keeps the connections ``(i, j)`` with ``i + j`` even:
+
+    >>> import torch
+    >>> from torch import nn
+    >>> import sao
+    >>> from sao.methods import METHODS, SparsifyMethod, connection_mask
+    >>> from sao.nn import MaskedLinear
+    >>> class Checkerboard(SparsifyMethod):
+    ...     def sparsify_layers(self, layers, settings):
+    ...         return [MaskedLinear.from_dense(layer, self.mask(*layer.weight.shape)) for _, layer in layers]
+    ...
+    ...     @staticmethod
+    ...     def mask(rows, cols):
+    ...         return (torch.arange(rows)[:, None] + torch.arange(cols)) % 2 == 0
+    >>> method = METHODS.register("checkerboard", Checkerboard())
+    >>> net = sao.sparsify(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)), "checkerboard")
+    >>> type(net[1]).__name__, connection_mask(net[1]).float().mean().item()
+    ('MaskedLinear', 0.5)
+    >>> METHODS.unregister("checkerboard") is method  # undo it (here, to leave METHODS as it was)
+    True
+
+**When a method applies** (:attr:`SparsifyMethod.phase`, paper §III-E and Fig. 1). Most methods
+make a network sparse from the start (:data:`AT_INIT`: sparsify the freshly built model, then
+train it); the ``-T`` pruning baselines prune a *trained* dense network (:data:`AFTER_TRAINING`:
+train dense, sparsify, fine-tune). Code that runs experiments reads the phase, not the method's name.
 
 **Targets a layer cannot hit exactly.** An SAO layer of shape ``(m, n)`` takes only the
 degrees ``d = max(m, n) / g`` with ``g`` dividing both sides (paper §IV-A), so e.g. a 64x64
@@ -59,10 +88,20 @@ from sao.nn import BACKENDS, ECOConv2d
 from sao.nn.masked import kernel_connections
 from sao.topology import nearest_degree, resolve_degree
 
-__all__ = ["EXCLUDE_CHOICES", "METHODS", "LayerPlan", "SparsifyMethod", "SparsifySettings", "connection_mask",
-           "degree_plan", "eco_methods", "eco_target_layers", "has_eco_layers", "sparsify", "target_layers"]
+__all__ = ["AFTER_TRAINING", "AT_INIT", "EXCLUDE_CHOICES", "METHODS", "PHASES", "LayerPlan", "SparsifyMethod",
+           "SparsifySettings", "connection_mask", "degree_plan", "eco_methods", "eco_target_layers", "has_eco_layers",
+           "sparsify", "target_layers"]
 
 M = TypeVar("M", bound=nn.Module)
+
+#: :attr:`SparsifyMethod.phase` of a method that makes a network sparse from the start: sparsify the
+#: freshly built model, then train it (SAO, RG-N/RG-U, EOI, the ``-S`` pruning baselines, the dense baseline).
+AT_INIT = "at-init"
+#: :attr:`SparsifyMethod.phase` of a method that prunes a trained network (the ``-T`` pruning
+#: baselines, paper §III-E and Fig. 1): train it dense, sparsify it, then fine-tune it.
+AFTER_TRAINING = "after-training"
+#: Every value :attr:`SparsifyMethod.phase` takes.
+PHASES = (AT_INIT, AFTER_TRAINING)
 
 
 @dataclass(frozen=True)
@@ -165,6 +204,16 @@ class SparsifyMethod:
     def needs_target(self) -> bool:
         """Whether the method needs ``degree=`` or ``sparsity=`` (not, e.g., the dense baseline)."""
         return False
+
+    @property
+    def phase(self) -> str:
+        """When to apply the method, one of :data:`PHASES` (paper §III-E, Fig. 1).
+
+        :data:`AT_INIT` (the default): sparsify the freshly built model, then train it.
+        :data:`AFTER_TRAINING`: train the model dense, sparsify it (prune its trained layers),
+        then fine-tune it.
+        """
+        return AT_INIT
 
     def plan_layer(self, name: str, module: nn.Module, settings: SparsifySettings) -> LayerPlan:
         """What ``module`` will become under ``settings`` (nearest achievable unless ``settings.strict``).

@@ -1,10 +1,17 @@
 """Pruning baselines as sparsify methods (paper §III-E): Dense, LMP-S/T, GMP-S/T, LRP, RG-S/T.
 
+A :class:`PruneMethod` is a :class:`PruningRule` (which connections to keep: one hook,
+:meth:`PruningRule.masks`) plus the flavour (``reinit``). The rules: :class:`LocalMagnitudeRule`
+(LMP), :class:`GlobalMagnitudeRule` (GMP), :class:`RandomRule` (LRP) and :class:`SAOMaskRule`
+(RG-S/RG-T); the dense baseline is ``PruneMethod(None)``, no rule at all. Rules are also
+registered by name in :data:`PRUNING_RULES`, so ``PruneMethod("local-magnitude")`` works too.
+
 ``-S`` methods rebuild each target layer as a plain ``nn.Linear``/``nn.Conv2d`` with an
 orthogonal initialisation (``orthogonal_`` for linear layers, Delta-orthogonal for
 convolutions) and prune it at once: prune right after initialisation, then train. ``-T``
 methods prune the layers as they are — apply them to a dense model after training it, then
-fine-tune (the paper's train–prune–fine-tune flow). A pruned layer is a
+fine-tune (the paper's train–prune–fine-tune flow, Fig. 1; their :attr:`~PruneMethod.phase` is
+:data:`~sao.methods.AFTER_TRAINING`, that of ``-S`` and dense :data:`~sao.methods.AT_INIT`). A pruned layer is a
 :class:`~sao.nn.MaskedLinear`/:class:`~sao.nn.MaskedConv2d` (``weight_orig`` times a fixed
 ``weight_mask``, the state :mod:`torch.nn.utils.prune` would give it, as a plain module that
 deep-copies and pickles); ``-T`` wraps the trained layer's own Parameters. Masked weights get
@@ -51,17 +58,163 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from sao._registry import Registry
 from sao.init import delta_orthogonal_, orthogonal_
-from sao.methods._base import METHODS, LayerPlan, SparsifyMethod, SparsifySettings, degree_plan
+from sao.methods._base import (
+    AFTER_TRAINING,
+    AT_INIT,
+    METHODS,
+    LayerPlan,
+    SparsifyMethod,
+    SparsifySettings,
+    degree_plan,
+)
 from sao.methods._layers import layer_dims
 from sao.methods.pruning import global_magnitude_masks, magnitude_mask, random_mask
 from sao.nn import ECOConv2d, MaskedConv2d, MaskedLinear, SparseConv2d
 from sao.topology import ramanujan
 
-__all__ = ["PruneMethod", "apply_mask", "check_fresh_copy", "eco_kernel_layer", "fresh_orthogonal_copy"]
+__all__ = ["PRUNING_RULES", "GlobalMagnitudeRule", "LocalMagnitudeRule", "PruneMethod", "PruningRule", "RandomRule",
+           "SAOMaskRule", "apply_mask", "check_fresh_copy", "eco_kernel_layer", "fresh_orthogonal_copy",
+           "pruning_rule"]
 
-RULES = ("none", "local-magnitude", "global-magnitude", "random", "sao-mask")
 _MASKED = (MaskedLinear, MaskedConv2d)
+_DENSE = "none"  # the string PruneMethod takes for the dense baseline (no rule), as before rules were classes
+
+
+# --------------------------------------------------------------------------- pruning rules
+
+
+@dataclass(frozen=True)
+class PruningRule:
+    """Which connections a pruning baseline keeps (paper §III-E): one hook, :meth:`masks`.
+
+    Subclass it, set the class attributes and implement :meth:`masks`; register an instance in
+    :data:`PRUNING_RULES` to make its name a valid ``PruneMethod(name)``.
+
+    Attributes:
+        name: the rule's name in :data:`PRUNING_RULES` (class attribute).
+        pooled: ``True`` if the rule ranks the connections of all target layers together (one
+            global threshold), so only their total is at the target sparsity; their plans are
+            marked :attr:`~sao.methods.LayerPlan.pooled` (class attribute).
+        needs_degree: ``True`` if the rule builds SAO topologies, so every layer is planned at a
+            valid SAO degree (:func:`~sao.methods.degree_plan`) even when a sparsity is asked
+            (class attribute).
+    """
+
+    name: ClassVar[str] = ""
+    pooled: ClassVar[bool] = False
+    needs_degree: ClassVar[bool] = False
+
+    def masks(self, weights: list[Tensor], plans: list[LayerPlan], settings: SparsifySettings) -> list[Tensor]:
+        """The connections to keep of the layers with these weights, all layers at once.
+
+        Args:
+            weights: each layer's weight, ``(out, in)`` or ``(out, in, kh, kw)`` (a convolution
+                keeps or drops whole kernels).
+            plans: each layer's :class:`~sao.methods.LayerPlan` (its ``sparsity`` and ``degree``),
+                in the order of ``weights``.
+            settings: the request; ``settings.generator`` is drawn from in layer order.
+
+        Returns:
+            One bool ``(out, in)`` mask per weight, in order (``True``: kept).
+        """
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class LocalMagnitudeRule(PruningRule):
+    """LMP: keep each layer's largest connections by ``|w|`` (by the L1 norm of a kernel).
+
+    Each layer keeps ``round((1 - plan.sparsity) · out · in)`` connections
+    (:func:`sao.methods.pruning.magnitude_mask`).
+    """
+
+    name: ClassVar[str] = "local-magnitude"
+
+    def masks(self, weights: list[Tensor], plans: list[LayerPlan], settings: SparsifySettings) -> list[Tensor]:
+        return [magnitude_mask(w, p.sparsity) for w, p in zip(weights, plans, strict=True)]
+
+
+@dataclass(frozen=True)
+class GlobalMagnitudeRule(PruningRule):
+    """GMP: one magnitude threshold over all target layers (:func:`sao.methods.pruning.global_magnitude_masks`).
+
+    The layers together keep ``round((1 - s) · Σ out · in)`` connections, ``s`` the requested
+    sparsity or, for a degree, the connection-weighted sparsity SAO would have at it; single
+    layers may end up denser or sparser.
+    """
+
+    name: ClassVar[str] = "global-magnitude"
+    pooled: ClassVar[bool] = True
+
+    def masks(self, weights: list[Tensor], plans: list[LayerPlan], settings: SparsifySettings) -> list[Tensor]:
+        return global_magnitude_masks(weights, _common_sparsity(weights, plans, settings))
+
+
+@dataclass(frozen=True)
+class RandomRule(PruningRule):
+    """LRP: keep ``round((1 - plan.sparsity) · out · in)`` random connections per layer.
+
+    Drawn with :func:`sao.methods.pruning.random_mask` from ``settings.generator``, layer by layer.
+    """
+
+    name: ClassVar[str] = "random"
+
+    def masks(self, weights: list[Tensor], plans: list[LayerPlan], settings: SparsifySettings) -> list[Tensor]:
+        return [random_mask(w.shape[:2], p.sparsity, settings.generator) for w, p in zip(weights, plans, strict=True)]
+
+
+@dataclass(frozen=True)
+class SAOMaskRule(PruningRule):
+    """RG-S/RG-T: keep the connections of an SAO topology, ``ramanujan(out, in, plan.degree)`` (paper §IV-A)."""
+
+    name: ClassVar[str] = "sao-mask"
+    needs_degree: ClassVar[bool] = True
+
+    def masks(self, weights: list[Tensor], plans: list[LayerPlan], settings: SparsifySettings) -> list[Tensor]:
+        return [ramanujan(*w.shape[:2], degree=p.degree, generator=settings.generator).mask()
+                for w, p in zip(weights, plans, strict=True)]
+
+
+def _common_sparsity(weights: list[Tensor], plans: list[LayerPlan], settings: SparsifySettings) -> float:
+    """Global pruning needs one sparsity: the given one, or the weighted per-layer SAO sparsity at the degree."""
+    if settings.degree is None:
+        return float(settings.sparsity)
+    sizes = [w.shape[:2].numel() for w in weights]
+    kept = sum(n * (1 - p.sparsity) for n, p in zip(sizes, plans, strict=True))
+    return 1.0 - kept / sum(sizes)
+
+
+#: The pruning rules by name: the strings ``PruneMethod(rule)`` takes (``"none"``: the dense baseline).
+PRUNING_RULES: Registry[PruningRule] = Registry("pruning rule", "sao.methods.PRUNING_RULES")
+for _rule in (LocalMagnitudeRule(), GlobalMagnitudeRule(), RandomRule(), SAOMaskRule()):
+    PRUNING_RULES.register(_rule.name, _rule)
+del _rule
+
+
+def pruning_rule(rule: PruningRule | str | None) -> PruningRule | None:
+    """The rule ``rule`` stands for: a :class:`PruningRule` itself, a name in :data:`PRUNING_RULES`, or ``None``.
+
+    ``None`` and ``"none"`` mean no rule (the dense baseline).
+
+    Raises:
+        ValueError: on an unknown name (the message lists the valid ones).
+        TypeError: on anything else (e.g. a rule class instead of an instance).
+    """
+    if rule is None or isinstance(rule, PruningRule):
+        return rule
+    if not isinstance(rule, str):
+        raise TypeError(f"rule must be a PruningRule instance, one of its names or None, got {rule!r}")
+    if rule == _DENSE:
+        return None
+    if rule not in PRUNING_RULES:
+        raise ValueError(f"rule={rule!r} is not supported; choose from {', '.join([_DENSE, *PRUNING_RULES.names()])} "
+                         "(or pass a PruningRule)")
+    return PRUNING_RULES.get(rule)
+
+
+# --------------------------------------------------------------------------- layers
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -149,76 +302,72 @@ def apply_mask(module: nn.Module, mask: Tensor) -> MaskedLinear | MaskedConv2d:
 
 @dataclass(frozen=True)
 class PruneMethod(SparsifyMethod):
-    """Prune by ``rule`` (one of :data:`RULES`) at the settings' sparsity.
+    """Prune by ``rule`` at the settings' sparsity (or SAO's sparsity at the settings' degree).
 
     Attributes:
-        rule: ``"none"`` (dense baseline), ``"local-magnitude"`` (LMP), ``"global-magnitude"``
-            (GMP, one threshold over all target layers), ``"random"`` (LRP) or ``"sao-mask"``
-            (RG-S/RG-T: an SAO topology's mask used as a pruning mask).
+        rule: the :class:`PruningRule` (LMP, GMP, LRP or RG's SAO mask), or ``None`` for the
+            dense baseline (layers redrawn orthogonal with ``reinit``, nothing pruned). A name
+            in :data:`PRUNING_RULES` or ``"none"`` is taken too and replaced by what it stands
+            for (:func:`pruning_rule`; ``ValueError`` on unknown names).
         reinit: ``True`` for the ``-S`` flavour (fresh orthogonal weights, then prune);
             ``False`` for ``-T`` (prune the layers as they are, e.g. after dense training,
             keeping their trained weights; fine-tune afterwards). ECO layers are never
             redrawn (module docstring).
+        phase: :data:`~sao.methods.AT_INIT` with ``reinit``, else
+            :data:`~sao.methods.AFTER_TRAINING` (paper §III-E, Fig. 1).
     """
 
-    rule: str
+    rule: PruningRule | None
     reinit: bool = True
     handles_eco: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.rule not in RULES:
-            raise ValueError(f"rule={self.rule!r} is not supported; choose from {', '.join(RULES)}")
+        object.__setattr__(self, "rule", pruning_rule(self.rule))
 
     @property
     def needs_target(self) -> bool:
-        return self.rule != "none"
+        return self.rule is not None
+
+    @property
+    def phase(self) -> str:
+        return AT_INIT if self.reinit else AFTER_TRAINING
 
     def plan_layer(self, name: str, module: nn.Module, settings: SparsifySettings) -> LayerPlan:
-        eco = isinstance(module, ECOConv2d)
-        if self.rule == "none":
-            if not eco:
-                check_fresh_copy(module, settings)
-            return LayerPlan(None, 0.0, 0.0, note="dense baseline" if not eco else "dense baseline: left as it is")
-        if eco:
-            _check_eco(module)
-        elif self.reinit:
-            check_fresh_copy(module, settings)
-        if self.rule == "sao-mask" or settings.degree is not None:
+        self._check_layer(module, settings)
+        if self.rule is None:
+            eco = isinstance(module, ECOConv2d)
+            return LayerPlan(None, 0.0, 0.0, note="dense baseline: left as it is" if eco else "dense baseline")
+        if self.rule.needs_degree or settings.degree is not None:
             plan = degree_plan(*layer_dims(module), settings)
         else:
             plan = LayerPlan(None, settings.sparsity, settings.sparsity)
-        if self.rule == "global-magnitude":
+        if self.rule.pooled:
             note = "global threshold: layers vary, the target layers together keep the target"
             plan = replace(plan, note=f"{plan.note}; {note}" if plan.note else note, pooled=True)
         return plan
 
+    def _check_layer(self, module: nn.Module, settings: SparsifySettings) -> None:
+        """Raise ``ValueError`` if this method cannot redraw or prune ``module`` (dense keeps ECO layers as is)."""
+        if isinstance(module, ECOConv2d):
+            if self.rule is not None:
+                _check_eco(module)
+        elif self.reinit:
+            check_fresh_copy(module, settings)
+
     def sparsify_layers(self, layers: list[tuple[str, nn.Module]], settings: SparsifySettings) -> list[nn.Module]:
-        if self.rule == "none":
+        if self.rule is None:
             return [m if isinstance(m, ECOConv2d) else self._start(m, settings) for _, m in layers]
         # the layers whose weight is pruned: for ECO layers a plain copy of the inner conv, attached below
         new = [eco_kernel_layer(n, m) if isinstance(m, ECOConv2d) else self._start(m, settings) for n, m in layers]
         if not new:
             return new
-        pruned = [apply_mask(m, mask) for m, mask in zip(new, self.masks(layers, new, settings), strict=True)]
+        masks = self.rule.masks([m.weight for m in new], [settings.plan(name) for name, _ in layers], settings)
+        pruned = [apply_mask(m, mask) for m, mask in zip(new, masks, strict=True)]
         return [_attach(module, kernel) for (_, module), kernel in zip(layers, pruned, strict=True)]
 
     def _start(self, module: nn.Module, settings: SparsifySettings) -> nn.Module:
         """A layer to prune: a fresh orthogonal copy (``-S``) or the layer itself (``-T``)."""
         return fresh_orthogonal_copy(module, settings) if self.reinit else module
-
-    def masks(self, layers: list[tuple[str, nn.Module]], new: list[nn.Module],
-              settings: SparsifySettings) -> list[Tensor]:
-        """The bool ``(out, in)`` connection masks of the ``new`` layers (layers to prune) under this rule."""
-        plans = [settings.plan(name) for name, _ in layers]
-        if self.rule == "global-magnitude":
-            return global_magnitude_masks([m.weight for m in new], _common_sparsity(new, plans, settings))
-        if self.rule == "local-magnitude":
-            return [magnitude_mask(m.weight, p.sparsity) for m, p in zip(new, plans, strict=True)]
-        if self.rule == "sao-mask":
-            return [ramanujan(*m.weight.shape[:2], degree=p.degree, generator=settings.generator).mask()
-                    for m, p in zip(new, plans, strict=True)]
-        return [random_mask(m.weight.shape[:2], p.sparsity, settings.generator)
-                for m, p in zip(new, plans, strict=True)]
 
 
 def _attach(module: nn.Module, kernel: nn.Module) -> nn.Module:
@@ -229,20 +378,11 @@ def _attach(module: nn.Module, kernel: nn.Module) -> nn.Module:
     return kernel
 
 
-def _common_sparsity(layers: list[nn.Module], plans: list[LayerPlan], settings: SparsifySettings) -> float:
-    """Global pruning needs one sparsity: the given one, or the weighted per-layer SAO sparsity at the degree."""
-    if settings.degree is None:
-        return float(settings.sparsity)
-    sizes = [m.weight.shape[:2].numel() for m in layers]
-    kept = sum(n * (1 - p.sparsity) for n, p in zip(sizes, plans, strict=True))
-    return 1.0 - kept / sum(sizes)
-
-
-METHODS.register("dense", PruneMethod("none"))
-METHODS.register("lmp-s", PruneMethod("local-magnitude"))
-METHODS.register("gmp-s", PruneMethod("global-magnitude"))
-METHODS.register("lrp", PruneMethod("random"))
-METHODS.register("rg-s", PruneMethod("sao-mask"))
-METHODS.register("lmp-t", PruneMethod("local-magnitude", reinit=False))
-METHODS.register("gmp-t", PruneMethod("global-magnitude", reinit=False))
-METHODS.register("rg-t", PruneMethod("sao-mask", reinit=False))
+METHODS.register("dense", PruneMethod(None))
+METHODS.register("lmp-s", PruneMethod(LocalMagnitudeRule()))
+METHODS.register("gmp-s", PruneMethod(GlobalMagnitudeRule()))
+METHODS.register("lrp", PruneMethod(RandomRule()))
+METHODS.register("rg-s", PruneMethod(SAOMaskRule()))
+METHODS.register("lmp-t", PruneMethod(LocalMagnitudeRule(), reinit=False))
+METHODS.register("gmp-t", PruneMethod(GlobalMagnitudeRule(), reinit=False))
+METHODS.register("rg-t", PruneMethod(SAOMaskRule(), reinit=False))
