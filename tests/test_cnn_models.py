@@ -1,4 +1,4 @@
-"""Convolutional models (``conv-orthogonal.md``, Architectures) and the ``MaxMin`` activation.
+"""Convolutional models (``docs/architectures.md``) and the ``MaxMin`` activation.
 
 CNN-N (paper §III-D1), CNN-ECO (Table 12) and LipConvNet-N (§III-D2, Table 11): shapes for the
 paper's depths at small widths, the layers ``sao.sparsify`` replaces and keeps, exact kernel

@@ -8,7 +8,6 @@ all checked against the plain definition.
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
@@ -279,17 +278,7 @@ def test_property_orthogonal_exact_support_and_density(case: tuple[int, int, flo
     assert bool(mask.any(1).all()) if m <= n else bool(mask.any(0).all())
 
 
-def test_speed_4096_at_density_1_64() -> None:
-    """Typically 0.15-0.3 s. Timed on one thread, best of two runs: on a shared 2-core machine
-    two intra-op threads stall at every barrier, and a fresh VM's first touch of memory is slow."""
-    w, seconds, threads = torch.empty(4096, 4096), [], torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for _ in range(2):
-            start = time.perf_counter()
-            _, mask = eoi_with_mask_(w, density=1 / 64, generator=gen())
-            seconds.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
-    assert min(seconds) < 3.0
+def test_4096_at_density_1_64_hits_its_density() -> None:
+    # the construction time is measured by benchmarks/bench_guards.py
+    _, mask = eoi_with_mask_(torch.empty(4096, 4096), density=1 / 64, generator=gen())
     assert 4096 * 64 <= int(mask.sum()) < 4096 * 65

@@ -1,6 +1,6 @@
 """Convolution initializers: Delta-orthogonal, SAO-Delta, ECO, SAO-ECO, and the spectral checker.
 
-Orthogonality is checked as in ``docs/conv-orthogonal.md``: singular values of the circular
+Orthogonality is checked as in ``docs/orthogonal-conv.md`` §1: singular values of the circular
 convolution by the FFT method (:func:`sao.spectral.conv_singular_values`), which is itself
 validated against the explicit Jacobian of ``F.conv2d`` with circular padding.
 """

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
@@ -102,11 +101,10 @@ def test_sao_same_seed_bit_identical_across_dtypes() -> None:
     assert not torch.equal(a, sao_(torch.empty(128, 128), degree=8, generator=gen(8)))
 
 
-def test_sao_4096_is_fast() -> None:
-    sao_(torch.empty(256, 256), degree=4)  # warm up LAPACK
-    start = time.perf_counter()
-    sao_(torch.empty(4096, 4096), degree=64, generator=gen())
-    assert time.perf_counter() - start < 2.0  # generous: a correctness guard against O(n^3) paths, not a benchmark
+def test_sao_4096_has_exact_degree() -> None:
+    # the construction time is measured by benchmarks/bench_guards.py and bench_construction.py
+    nonzero = sao_(torch.empty(4096, 4096), degree=64, generator=gen()) != 0
+    assert nonzero.sum(0).unique().tolist() == [64] and nonzero.sum(1).unique().tolist() == [64]
 
 
 @pytest.mark.parametrize(("call", "match"), [

@@ -1,4 +1,4 @@
-"""``SOCConv2d``: the skew orthogonal convolution (Singla & Feizi, ICML 2021; ``conv-orthogonal.md``, SOC).
+"""``SOCConv2d``: the skew orthogonal convolution (Singla & Feizi, ICML 2021; ``docs/orthogonal-conv.md`` §4).
 
 The layer computes ``P_out · S_T · P_in`` with ``S_T = Σ_{i≤T} A_nⁱ/i!`` the truncated exponential
 of a skew-symmetric zero-padded convolution ``A_n``. ``exp(A_n)`` is orthogonal and

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
@@ -68,11 +67,10 @@ def test_degree_for_sparsity_round_trips(shape: tuple[int, int, int]) -> None:
 
 
 @pytest.mark.parametrize("m, n, degree", [(256, 256, 5), (4096, 4096, 3), (300, 200, 7), (10, 4, 4)])
-def test_invalid_degree_fails_fast_and_names_valid_ones(m: int, n: int, degree: int) -> None:
-    start = time.perf_counter()
+def test_invalid_degree_names_valid_ones(m: int, n: int, degree: int) -> None:
+    # how long raising takes is measured by benchmarks/bench_guards.py, not asserted here
     with pytest.raises(ValueError, match=r"nearest valid: degree=\d+"):
         ramanujan(m, n, degree=degree)
-    assert time.perf_counter() - start < 1.0
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [

@@ -1,4 +1,4 @@
-"""Singular values of convolution operators: the orthogonality checks of ``docs/conv-orthogonal.md``.
+"""Singular values of convolution operators: the orthogonality checks of ``docs/orthogonal-conv.md`` (§1).
 
 A circular convolution on an ``n x n`` image is block-diagonalised by the 2-D DFT (Sedghi,
 Gupta & Long, "The Singular Values of Convolutional Layers", ICLR 2019): with the kernel

@@ -58,8 +58,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
     def __init__(self, size: int, batch_size: int, generator: torch.Generator, rank: int = 0,
                  world_size: int = 1) -> None:
         size, batch_size = as_int(size, "size", minimum=0), as_int(batch_size, "batch_size", minimum=1)
-        rank, world_size = as_int(rank, "rank"), as_int(world_size, "world_size")
-        if world_size < 1 or not 0 <= rank < world_size:
+        rank, world_size = as_int(rank, "rank"), as_int(world_size, "world_size", minimum=1)
+        if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if batch_size % world_size:
             raise ValueError(f"batch_size={batch_size} must be a multiple of the world size {world_size} "

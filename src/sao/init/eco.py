@@ -4,7 +4,7 @@ An ECO kernel is defined in the Fourier domain: a ``k x k`` kernel whose ``k``-p
 an orthogonal ``(c_out, c_in)`` matrix ``P(a, b)`` at every frequency ``(a, b)``. Applied with
 dilation ``m`` and circular padding to an ``n x n`` image with ``n = m k``, the convolution
 has at DFT frequency ``(u, v)`` exactly the matrix ``P(u mod k, v mod k)``, so it is orthogonal
-(Sedghi, Gupta & Long, ICLR 2019; see ``docs/conv-orthogonal.md``).
+(Sedghi, Gupta & Long, ICLR 2019; paper §III-D4, Eq. (6); ``docs/orthogonal-conv.md``).
 
 Like :mod:`sao.init.linear`, random numbers are drawn in float64 on the generator's device and
 the kernels are built there before being copied into the tensor, so a seed gives bit-identical
@@ -147,7 +147,7 @@ def eco_(tensor: Tensor, gain: float = 1.0, generator: torch.Generator | None = 
 @torch.no_grad()
 def sao_eco_(tensor: Tensor, degree: int | None = None, sparsity: float | None = None, gain: float = 1.0,
              topology: Topology | None = None, generator: torch.Generator | None = None) -> Tensor:
-    """Fill ``tensor`` with an SAO-ECO kernel (Esguerra et al. 2023, §IV-C; SPEC §2).
+    """Fill ``tensor`` with an SAO-ECO kernel (paper §IV-C; Yu et al., ICLR 2022 for ECO).
 
     As :func:`eco_`, but every one of the ``L`` unique Fourier matrices is a sparse orthogonal
     SAO matrix (:func:`sao.init.sao_`) on **one shared** topology ``T``, each with its own

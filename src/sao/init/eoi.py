@@ -1,31 +1,15 @@
 """EOI: exact sparse orthogonal initialization from random Givens rotations (Nowak et al., ICML 2024).
 
 Nowak, Gniecki, Szatkowski & Tabor, "Sparser, Better, Deeper, Stronger: Improving Sparse
-Training with Exact Orthogonal Initialization" (arXiv 2406.01755). Start from the (padded)
-identity and compose random Givens rotations until the wanted number of non-zeros is reached.
-Every rotation is orthogonal, so the result is exactly (semi-)orthogonal at any density, with a
-random support. It is the strongest later method the SAO paper is compared against (SPEC §3).
+Training with Exact Orthogonal Initialization" (arXiv 2406.01755): compose random Givens
+rotations on the (padded) identity until the wanted number of non-zeros is reached, which gives
+an exactly (semi-)orthogonal weight at any density, with a random support. Nowak et al. compare
+EOI with SAO; here it is the strongest later baseline.
 
-The rotation sequence is the paper's: i.i.d. uniform pairs of distinct lines, i.i.d. angles.
-(Rounds of random perfect matchings would be simpler to batch but change the law of the
-support: after the first round every line has a twin with the same support and the degrees
-are nearly regular, close to an SAO block structure; the i.i.d. sequence gives ragged degrees
-and about half the lines without a twin. Tests pin the sampler to a one-rotation-at-a-time
-reference.) It is made fast without changing a bit of the result:
-
-* a chunk of the sequence is split into *layers* of disjoint pairs, each rotation one layer
-  after the last earlier rotation sharing a line with it; disjoint rotations commute, so
-  applying the layers in turn is the sequential product, with one batch of index operations
-  per layer;
-* the support is tracked exactly as index sets (never read off ``W != 0``, which exact
-  cancellations could fool), and a rotation of lines ``i, j`` adds ``|S_i Δ S_j|`` non-zeros;
-* while lines are short the values are stored compressed (sorted column indices and values
-  per line, pairs merged by a batched sort); once the longest line fills a quarter of its
-  length they move to a dense float64 matrix. Both forms do the same floating-point operations
-  in the same order, so the switch never changes a bit.
-
-Random numbers are drawn in float64 on the generator's device and the matrix is built there
-before being copied into the tensor, so a seed gives bit-identical weights on every dtype.
+Offers :func:`eoi_` / :func:`eoi_with_mask_` (fully-connected), :func:`eoi_delta_` /
+:func:`eoi_delta_with_mask_` (the same matrix at the centre tap of a conv kernel) and
+:func:`eoi_target_nonzeros`. The rotation sequence we keep and how it is applied fast without
+changing a bit of the result: ``docs/eoi.md``.
 """
 
 from __future__ import annotations

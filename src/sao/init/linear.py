@@ -90,10 +90,11 @@ def fill_blocks_(tensor: Tensor, topology: Topology, blocks: Tensor) -> Tensor:
 
 
 def sao_blocks(topology: Topology, generator: torch.Generator | None = None) -> Tensor:
-    """The float64 ``(g, bm, bn)`` blocks of an SAO weight on ``topology`` (SPEC §1.2, §1.4).
+    """The float64 ``(g, bm, bn)`` blocks of an SAO weight on ``topology`` (paper §IV-C, Fig. 4).
 
     Each block is Haar (semi-)orthogonal with orthonormal rows (``bm <= bn``) or columns; for a
-    mirrored topology it is ``[[B0, -B0], [-B0, B0]]`` with ``B0`` Haar of half the size.
+    mirrored topology it is ``[[B0, -B0], [-B0, B0]]`` with ``B0`` Haar of half the size
+    (Burkholz & Dubatovka 2019; paper Eq. (5)).
     Disjoint supports make the whole matrix (semi-)orthogonal.
     """
     g, (bm, bn) = topology.num_blocks, topology.block_shape
@@ -116,7 +117,7 @@ def sao_(tensor: Tensor, degree: int | None = None, sparsity: float | None = Non
         W W^\\top = g^2 I_m \\;(m \\le n), \\qquad W^\\top W = g^2 I_n \\;(m > n),
 
     with exactly ``degree`` non-zeros per smaller-side node. With ``activation="relu"`` the
-    mirrored construction ``W = [[S0, -S0], [-S0, S0]]`` is used instead (SPEC §1.4): not
+    mirrored construction ``W = [[S0, -S0], [-S0, S0]]`` is used instead (Burkholz & Dubatovka 2019; paper Eq. (5)): not
     orthogonal itself, but a ReLU network fed ``[relu(u); relu(-u)]`` acts as the orthogonal
     chain ``S0`` on ``u``. ``degree = max(m, n)`` gives a dense orthogonal (or mirrored) matrix.
 

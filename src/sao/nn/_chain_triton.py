@@ -1,33 +1,11 @@
 """The Triton (GPU) kernel for chains of blocked ``SparseLinear`` layers: kernels and autograd wrapper.
 
-The GPU twin of :mod:`sao.nn._chain_kernel` (same arguments, same saved state). A chain
-``act_{L-1}(W_{L-1} … act_0(W_0 x + b_0) …)`` of blocked layers runs as one kernel launch per layer
-forward and two per layer backward:
-
-- forward, grid ``(batch tiles, blocks × row tiles)``: each program gathers its block's inputs
-  straight from the previous layer's output (the gather ``row_inverse_{l-1}[col_perm_l]`` is fused
-  into the load, as in :class:`sao.nn.FusedSparseChain`), multiplies by the ``(bm, bn)`` block, adds
-  the bias and applies the activation. Activations are feature-major ``(m_l, B)`` in block order
-  (row ``b·bm + i`` is output ``row_perm_l[b·bm + i]``), so each gathered row is ``B`` contiguous
-  samples; layer 0 reads ``x`` ``(B, n)`` and the last layer writes ``y`` ``(B, m)`` through
-  ``row_perm`` directly, so the chain needs no transpose or gather pass of its own.
-- backward, per layer from the last: ``dz = dh · act'(h)`` from the saved output ``h`` (tanh:
-  ``1 - h²``, relu: ``h > 0``), recomputed in both kernels instead of stored;
-  grad-input ``blocksᵀ dz``, grid ``(batch tiles, blocks × column tiles)``, written through the
-  gather (a permutation, so every input row is written once, no atomics);
-  grad-blocks ``dz · inputᵀ`` summed over the batch inside each program, grid
-  ``(blocks × row tiles, column tiles)`` (deterministic, no atomics), and grad-bias (output order).
-
-Blocks of at least 16×16 in float32 use ``tl.dot`` with ``input_precision="ieee"`` (no TF32, so
-float32 results match the PyTorch path); smaller blocks and float64 use broadcast-multiply-sum.
-tanh is computed from ``exp`` (a Taylor polynomial near 0), as Triton's interpreter has no libdevice.
-
-Saved for backward: every layer's post-activation output, ``Σ_l m_l · B · itemsize`` bytes (the
-last one is ``y`` itself), as the CPU kernel. Without grad, two ping-pong buffers of ``max m_l · B``.
-
-Triton is imported on first use (:func:`triton_chain_available` or a call), never by ``import sao``;
-kernels are decorated then, so ``TRITON_INTERPRET=1`` set before that first use runs them on the CPU
-through Triton's interpreter (how the CPU test run checks them).
+The GPU twin of :mod:`sao.nn._chain_kernel` (same arguments, same saved state): one kernel launch
+per layer forward and two per layer backward, activations feature-major in block order, gathers
+fused into the loads, no atomics. Offers :func:`triton_chain_available` and
+:func:`sparse_chain_triton`. Triton is imported on first use, never by ``import sao``, so
+``TRITON_INTERPRET=1`` set before that runs the kernels on the CPU (how the CPU test run checks
+them). Grids, precision and memory: ``docs/fused-chains.md``.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Stride and channel changes of the orthogonal convolutions (ECO, SOC), shared private helpers.
 
 Both layers run a square ``C x C`` orthogonal convolution on ``C = max(c_out, c_in s²)``
-channels (``conv-orthogonal.md``, ECO): the input goes through an invertible space-to-depth
-``(c_in, H, W) → (c_in s², H/s, W/s)`` (a permutation of the entries), its channels are
-zero-padded up to ``C`` (an isometric embedding), and the first ``c_out`` output channels are
-kept (a coordinate projection). With an orthogonal ``C x C`` operator in the middle, every
-singular value of the composite is 1 (``min(numel(in), numel(out))`` of them).
+channels (Yu et al., ICLR 2022; paper §IV-C; ``docs/orthogonal-conv.md`` §3): the input goes
+through an invertible space-to-depth ``(c_in, H, W) → (c_in s², H/s, W/s)`` (a permutation of
+the entries), its channels are zero-padded up to ``C`` (an isometric embedding), and the first
+``c_out`` output channels are kept (a coordinate projection). With an orthogonal ``C x C``
+operator in the middle, every singular value of the composite is 1
+(``min(numel(in), numel(out))`` of them).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Activations of the orthogonal convolutional networks: ``MaxMin`` (Anil, Lucas & Grosse, ICML 2019).
 
 LipConvNet (Singla & Feizi, ICML 2021, §6) uses MaxMin after every SOC/ECO convolution
-(``conv-orthogonal.md``, SOC): it sorts each pair of channels, so it is 1-Lipschitz and its
+(paper §III-D2): it sorts each pair of channels, so it is 1-Lipschitz and its
 Jacobian is a permutation matrix almost everywhere (gradient-norm preserving).
 """
 

@@ -1,12 +1,13 @@
 """``ECOConv2d``: an explicitly constructed orthogonal convolution (Yu et al., ICLR 2022), dense or SAO.
 
-See ``conv-orthogonal.md`` (ECO): a ``k x k`` kernel dilated by ``n/k`` with circular padding
-on an ``n x n`` input has, at every DFT frequency, one of the ``k²`` matrices ``P(a, b)``;
-making them orthogonal makes the convolution orthogonal. Stride ``s`` is an invertible
-space-to-depth ``(c, ns, ns) → (c s², n, n)`` followed by a stride-1 ECO convolution; channel
-changes run the convolution on ``C = max(c_out, c_in s²)`` channels, zero-padding the input
-channels and keeping the first ``c_out`` outputs. Every step is an isometry or a coordinate
-projection, so all singular values of the layer are 1 at initialisation.
+Paper §III-D4 and §IV-C; the maths in ``docs/orthogonal-conv.md`` §3. A ``k x k`` kernel
+dilated by ``n/k`` with circular padding on an ``n x n`` input has, at every DFT frequency, one
+of the ``k²`` matrices ``P(a, b)``; making them orthogonal makes the convolution orthogonal.
+Stride ``s`` is an invertible space-to-depth ``(c, ns, ns) → (c s², n, n)`` followed by a
+stride-1 ECO convolution; channel changes run the convolution on ``C = max(c_out, c_in s²)``
+channels, zero-padding the input channels and keeping the first ``c_out`` outputs. Every step
+is an isometry or a coordinate projection, so all singular values of the layer are 1 at
+initialisation.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ class SparseLinear(SparseLayerBase):
     """A linear layer ``y = x Wᵀ + b`` whose ``W`` has a fixed sparse SAO topology.
 
     ``W`` is ``(out_features, in_features)``; every node on the smaller side has exactly
-    ``degree`` connections and the sparsity is ``1 - degree / max(in, out)`` (SPEC §1).
+    ``degree`` connections and the sparsity is ``1 - degree / max(in, out)`` (paper §IV-A, §IV-C).
 
     Args:
         in_features: ``n``.

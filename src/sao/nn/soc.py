@@ -1,34 +1,13 @@
-"""``SOCConv2d``: the skew orthogonal convolution of Singla & Feizi (ICML 2021), ``conv-orthogonal.md`` (SOC).
+"""``SOCConv2d``: the skew orthogonal convolution of Singla & Feizi (ICML 2021), used by LipConvNet (paper §III-D2).
 
-A convolution ``x ↦ A ⋆ x`` with zero "same" padding and a kernel ``A`` that equals minus its
-adjoint kernel ``A* = flip_{h,w}(Aᵀ_{channels})`` is a skew-symmetric operator; its exponential
-``exp(A) = Σ_i Aⁱ / i!`` is orthogonal (Singla & Feizi 2021, Thm. 1). The layer keeps an
-unconstrained parameter ``M`` (``C x C x k x k``), forms the skew kernel ``A = (M − M*)/2``,
-scales it to ``A_n = correction · A / σ`` (``σ`` a power-iteration estimate of a spectral-norm
-bound, below) and evaluates the truncated series ``Σ_{i=0..T} A_nⁱ x / i!`` with the recurrence
-``z_i = conv(z_{i−1}, A_n) / i`` (§4 of the paper). Stride and channel changes are the
-space-to-depth / channel pad / crop of :class:`~sao.nn.ECOConv2d` (shared helpers).
-
-**Guarantees.** ``A_n`` is exactly skew (up to float rounding) for every ``M`` and every ``σ``,
-so the infinite series is exactly orthogonal; the truncation changes every singular value by
-at most ``tail(a, T) = Σ_{i>T} aⁱ/i! ≤ a^{T+1}/(T+1)! · (T+2)/(T+2−a)`` with ``a = ‖A_n‖₂``
-(Weyl's inequality). ``σ`` is the "Fantastic Four" bound of Singla & Feizi (ICLR 2021, Thm. 1):
-for the zero-padded (or circular) convolution ``‖A‖₂ ≤ √(hw) · min_j ‖R_j(A)‖₂`` over four
-reshapes ``R_j`` of the kernel (``(C h) x (C w)``, ``(C w) x (C h)``, ``C x (C h w)``,
-``(C h w) x C``); each ``‖R_j‖₂`` is estimated by power iteration (50 iterations at
-construction, one warm-started iteration per training-mode forward, as upstream).
-
-- ``bound="certified"`` (default): ``σ = √(hw) · min_j σ_j``, so ``‖A_n‖₂ ≤ correction`` once
-  the power iteration has converged (it only needs ``σ_j ≥ correction · ‖R_j‖₂`` for
-  ``‖A_n‖₂ < 1``). At init (``M ~ N(0, 1/C)``, ``k = 3``) we measure ``‖A_n‖₂ ≈ 0.4``, so the
-  ``T = 5`` truncation error is ~1e-5 and ``T = 12`` is at float64 rounding.
-- ``bound="upstream"``: ``σ = min_j σ_j`` without ``√(hw)``, exactly the upstream code
-  (github.com/singlasahil14/SOC, "removed multiplication by sqrt(h*w)"). Not a bound: at init
-  ``‖A_n‖₂ ≈ 1.2–1.5`` (measured, ``k = 3``), so the ``T = 5`` series is only orthogonal to
-  ~1e-2, but the operator reaches eigen-angles up to ~1.5 rad (the paper's expressivity).
-  Use it to reproduce the paper's numbers.
-
-``σ`` is a constant for autograd (computed under ``no_grad``, as upstream).
+Convolution with a skew kernel ``A = (M − M*)/2`` (:func:`skew_kernel`) is a skew-symmetric
+operator, so ``exp(A)`` is orthogonal (Singla & Feizi 2021, Thm. 1). :class:`SOCConv2d` keeps an
+unconstrained ``M``, scales ``A`` to ``A_n = correction · A / σ`` with ``σ`` a power-iteration
+estimate of a spectral-norm bound, and evaluates the truncated series ``Σ_{i≤T} A_nⁱ x / i!``;
+stride and channel changes are those of :class:`~sao.nn.ECOConv2d`. :data:`SOC_BOUNDS` names the
+two choices of ``σ``: ``"certified"`` (default, ``‖A_n‖₂ ≤ correction``) and ``"upstream"`` (the
+upstream code's, not a bound; reproduces the paper's numbers). The maths, the truncation error
+bound and the measured norms: ``docs/orthogonal-conv.md`` (SOC).
 """
 
 from __future__ import annotations
@@ -86,7 +65,7 @@ class SOCConv2d(nn.Module):
         device, dtype: of the parameters and buffers.
         correction: the factor in ``A_n = correction · A / σ`` (upstream 0.7), in ``(0, 1]``.
         bound: ``"certified"`` (``σ`` includes ``√(hw)``: ``‖A_n‖₂ ≤ correction``) or
-            ``"upstream"`` (the upstream code's ``σ``, no ``√(hw)``); see the module docstring.
+            ``"upstream"`` (the upstream code's ``σ``, no ``√(hw)``); see ``docs/orthogonal-conv.md``.
 
     Attributes:
         weight: the unconstrained parameter ``M`` of shape ``(C, C, k, k)``, drawn ``N(0, 1/C)``,
@@ -101,7 +80,7 @@ class SOCConv2d(nn.Module):
         The linear part is ``P_out · S_T · P_in`` with ``P_in`` an isometry, ``P_out`` a
         coordinate projection and ``S_T`` the ``T``-term Taylor polynomial of the orthogonal
         ``exp(A_n)``: every one of its ``min(numel(out), numel(in))`` singular values lies within
-        ``Σ_{i>T} ‖A_n‖ⁱ/i!`` of 1 (see the module docstring).
+        ``Σ_{i>T} ‖A_n‖ⁱ/i!`` of 1 (see ``docs/orthogonal-conv.md``).
 
     Example:
         >>> soc = SOCConv2d(4, 8, stride=2, generator=torch.Generator().manual_seed(0))

@@ -1,4 +1,4 @@
-"""The block-regular ("Ramanujan") sparse topology of an SAO layer (paper §IV-A, SPEC §1).
+"""The block-regular ("Ramanujan") sparse topology of an SAO layer (paper §IV-A, Fig. 4).
 
 A layer with weight shape ``(m, n) = (out, in)`` and degree ``d`` is built from
 ``g = max(m, n) / d`` groups. Up to a row and a column permutation its mask is
@@ -10,7 +10,8 @@ block-diagonal with ``g`` dense blocks of shape ``(m / g, n / g)``:
 
 so every node of the smaller side has degree ``d = max(m, n) / g`` and every node of the
 larger side has degree ``r = min(m, n) / g``. The sparsity is ``1 - 1/g = 1 - d / max(m, n)``.
-A degree is valid exactly when ``g`` divides both ``m`` and ``n``.
+A degree is valid exactly when ``g`` divides both ``m`` and ``n``. Why "Ramanujan" is in quotes
+(one such layer is ``g`` disconnected complete bipartite graphs): ``docs/analysis.md`` §1.
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ class Topology:
         num_blocks: ``g``; must divide both ``m`` and ``n``.
         row_perm: ``(m,)`` long tensor, a permutation of ``range(m)``.
         col_perm: ``(n,)`` long tensor, a permutation of ``range(n)``.
-        mirrored: the topology of the ReLU variant (SPEC §1.4): within each block the second
-            half of the rows (columns) are the first half shifted by ``m/2`` (``n/2``), so a
-            block can hold ``[[B0, -B0], [-B0, B0]]``.
+        mirrored: the topology of the ReLU variant (Burkholz & Dubatovka 2019; paper Eq. (5)):
+            within each block the second half of the rows (columns) are the first half shifted by
+            ``m/2`` (``n/2``), so a block can hold ``[[B0, -B0], [-B0, B0]]``.
     """
 
     out_features: int
@@ -256,7 +257,7 @@ def nearest_degree(m: int, n: int, degree: int | None = None, sparsity: float | 
 
 def ramanujan(m: int, n: int, degree: int | None = None, sparsity: float | None = None,
               generator: torch.Generator | None = None, mirrored: bool = False) -> Topology:
-    """Draw a random SAO topology for an ``(m, n) = (out, in)`` weight (paper §IV-A, SPEC §1.1).
+    """Draw a random SAO topology for an ``(m, n) = (out, in)`` weight (paper §IV-A).
 
     The larger side is randomly partitioned into ``g = max(m, n) / d`` groups of ``d`` nodes; the
     smaller side, also randomly permuted, is spread evenly, ``r = min(m, n) / g`` nodes per

@@ -31,8 +31,8 @@ def configuration_model(m: int, n: int, row_degree: int, generator: torch.Genera
     """
     check_generator(generator)
     m, n = as_int(m, "m", minimum=1), as_int(n, "n", minimum=1)
-    row_degree = as_int(row_degree, "row_degree")
-    if not 1 <= row_degree <= n or (m * row_degree) % n or m * row_degree // n > m:
+    row_degree = as_int(row_degree, "row_degree", minimum=1)
+    if row_degree > n or (m * row_degree) % n or m * row_degree // n > m:
         raise ValueError(f"row_degree={row_degree} must be in [1, {n}] with m*row_degree divisible by n={n}")
     col_degree = m * row_degree // n
     rows = torch.arange(m).repeat_interleave(row_degree).tolist()

@@ -11,13 +11,17 @@ for ``W = warmup_epochs`` and ``s`` the named schedule of :data:`SCHEDULES`:
 ``constant`` 1; ``multistep`` ``gamma ** #{milestones <= e}`` (milestones are absolute epochs);
 ``cosine`` ``½ (1 + cos(π (e − W) / (E − W)))`` after the warm-up (1 during it), ``E = epochs``.
 Add a schedule with ``@SCHEDULES.register("name")`` on a function ``(epoch, config) -> float``.
+
+``config`` is anything with the attributes of :class:`ScheduleConfig` (a
+:class:`~sao.training.TrainConfig` in practice); this module does not import the config module,
+which imports :data:`SCHEDULES` to validate its ``schedule`` field.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -25,33 +29,54 @@ from torch import nn
 from sao._registry import Registry
 from sao._validation import as_int
 
-if TYPE_CHECKING:
-    from sao.training.config import TrainConfig
+__all__ = ["SCHEDULES", "ScheduleConfig", "build_optimizer", "build_scheduler", "lr_factor"]
 
-__all__ = ["SCHEDULES", "build_optimizer", "build_scheduler", "lr_factor"]
 
-Schedule = Callable[[int, "TrainConfig"], float]
+class ScheduleConfig(Protocol):
+    """The attributes of a run config that the optimizer and the schedules read (read-only)."""
+
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def warmup_epochs(self) -> int: ...
+    @property
+    def schedule(self) -> str: ...
+    @property
+    def milestones(self) -> Sequence[int]: ...
+    @property
+    def gamma(self) -> float: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def momentum(self) -> float: ...
+    @property
+    def weight_decay(self) -> float: ...
+    @property
+    def nesterov(self) -> bool: ...
+
+
+Schedule = Callable[[int, ScheduleConfig], float]
 SCHEDULES: Registry[Schedule] = Registry("lr schedule", "sao.training.SCHEDULES")
 
 
 @SCHEDULES.register("constant")
-def _constant(epoch: int, config: TrainConfig) -> float:
+def _constant(epoch: int, config: ScheduleConfig) -> float:
     return 1.0
 
 
 @SCHEDULES.register("multistep")
-def _multistep(epoch: int, config: TrainConfig) -> float:
+def _multistep(epoch: int, config: ScheduleConfig) -> float:
     return config.gamma ** sum(1 for m in config.milestones if m <= epoch)
 
 
 @SCHEDULES.register("cosine")
-def _cosine(epoch: int, config: TrainConfig) -> float:
+def _cosine(epoch: int, config: ScheduleConfig) -> float:
     span = max(config.epochs - config.warmup_epochs, 1)
     progress = min(max(epoch - config.warmup_epochs, 0), span) / span
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def lr_factor(epoch: int, config: TrainConfig) -> float:
+def lr_factor(epoch: int, config: ScheduleConfig) -> float:
     """The multiplier of ``config.lr`` in 0-based epoch ``epoch``: linear warm-up times the schedule.
 
     Example:
@@ -65,14 +90,14 @@ def lr_factor(epoch: int, config: TrainConfig) -> float:
     return warmup * SCHEDULES.get(config.schedule)(epoch, config)
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
+def build_optimizer(model: nn.Module, config: ScheduleConfig) -> torch.optim.SGD:
     """SGD over the trainable parameters of ``model`` with the config's lr, momentum, weight decay, Nesterov."""
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
                            nesterov=config.nesterov)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig) -> torch.optim.lr_scheduler.LambdaLR:
     """A :class:`~torch.optim.lr_scheduler.LambdaLR` stepped once per epoch with :func:`lr_factor`."""
     SCHEDULES.get(config.schedule)  # fail before building anything
 
