@@ -12,6 +12,7 @@ Run ``python benchmarks/bench_epoch.py [--depth 1000] [--method sao] [--batch-si
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -19,7 +20,8 @@ from pathlib import Path
 import torch
 
 from _common import machine_info, markdown_table, print_header, set_threads, write_json
-from sao.experiments.table7 import run_table7
+from sao.experiments import EXPERIMENTS, DataConfig, run_experiment
+from sao.methods import AFTER_TRAINING, METHODS
 from sao.training import lr_for_depth
 
 
@@ -34,13 +36,16 @@ def cases(devices: str = "all") -> list[tuple[str, str | None]]:
 
 def epoch_seconds(args: argparse.Namespace, device: str, amp: str | None) -> float:
     """Wall time of the second epoch of a fresh two-epoch run."""
-    config = {"experiment": "table7", "method": args.method, "depth": args.depth, "seed": 0, "epochs": 2,
-              "dataset": args.dataset, "data_root": args.data_root, "degree": 4, "gain": 1.1,
-              "batch_size": args.batch_size, "lr": lr_for_depth(args.depth), "device": device, "amp": amp,
-              "cudnn_benchmark": device == "cuda", **({"fused": False} if args.no_fused else {})}
+    base = EXPERIMENTS.get("table7").runs("quick")[0]  # Table 7's settings: gain 1.1, degree 4, SGD
+    config = dataclasses.replace(
+        base, model=dataclasses.replace(base.model, depth=args.depth),
+        method=dataclasses.replace(base.method, name=args.method),
+        data=DataConfig(args.dataset, args.data_root, args.batch_size),
+        train=dataclasses.replace(base.train, epochs=2, lr=lr_for_depth(args.depth), device=device, amp=amp,
+                                  cudnn_benchmark=device == "cuda", fused=not args.no_fused))
     with tempfile.TemporaryDirectory() as tmp:
-        run_table7(config, Path(tmp))
-        sub = "finetune" if args.method.endswith("-t") else "train"
+        run_experiment(config.to_dict(), Path(tmp))
+        sub = "finetune" if METHODS.get(args.method).phase == AFTER_TRAINING else "train"
         lines = (Path(tmp) / sub / "metrics.jsonl").read_text().splitlines()
     return float(json.loads(lines[-1])["seconds"])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -38,3 +40,20 @@ def make_chain(sizes: list[int], degrees: list[int], acts: list[str], bias: bool
         layers.append(layer.to(device))
     return layers, nn.Sequential(*[mod for layer, a in zip(layers, acts, strict=True)
                                    for mod in (layer, CHAIN_MODULES[a]())])
+
+
+def tiny_run(table: str, method: str, *, depth: int, sparsity: float | None = None, epochs: int = 1,
+             batch_size: int = 256, width: int | None = None, seed: int = 0) -> Any:
+    """A fast run of ``table``'s quick preset: ``method`` at ``depth``, one epoch on MNIST-5k, on the CPU."""
+    import dataclasses
+
+    from sao.experiments import EXPERIMENTS, MethodConfig, Run
+
+    base = EXPERIMENTS.get(table).runs("quick", train={"device": "cpu"})[0]
+    target = MethodConfig(method, sparsity=sparsity) if sparsity is not None else dataclasses.replace(
+        base.method, name=method)
+    config = dataclasses.replace(
+        base, model=dataclasses.replace(base.model, depth=depth, **({} if width is None else {"width": width})),
+        method=target, data=dataclasses.replace(base.data, batch_size=batch_size),
+        train=dataclasses.replace(base.train, epochs=epochs, seed=seed)).resolved()
+    return Run(config.label, config.to_dict())

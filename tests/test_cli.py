@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,3 +38,57 @@ def test_bad_flags_exit_nonzero(argv: list[str]) -> None:
 def test_module_entry_point_help() -> None:
     proc = subprocess.run([sys.executable, "-m", "sao", "--help"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and "demo" in proc.stdout
+
+
+def test_every_command_is_one_module_with_help() -> None:
+    from sao.cli import COMMANDS, build_parser
+
+    assert set(COMMANDS) == {"analyze", "demo", "report", "reproduce", "train"}
+    text = build_parser().format_help()
+    assert all(name in text for name in COMMANDS)
+    proc = subprocess.run([sys.executable, "-m", "sao.cli", "train", "--help"], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0 and "--weight-decay" in proc.stdout and "(default: 0.0001)" in proc.stdout
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["report", "no-such-sweep"], "no sweep folder no-such-sweep"),
+    (["reproduce", "table7", "--preset", "huge"], "preset='huge' is not known; choose from quick, cpu, paper"),
+    (["reproduce", "table7", "--address", "auto"], "--address need --launcher ray"),
+    (["train", "--dataset", "mnist", "--data-root", "no-such-folder", "--depth", "2", "--epochs", "1"],
+     "no-such-folder"),
+])
+def test_user_errors_are_one_line_and_exit_2(argv: list[str], message: str, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err and err.startswith(f"sao {argv[0]}: error: ")
+
+
+def _half_fails(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    if config["method"]["name"] == "gmp-s":
+        raise RuntimeError("boom")
+    return {"status": "completed", "test_acc": 0.5, "val_acc": 0.5}
+
+
+def test_a_grid_with_failed_runs_exits_1_naming_them(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import sao.cli.reproduce as reproduce
+
+    monkeypatch.setattr(reproduce, "run_experiment", _half_fails)
+    assert main(["reproduce", "table7", "--preset", "quick", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("sao reproduce: 3 run(s) failed") and "gmp-s-N10-s0" in err and "gmp-s-N200-s0" in err
+
+
+def test_programming_errors_keep_their_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sao.cli.reproduce as reproduce
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(reproduce, "run_grid", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        main(["reproduce", "table7", "--out", str(tmp_path)])

@@ -2,47 +2,40 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import tiny_run
 from sao.cli import main
-from sao.experiments import Run, finished_results, run_one
-from sao.experiments.cnn import CNN_TABLES, cnn_runs, run_cnn
+from sao.experiments import EXPERIMENTS, finished_results, run_experiment, run_one
+from sao.experiments.cnn import CNN_TABLES
+from sao.experiments.protocol import build_model, init_activation
+from sao.methods import sparsify
+from sao.models import model_info
 
 
 @pytest.mark.parametrize("table", list(CNN_TABLES))
 @pytest.mark.parametrize("preset", ["quick", "cpu", "paper"])
 def test_grids(table: str, preset: str) -> None:
-    runs = cnn_runs(table, preset)
-    grid = CNN_TABLES[table].presets[preset]
+    spec = CNN_TABLES[table]
+    runs = spec.runs(preset)
+    grid = spec.preset(preset)
     sparse_methods = [m for m in grid.methods if m != "dense"]
     per_depth = len(sparse_methods) * len(grid.sparsities) + ("dense" in grid.methods)
-    expected = len(grid.depths) * len(grid.seeds) * per_depth
-    assert len(runs) == expected
-    assert len({r.hash for r in runs}) == len(runs)
-    assert all((r.config["sparsity"] is None) == (r.config["method"] == "dense") for r in runs)
-    assert {r.config["dataset"] for r in runs} == {"mnist5k" if preset != "paper" else grid.dataset}
-
-
-def test_unknown_table_and_preset() -> None:
-    with pytest.raises(ValueError, match="table8"):
-        cnn_runs("table99", "quick")
-    with pytest.raises(ValueError, match="quick, cpu, paper"):
-        cnn_runs("table8", "huge")
-
-
-def tiny(table: str, method: str, sparsity: float | None, **over: object) -> Run:
-    base = cnn_runs(table, "quick", device="cpu")[0].config
-    config = {**base, "method": method, "sparsity": sparsity, "width": 8, "epochs": 1, "batch_size": 500,
-              "depth": 2, **over}
-    return Run(f"{method}-{sparsity}", config)
+    assert len(runs) == len(grid.depths) * len(grid.seeds) * per_depth
+    assert all((r.method.sparsity is None) == (r.method.name == "dense") for r in runs)
+    assert {r.data.name for r in runs} == {"mnist5k" if preset != "paper" else spec.dataset}
+    assert {r.train.milestones for r in runs} == {(grid.epochs // 4, 3 * grid.epochs // 4)}
+    assert {r.model.name for r in runs} == {spec.base.model.name}
 
 
 @pytest.mark.parametrize("method", ["sao", "lmp-s", "lmp-t", "rg-s", "rg-t", "eoi"])
 def test_every_conv_method_hits_its_kernel_sparsity_exactly(tmp_path: Path, method: str) -> None:
-    result = run_one(tiny("table8", method, 0.75), run_cnn, tmp_path)
+    result = run_one(tiny_run("table8", method, depth=2, sparsity=0.75, width=8, batch_size=500), run_experiment,
+                     tmp_path)
     assert result["status"] == "completed"
     assert result["connection_sparsity_min"] == result["connection_sparsity_max"] == 0.75
 
@@ -50,7 +43,8 @@ def test_every_conv_method_hits_its_kernel_sparsity_exactly(tmp_path: Path, meth
 @pytest.mark.parametrize(("table", "depth"), [("table9", 2), ("table12", 2), ("table11", 5)])
 def test_every_model_trains_dense_and_sao(tmp_path: Path, table: str, depth: int) -> None:
     for method, sparsity in (("dense", None), ("sao", 0.5)):
-        result = run_one(tiny(table, method, sparsity, depth=depth), run_cnn, tmp_path)
+        run = tiny_run(table, method, depth=depth, sparsity=sparsity, width=8, batch_size=500)
+        result = run_one(run, run_experiment, tmp_path)
         assert result["status"] == "completed" and result["test_acc"] is not None
         if method == "sao":
             assert result["connection_sparsity_min"] == result["connection_sparsity_max"] == 0.5
@@ -64,36 +58,43 @@ def test_every_model_trains_dense_and_sao(tmp_path: Path, table: str, depth: int
 @pytest.mark.parametrize("method", ["eoi", "rg-n", "rg-u"])
 def test_methods_without_an_eco_form_are_refused_on_eco_models(tmp_path: Path, method: str) -> None:
     with pytest.raises(ValueError, match=r"not available for cnn_eco.*lmp-s"):
-        run_one(tiny("table12", method, 0.5), run_cnn, tmp_path)
+        tiny_run("table12", method, depth=2, sparsity=0.5)
 
 
-def test_cli_lists_the_cnn_tables(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_cli_lists_the_presets(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["reproduce", "table9", "--preset", "nope", "--out", str(tmp_path)]) == 2
     assert "quick, cpu, paper" in capsys.readouterr().err
+
+
+def test_cli_trains_any_registered_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``sao train`` is not FNN-only: a CNN run takes Table 8's settings (its first table)."""
+    assert main(["train", "--model", "cnn", "--depth", "2", "--width", "8", "--sparsity", "0.5", "--epochs", "1",
+                 "--batch-size", "500", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    (result,) = finished_results(tmp_path)
+    config = EXPERIMENTS.get("table8").base
+    assert result["config"]["experiment"] == "table8" and result["config"]["model"]["activation"] == "relu"
+    assert result["config"]["train"]["lr"] == config.train.lr and result["connection_sparsity_max"] == 0.5
 
 
 @pytest.mark.parametrize("table", list(CNN_TABLES))
 @pytest.mark.parametrize("preset", ["quick", "cpu", "paper"])
 def test_every_sparse_run_of_every_preset_can_be_built(table: str, preset: str) -> None:
     """A sparsity the layers cannot take (e.g. 96.875 % with ReLU at width 32) fails here, not hours into a sweep."""
-    from sao.experiments.cnn import _build_model
-    from sao.methods import sparsify
-
     seen = set()
-    for run in cnn_runs(table, preset):
-        c = run.config
-        key = (c["method"] == "sao", c["sparsity"], c["width"])
-        if c["sparsity"] is None or key in seen or (c["model"] != "cnn" and preset == "paper"):
+    for run in CNN_TABLES[table].runs(preset):
+        info = model_info(run.model.name)
+        key = (run.method.name == "sao", run.method.sparsity, run.model.width)
+        if run.method.sparsity is None or key in seen or (info.sparse_at_construction and preset == "paper"):
             continue  # building the paper-size ECO/SOC models takes a minute; their layers check the same rule
         seen.add(key)
-        shallow = {**c, "depth": 5 if c["model"] == "lipconvnet" else 2}
-        model = _build_model(shallow, 10, 3, torch.Generator().manual_seed(0))
-        if c["model"] == "cnn":
-            activation = c["activation"] if c["activation"] in ("tanh", "relu") else "tanh"
-            sparsify(model, c["method"], sparsity=c["sparsity"], activation=activation)
+        shallow = dataclasses.replace(run, model=dataclasses.replace(run.model, depth=info.depths[0]))
+        model = build_model(shallow, info.input_shape, 10, torch.Generator().manual_seed(0))
+        if not info.sparse_at_construction:
+            sparsify(model, run.method.name, sparsity=run.method.sparsity,
+                     activation=init_activation(run.model.activation))
 
 
 def test_runs_do_not_leave_denormals_flushed(tmp_path: Path) -> None:
     """Flushing subnormals is scoped to a run: the flag is global and broke later float tests once."""
-    run_one(tiny("table8", "dense", None), run_cnn, tmp_path)
+    run_one(tiny_run("table8", "dense", depth=2, width=8, batch_size=500), run_experiment, tmp_path)
     assert (torch.tensor([1e-39]) * 1.0).item() != 0.0

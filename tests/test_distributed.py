@@ -19,9 +19,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from helpers import gen
 from sao.data import ShardedBatchSampler, Splits, loaders
+from sao.experiments import Run, RunClaimed, RunStore, run_one
 from sao.methods import sparsify
 from sao.models import fnn, orthogonal_init_
 from sao.training import TrainConfig, load_checkpoint, read_metrics, train
+from sao.training.distributed import broadcast_object
 
 FEATURES, CLASSES = 1024, 10
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
@@ -44,7 +46,8 @@ def _model(method: str) -> nn.Module:
     return model
 
 
-CFG = TrainConfig(epochs=2, batch_size=32, lr=0.05, device="cpu", isometry_probe=4, seed=3)
+CFG = TrainConfig(epochs=2, lr=0.05, device="cpu", isometry_probe=4, seed=3)
+BATCH = 32  # the global batch
 
 
 def _run(rank: int, world_size: int, rendezvous: str, method: str, out: str) -> None:
@@ -54,9 +57,9 @@ def _run(rank: int, world_size: int, rendezvous: str, method: str, out: str) -> 
         dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
     try:
         splits = _splits()
-        train_loader, val, test = loaders(splits, CFG.batch_size, seed=11, shard=(rank, world_size))
+        train_loader, val, test = loaders(splits, BATCH, seed=11, shard=(rank, world_size))
         if world_size > 1:  # an unsharded loader is refused instead of silently training on W x the batch
-            whole = loaders(splits, CFG.batch_size, seed=11)[0]
+            whole = loaders(splits, BATCH, seed=11)[0]
             with pytest.raises(ValueError, match="must be sharded"):
                 train(_model(method), {"train": whole, "val": val}, CFG, Path(out) / "refused", progress=False)
         result = train(_model(method), {"train": train_loader, "val": val, "test": test}, CFG, out, progress=False)
@@ -88,6 +91,47 @@ def test_world_size_two_matches_world_size_one(tmp_path: Path, method: str) -> N
     for a, b in zip(rows1[1:], rows2[1:], strict=True):  # train loss/accuracy summed over both ranks
         assert b["train_acc"] == a["train_acc"]
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+
+
+def _ranked_run(config: dict, run_dir: Path) -> dict:
+    """A run function that notes which rank called it and returns that rank."""
+    rank = dist.get_rank()
+    with open(run_dir / f"rank-{rank}.txt", "a") as handle:
+        handle.write("called\n")
+    return {"rank": rank}
+
+
+def _run_one_in_group(rank: int, world_size: int, rendezvous: str, out: str) -> None:
+    """``run_one`` of a free run (twice) and of a run claimed elsewhere, on every rank of a gloo group."""
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
+    try:
+        seen: dict = {"object": broadcast_object({"from": rank}), "results": []}
+        for run in (Run("free", {"x": 1}), Run("free", {"x": 1}), Run("held", {"x": 2})):
+            try:
+                seen["results"].append(run_one(run, _ranked_run, Path(out), log=lambda _: None))
+            except RunClaimed as err:
+                seen["results"].append(str(err.holder))
+        Path(out, f"seen-{rank}.json").write_text(json.dumps(seen))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_run_one_in_a_process_group_claims_on_rank_0_and_every_rank_decides_alike(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert broadcast_object([1, 2]) == [1, 2]  # a world of one: the object itself
+    with RunStore(out).claim(Run("held", {"x": 2}), log=lambda _: None) as claim:
+        mp.spawn(_run_one_in_group, args=(2, str(tmp_path / "rendezvous"), str(out)), nprocs=2, join=True)
+    seen = [json.loads((out / f"seen-{rank}.json").read_text()) for rank in (0, 1)]
+    assert [s["object"] for s in seen] == [{"from": 0}] * 2  # rank 0's object on both ranks
+    for rank, s in enumerate(seen):
+        first, again, refused = s["results"]
+        assert first["rank"] == rank  # every rank trained and returns its own result ...
+        assert again["rank"] == 0  # ... and then every rank skips, with the stored (rank 0's) result
+        assert refused == str(claim.owner)  # every rank refuses a run claimed elsewhere
+    free = Run("free", {"x": 1}).directory(out)
+    assert json.loads((free / "result.json").read_text())["rank"] == 0
+    assert [(free / f"rank-{rank}.txt").read_text() for rank in (0, 1)] == ["called\n"] * 2
+    assert not (Run("held", {"x": 2}).directory(out) / "config.json").exists()
 
 
 def _batches(loader: DataLoader, epochs: int) -> list[list[int]]:
@@ -130,11 +174,11 @@ def test_sharding_errors(args: tuple[int, int, int, int], match: str) -> None:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_trains_and_resumes_exactly(tmp_path: Path, amp: str, device: str) -> None:
-    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, device=device, isometry_probe=4, amp=amp,
+    cfg = TrainConfig(epochs=2, lr=0.05, device=device, isometry_probe=4, amp=amp,
                       max_grad_norm=5.0)
 
     def run(out: Path, stop_after: int | None = None) -> dict:
-        train_loader, val, _ = loaders(_splits(), cfg.batch_size, seed=2, device=device)
+        train_loader, val, _ = loaders(_splits(), BATCH, seed=2, device=device)
 
         def stop(row: dict) -> None:
             if row["epoch"] == stop_after:

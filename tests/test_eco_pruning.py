@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,8 +12,7 @@ from torch import nn
 
 import sao
 from helpers import gen
-from sao.experiments import Run, run_one
-from sao.experiments.cnn import cnn_runs, run_cnn
+from sao.experiments import EXPERIMENTS, MethodConfig, Run, run_experiment, run_one
 from sao.experiments.protocol import measured_sparsity
 from sao.methods import AFTER_TRAINING, METHODS, connection_mask, eco_target_layers, target_layers
 from sao.methods._layers import find_layers
@@ -240,15 +240,17 @@ def test_connection_mask_of_eco_layers() -> None:
 
 
 def tiny(table: str, method: str, sparsity: float | None, depth: int) -> Run:
-    base = cnn_runs(table, "quick", device="cpu")[0].config
-    config = {**base, "method": method, "sparsity": sparsity, "width": 8, "epochs": 1, "batch_size": 500,
-              "depth": depth}
-    return Run(f"{method}-{sparsity}", config)
+    base = EXPERIMENTS.get(table).runs("quick", train={"device": "cpu"})[0]
+    config = dataclasses.replace(base, model=dataclasses.replace(base.model, width=8, depth=depth),
+                                 method=MethodConfig(method, sparsity=sparsity),
+                                 data=dataclasses.replace(base.data, batch_size=500),
+                                 train=dataclasses.replace(base.train, epochs=1))
+    return Run(config.label, config.to_dict())
 
 
 @pytest.mark.parametrize(("table", "method", "depth"), [("table11", "lmp-s", 5), ("table12", "rg-t", 2)])
 def test_run_cnn_prunes_eco_models(tmp_path: Path, table: str, method: str, depth: int) -> None:
-    result = run_one(tiny(table, method, 0.5, depth), run_cnn, tmp_path)
+    result = run_one(tiny(table, method, 0.5, depth), run_experiment, tmp_path)
     assert result["status"] == "completed" and result["test_acc"] is not None
     assert result["connection_sparsity_min"] == result["connection_sparsity_max"] == 0.5
     phases = {p.name for p in Path(result["run_dir"]).iterdir() if p.is_dir()}

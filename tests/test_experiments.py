@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sao.experiments import Run, config_hash, finished_results, is_finished, run_grid, run_one
+from sao.experiments import FailedRuns, Run, config_hash, finished_results, is_finished, run_grid, run_one
 
 CALLS: list[dict] = []
 
@@ -63,9 +63,11 @@ def test_grid_skips_finished_and_reports_failures(tmp_path: Path) -> None:
     run_grid(runs[:2], square, tmp_path, log=quiet)
     results = run_grid(runs, square, tmp_path, log=quiet)
     assert [r["value"] for r in results] == [0, 1, 4, 9] and len(CALLS) == 4
-    with pytest.raises(RuntimeError, match=r"1 run\(s\) failed.*bad"):
+    with pytest.raises(FailedRuns, match=r"1 run\(s\) failed.*bad") as err:
         run_grid([*runs, Run("bad", {"x": 9, "fail": True})], square, tmp_path, log=quiet)
+    assert isinstance(err.value, RuntimeError) and err.value.labels == ["bad"]
     assert len(finished_results(tmp_path)) == 4  # the failed run is not reported
+    assert not list(tmp_path.glob("*/.claim*"))  # its claim was released
 
 
 def test_grid_with_worker_processes_matches_serial(tmp_path: Path) -> None:

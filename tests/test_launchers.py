@@ -1,4 +1,5 @@
-"""Tests of the grid launchers: Ray gives the same run directories as local processes, survives killed workers."""
+"""Tests of the grid launchers: Ray gives the same run folders as local processes, survives killed workers,
+and leaves runs another driver holds to it."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 
-from sao.cli import build_parser, main
-from sao.experiments import Run, finished_results, run_grid
+from sao.experiments import Run, RunStore, finished_results, run_grid
 from sao.experiments.launchers import LAUNCHERS, LaunchOptions
-from sao.experiments.table7 import run_table7, table7_runs
 
 # Ray workers cannot import this file (tests/ is not a package on their path): ship its functions by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -36,18 +36,31 @@ def ray_instance() -> Iterator[None]:
     ray.shutdown()
 
 
+def seeded_run(config: dict, run_dir: Path) -> dict:
+    """A small deterministic run: a few SGD steps of a seeded least-squares problem, one metrics line each."""
+    g = torch.Generator().manual_seed(config["seed"])
+    x, y = torch.randn(64, config["width"], generator=g), torch.randn(64, generator=g)
+    w = torch.zeros(config["width"], requires_grad=True)
+    with open(run_dir / "metrics.jsonl", "a") as metrics:
+        for step in range(5):
+            loss = ((x @ w - y) ** 2).mean()
+            loss.backward()
+            with torch.no_grad():
+                w -= 0.1 * w.grad
+                w.grad = None
+            metrics.write(json.dumps({"step": step, "loss": loss.item()}) + "\n")
+    return {"status": "completed", "loss": loss.item(), "threads": torch.get_num_threads()}
+
+
 def tiny_grid() -> list[Run]:
-    """Four real Table 7 runs (dense and SAO, depth 2 and 3, one epoch on MNIST-5k), CPU-sized."""
-    base = table7_runs("quick", device="cpu")[0].config
-    return [Run(f"{method}-N{depth}", {**base, "method": method, "depth": depth, "epochs": 1, "batch_size": 256})
-            for method in ("dense", "sao") for depth in (2, 3)]
+    return [Run(f"w{width}-s{seed}", {"width": width, "seed": seed}) for width in (4, 8) for seed in (0, 1)]
 
 
 def test_ray_grid_matches_local_grid(tmp_path: Path, ray_instance: None) -> None:
     runs = tiny_grid()
-    local = run_grid(runs, run_table7, tmp_path / "local", log=quiet)
+    local = run_grid(runs, seeded_run, tmp_path / "local", log=quiet)
     lines: list[str] = []
-    remote = run_grid(runs, run_table7, tmp_path / "ray", log=lines.append, launcher="ray",
+    remote = run_grid(runs, seeded_run, tmp_path / "ray", log=lines.append, launcher="ray",
                       options=LaunchOptions(cpus_per_run=1))
     assert ray.is_initialized()  # the launcher keeps a Ray instance it did not start
     names = {side: sorted(p.name for p in (tmp_path / side).iterdir()) for side in ("local", "ray")}
@@ -90,6 +103,16 @@ def test_killed_worker_loses_nothing_and_rerun_completes(tmp_path: Path, ray_ins
     assert sum(p.name.startswith("2-") for p in calls.iterdir()) == 4
 
 
+def test_ray_leaves_a_run_claimed_elsewhere_to_its_driver(tmp_path: Path, ray_instance: None) -> None:
+    """A Ray task that finds its run claimed by a live driver reports the holder back; the grid waits."""
+    runs, lines = tiny_grid()[:2], []
+    with RunStore(tmp_path).claim(runs[1], log=quiet) as claim:
+        results = run_grid(runs, seeded_run, tmp_path, log=lines.append, launcher="ray", wait=False)
+    assert results[0]["status"] == "completed" and results[1] is None
+    assert any(f"{runs[1].label} is being trained by another driver ({claim.owner})" in line for line in lines)
+    assert run_grid(runs, seeded_run, tmp_path, log=quiet, launcher="ray")[1]["status"] == "completed"
+
+
 def test_unknown_launcher_and_bad_options(tmp_path: Path) -> None:
     assert LAUNCHERS.names() == ["local", "ray"]
     with pytest.raises(ValueError, match="local, ray"):
@@ -109,6 +132,8 @@ def test_missing_ray_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_cli_launcher_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sao.cli import build_parser, main
+
     args = build_parser().parse_args(["reproduce", "table7", "--launcher", "ray", "--address", "auto",
                                       "--cpus-per-run", "4", "--gpus-per-run", "0.5"])
     assert (args.launcher, args.address, args.cpus_per_run, args.gpus_per_run) == ("ray", "auto", 4, 0.5)

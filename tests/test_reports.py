@@ -1,52 +1,73 @@
-"""Tests of the sweep report: aggregation over seeds, known numbers, only finished runs."""
+"""Tests of the sweep report: aggregation over seeds, known numbers, only finished runs, old formats."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sao.experiments import Run, run_one
+from sao.experiments import MethodConfig, ModelConfig, Run, RunConfig, run_one
 from sao.reports import aggregate, table_rows, write_report
+from sao.reports.sweep import load_results
+from sao.training import TrainConfig
 
 
-def fake_run(config: dict, run_dir: Path) -> dict:
-    acc = {"sao": 0.9, "gmp-s": 0.1}[config["method"]] + 0.01 * config["seed"]
-    return {"status": "completed", "test_acc": acc, "val_acc": acc, "jacobian_mean": 1.0 + config["seed"],
-            "jacobian_var": 0.1 * (1 + config["depth"] / 100)}
+def fake_run(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    cfg = RunConfig.from_dict(config)
+    acc = {"sao": 0.9, "gmp-s": 0.1}[cfg.method.name] + 0.01 * cfg.train.seed
+    return {"status": "completed", "test_acc": acc, "val_acc": acc, "jacobian_mean": 1.0 + cfg.train.seed,
+            "jacobian_var": 0.1 * (1 + cfg.model.depth / 100)}
 
 
 def make_sweep(out: Path) -> None:
     for method in ("sao", "gmp-s"):
         for depth in (10, 100):
             for seed in (0, 1):
-                run_one(Run(f"{method}-{depth}-{seed}", {"method": method, "depth": depth, "seed": seed}),
-                        fake_run, out)
+                cfg = RunConfig(ModelConfig("fnn", depth, gain=1.1), MethodConfig(method, degree=4),
+                                train=TrainConfig(epochs=1, seed=seed), experiment="table7")
+                run_one(Run(cfg.label, cfg.to_dict()), fake_run, out)
 
 
 def test_table_rows_mean_std_over_seeds(tmp_path: Path) -> None:
     make_sweep(tmp_path)
-    from sao.experiments import finished_results
-
-    results = finished_results(tmp_path)
-    assert len(aggregate(results, "test_acc")["sao", 10]) == 2
+    results, damaged = load_results(tmp_path)
+    assert damaged == [] and len(aggregate(results, "test_acc")["sao", 10]) == 2
     rows = {r["method"]: r for r in table_rows(results, known={("gmp-s", 100): 10.0})}
     assert rows["sao"]["N=10"] == "90.50 ± 0.71 (2) [paper —]"  # the paper has no number here: marked
     assert rows["gmp-s"]["N=100"] == "10.50 ± 0.71 (2) [paper 10.00]"
     assert table_rows(results)[0]["N=10"].endswith("(2)")  # no paper numbers at all: no marks
 
 
-def test_write_report_files_and_unfinished_runs_are_ignored(tmp_path: Path) -> None:
+def test_write_report_files_and_unfinished_and_damaged_runs_are_not_reported(tmp_path: Path) -> None:
     make_sweep(tmp_path)
-    partial = tmp_path / "sao-1000-0-deadbeef0000"
+    partial = tmp_path / "sao-N1000-s0-deadbeef0000"
     partial.mkdir()
-    (partial / "config.json").write_text(json.dumps({"method": "sao", "depth": 1000, "seed": 0}))
-    files = write_report(tmp_path, tmp_path / "report", title="T7")
+    (partial / "config.json").write_text(json.dumps(RunConfig(ModelConfig(depth=1000)).to_dict()))
+    broken = tmp_path / "sao-N500-s0-0123456789ab"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps(RunConfig(ModelConfig(depth=500)).to_dict()))
+    (broken / "result.json").write_text('{"test_acc": 0.9')  # torn write of another tool
+    files = write_report(tmp_path, tmp_path / "report")
     assert {f.name for f in files} >= {"report.md", "report.csv", "jacobian.md", "accuracy_vs_depth.png",
                                         "jacobian_vs_depth.png"}
     text = (tmp_path / "report" / "report.md").read_text()
-    assert "N=1000" not in text and "N=100" in text
+    assert "N=1000" not in text and "N=500" not in text and "N=100" in text
+    assert "Table 7" in text and "Skipped 1 damaged run folder(s): sao-N500-s0-0123456789ab" in text
+
+
+def test_a_sweep_of_version_0_1_is_reported(tmp_path: Path) -> None:
+    """Run folders written by 0.1 (flat config.json) are read as the typed configs they mean."""
+    for method, acc in (("sao", 0.9), ("gmp-s", 0.1)):
+        flat = {"experiment": "table7", "method": method, "depth": 50, "seed": 0, "epochs": 5,
+                "dataset": "mnist5k", "data_root": None, "degree": 4, "gain": 1.1, "batch_size": 32, "lr": 0.01,
+                "device": "auto"}
+        run_one(Run(f"{method}-N50-s0", flat), lambda c, d, acc=acc: {"status": "completed", "test_acc": acc},
+                tmp_path)
+    write_report(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "| sao | 90.00" in text and "| gmp-s | 10.00" in text and "Table 7" in text
 
 
 def test_empty_sweep_is_a_clear_error(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests of the Table 7 experiment: presets, one run end to end (S and T flows), resume, CLI."""
+"""Tests of the Table 7 experiment: presets, one run end to end (at-init and after-training flows), resume, CLI."""
 
 from __future__ import annotations
 
@@ -7,42 +7,49 @@ from pathlib import Path
 
 import pytest
 
+from helpers import tiny_run
 from sao.cli import main
-from sao.experiments import Run, finished_results, protocol, run_one
-from sao.experiments.table7 import PRESETS, measured_sparsity, run_table7, table7_runs
-
-
-def tiny(method: str, depth: int = 3, epochs: int = 1) -> Run:
-    config = {"experiment": "table7", "method": method, "depth": depth, "seed": 0, "epochs": epochs,
-              "dataset": "mnist5k", "data_root": None, "degree": 4, "gain": 1.1, "batch_size": 256, "lr": 1e-2,
-              "device": "cpu"}
-    return Run(f"{method}-N{depth}", config)
+from sao.experiments import EXPERIMENTS, Run, RunConfig, finished_results, protocol, run_experiment, run_one
+from sao.experiments.protocol import measured_sparsity
+from sao.methods import AFTER_TRAINING, METHODS
 
 
 def test_presets_cover_the_paper_grid() -> None:
-    runs = table7_runs("cpu")
-    assert {r.config["method"] for r in runs} == {"dense", "gmp-t", "gmp-s", "rg-u", "rg-n", "sao"}
-    assert {r.config["depth"] for r in runs} == {50, 200, 400, 600, 800, 1000}
-    assert {r.config["lr"] for r in runs if r.config["depth"] == 1000} == {1e-4}
-    assert PRESETS["paper"].dataset == "mnist" and PRESETS["paper"].epochs == 100
-    assert len({r.hash for r in table7_runs("quick")}) == len(table7_runs("quick"))
-    with pytest.raises(ValueError, match="quick, cpu, paper"):
-        table7_runs("huge")
+    spec = EXPERIMENTS.get("table7")
+    runs = spec.runs("cpu")
+    assert {r.method.name for r in runs} == {"dense", "gmp-t", "gmp-s", "rg-u", "rg-n", "sao"}
+    assert {r.model.depth for r in runs} == {50, 200, 400, 600, 800, 1000}
+    assert {r.train.lr for r in runs if r.model.depth == 1000} == {1e-4}
+    assert {(r.data.name, r.train.epochs) for r in spec.runs("paper")} == {("mnist", 100)}
+    assert {r.model.gain for r in runs} == {1.1} and {r.method.degree for r in runs} == {4}
 
 
 @pytest.mark.parametrize("method", ["sao", "gmp-s", "gmp-t"])
 def test_one_run_end_to_end(method: str, tmp_path: Path) -> None:
-    result = run_one(tiny(method), run_table7, tmp_path)
+    result = run_one(tiny_run("table7", method, depth=3), run_experiment, tmp_path)
     assert result["status"] == "completed" and 0.0 <= result["test_acc"] <= 1.0
     assert result["jacobian_mean_init"] is not None and result["jacobian_var"] is not None
     assert result["sparsity_sparse_layers"] == pytest.approx(1 - (256 * 4 * 3) / (256 * 512 + 2 * 256 * 256),
                                                              abs=1e-6)
     assert result["sparsity_dense_layers"] == 0.0
     run_dir = Path(result["run_dir"])
-    phases = ["dense", "finetune"] if method.endswith("-t") else ["train"]
+    phases = ["dense", "finetune"] if METHODS.get(method).phase == AFTER_TRAINING else ["train"]
+    assert sorted(p.name for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) == phases
     for phase in phases:
         assert (run_dir / phase / "metrics.jsonl").exists()
-    assert json.loads((run_dir / "config.json").read_text())["method"] == method
+    assert RunConfig.from_dict(json.loads((run_dir / "config.json").read_text())).method.name == method
+
+
+def test_a_version_0_1_flat_config_trains_the_same_run(tmp_path: Path) -> None:
+    """The one run function reads both formats: a 0.1 config and its typed twin give the same numbers."""
+    typed = tiny_run("table7", "sao", depth=2)
+    cfg = RunConfig.from_dict(typed.config)
+    flat = {"experiment": "table7", "method": "sao", "depth": 2, "seed": 0, "epochs": 1, "dataset": "mnist5k",
+            "data_root": None, "degree": 4, "gain": 1.1, "batch_size": 256, "lr": cfg.train.lr, "device": "cpu"}
+    a = run_one(typed, run_experiment, tmp_path / "typed")
+    b = run_one(Run("flat", flat), run_experiment, tmp_path / "flat")
+    for key in ("test_acc", "val_acc", "jacobian_var", "jacobian_mean_init", "sparsity_overall"):
+        assert a[key] == b[key], key
 
 
 class Killed(KeyboardInterrupt):
@@ -50,13 +57,14 @@ class Killed(KeyboardInterrupt):
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    full = run_one(tiny("gmp-t", epochs=2), run_table7, tmp_path / "full")
+    run = tiny_run("table7", "gmp-t", depth=3, epochs=2)
+    full = run_one(run, run_experiment, tmp_path / "full")
     real_train = protocol.train
     calls = []
 
     def train_killed_after_first_epoch(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:  # the fine-tuning phase of the -T flow
+        if len(calls) == 2:  # the fine-tuning phase of the after-training flow
 
             def stop(row: dict) -> None:
                 if row["epoch"] == 1:
@@ -65,13 +73,12 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pyte
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(protocol, "train", train_killed_after_first_epoch)
-    run = tiny("gmp-t", epochs=2)
     with pytest.raises(Killed):
-        run_one(run, run_table7, tmp_path / "cut")
+        run_one(run, run_experiment, tmp_path / "cut")
     assert not (run.directory(tmp_path / "cut") / "result.json").exists()
     assert finished_results(tmp_path / "cut") == []  # the partial run is never reported
     monkeypatch.setattr(protocol, "train", real_train)
-    resumed = run_one(run, run_table7, tmp_path / "cut")
+    resumed = run_one(run, run_experiment, tmp_path / "cut")
     for key in ("test_acc", "val_acc", "epochs_run", "jacobian_var", "sparsity_sparse_layers"):
         assert resumed[key] == full[key], key
 
@@ -85,25 +92,42 @@ def test_measured_sparsity_of_a_dense_model() -> None:
                                          "sparsity_overall": 0.0}
 
 
+def _configs(out: Path) -> list[RunConfig]:
+    return [RunConfig.from_dict(r["config"]) for r in finished_results(out)]
+
+
 def test_cli_train_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--method", "sao", "--depth", "3", "--epochs", "1", "--batch-size", "256",
                  "--device", "cpu", "--out", str(tmp_path)]) == 0
     assert "test_acc" in capsys.readouterr().out
-    assert len(finished_results(tmp_path)) == 1
+    (first,) = _configs(tmp_path)
+    # what was not given comes from Table 7: gain 1.1, degree 4, the paper's lr at depth 3
+    assert (first.experiment, first.model.gain, first.method.degree, first.train.lr) == ("table7", 1.1, 4, 1e-2)
     assert main(["report", str(tmp_path)]) == 0
     assert "| sao |" in capsys.readouterr().out
     assert main(["train", "--method", "sao", "--depth", "2", "--epochs", "1", "--batch-size", "256", "--activation",
                  "relu", "--schedule", "cosine", "--warmup-epochs", "1", "--nesterov", "--max-grad-norm", "1.0",
                  "--device", "cpu", "--out", str(tmp_path)]) == 0
-    relu_run = next(r for r in finished_results(tmp_path) if r["config"]["activation"] == "relu")
-    assert relu_run["config"]["schedule"] == "cosine" and relu_run["status"] == "completed"
-    assert main(["train", "--method", "nope", "--out", str(tmp_path)]) == 2
-    assert main(["train", "--schedule", "sometimes", "--out", str(tmp_path)]) == 2
-    assert main(["reproduce", "table7", "--preset", "huge", "--out", str(tmp_path)]) == 2
+    relu = next(c for c in _configs(tmp_path) if c.model.activation == "relu")
+    assert relu.train.schedule == "cosine" and relu.train.nesterov and relu.train.max_grad_norm == 1.0
 
 
-def test_reproduce_precision_flags_enter_the_run_configs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sao.experiments._cli as cli
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--experiment", "table8", "--model", "fnn"], "experiment 'table8' runs model 'cnn', not 'fnn'"),
+    (["--model", "lipconvnet", "--activation", "tanh"], "activation='tanh' is not available"),
+    (["--degree", "3", "--depth", "2", "--epochs", "1"], "degree=3 is not valid"),
+    (["--data-root", "/no/such/folder", "--dataset", "mnist", "--depth", "2", "--epochs", "1"], "/no/such/folder"),
+])
+def test_cli_train_user_errors_are_one_line(argv: list[str], message: str, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", *argv, "--device", "cpu", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("sao train: error: ")
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_reproduce_sweep_flags_enter_the_run_configs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sao.cli.reproduce as reproduce
 
     seen: dict[str, list[Run]] = {}
 
@@ -111,12 +135,13 @@ def test_reproduce_precision_flags_enter_the_run_configs(tmp_path: Path, monkeyp
         seen.setdefault("runs", []).extend(runs)
         raise KeyboardInterrupt  # stop before training anything
 
-    monkeypatch.setattr(cli, "run_grid", capture)
+    monkeypatch.setattr(reproduce, "run_grid", capture)
     assert main(["reproduce", "table7", "--preset", "quick", "--out", str(tmp_path)]) == 130
-    plain = seen.pop("runs")
-    assert all("amp" not in r.config for r in plain)  # default runs keep their hashes
-    assert main(["reproduce", "table7", "--preset", "quick", "--amp", "bf16", "--cudnn-benchmark",
-                 "--out", str(tmp_path)]) == 130
-    mixed = seen["runs"]
-    assert all(r.config["amp"] == "bf16" and r.config["cudnn_benchmark"] for r in mixed)
-    assert {r.hash for r in mixed}.isdisjoint({r.hash for r in plain})
+    plain = [RunConfig.from_dict(r.config) for r in seen.pop("runs")]
+    assert plain == EXPERIMENTS.get("table7").runs("quick")
+    assert main(["reproduce", "table7", "--preset", "quick", "--amp", "bf16", "--cudnn-benchmark", "--no-fused",
+                 "--device", "cpu", "--data-root", "data", "--out", str(tmp_path)]) == 130
+    mixed = [RunConfig.from_dict(r.config) for r in seen["runs"]]
+    assert all((c.train.amp, c.train.cudnn_benchmark, c.train.fused, c.train.device, c.data.root)
+               == ("bf16", True, False, "cpu", "data") for c in mixed)
+    assert [c.label for c in mixed] == [c.label for c in plain]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import math
+import types
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from sao.training import (
     lr_for_depth,
     read_metrics,
     resolve_device,
+    schedule,
     train,
 )
 from sao.training.schedule import build_optimizer, build_scheduler
@@ -50,7 +53,7 @@ def _model(seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(FEATURES, 32), nn.Tanh(), nn.Dropout(0.1), nn.Linear(32, CLASSES))
 
 
-CFG = TrainConfig(epochs=4, batch_size=32, lr=0.05, schedule="cosine", warmup_epochs=1, device="cpu", isometry_probe=4)
+CFG = TrainConfig(epochs=4, lr=0.05, schedule="cosine", warmup_epochs=1, device="cpu", isometry_probe=4)
 
 
 class _Stop(KeyboardInterrupt):
@@ -154,6 +157,18 @@ def test_schedules() -> None:
     opt.step()
     sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+def test_schedules_take_any_config_with_the_attributes_they_read() -> None:
+    # schedule.py types its config with a Protocol and never imports config.py (which imports it)
+    tree = ast.parse(Path(schedule.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert "sao.training.config" not in imported and "sao.training" not in imported
+    plain = types.SimpleNamespace(epochs=10, warmup_epochs=0, schedule="multistep", milestones=(5,), gamma=0.5,
+                                  lr=0.1, momentum=0.0, weight_decay=0.0, nesterov=False)
+    assert [lr_factor(e, plain) for e in (0, 5)] == pytest.approx([1.0, 0.5])
+    assert build_optimizer(nn.Linear(2, 2), plain).param_groups[0]["lr"] == pytest.approx(0.1)
 
 
 def test_lr_for_depth() -> None:

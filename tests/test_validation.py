@@ -25,6 +25,7 @@ from torch.utils.data import TensorDataset
 import sao.init
 from sao.data import DataOptions, Splits, loaders, stratified_split
 from sao.data._splits import ShardedBatchSampler
+from sao.experiments.config import DataConfig, MethodConfig, ModelConfig
 from sao.experiments.launchers import LaunchOptions
 from sao.init import (
     delta_orthogonal_,
@@ -128,6 +129,10 @@ INT_CASES: list[tuple[str, Callable[[Any], Any], int]] = [
     ("lr_for_depth-depth", lr_for_depth, 100),
     ("TrainConfig-epochs", lambda v: TrainConfig(epochs=v), 3),
     ("TrainConfig-seed", lambda v: TrainConfig(seed=v), 2),
+    ("ModelConfig-depth", lambda v: ModelConfig(depth=v), 3),
+    ("ModelConfig-width", lambda v: ModelConfig("cnn", width=v), 8),
+    ("MethodConfig-degree", lambda v: MethodConfig(degree=v), 4),
+    ("DataConfig-batch_size", lambda v: DataConfig(batch_size=v), 32),
     ("TrainConfig-milestones", lambda v: TrainConfig(milestones=(v, 9)), 4),
     ("lr_factor-epoch", lambda v: lr_factor(v, TrainConfig(schedule="multistep", milestones=(5,), warmup_epochs=1)),
      5),
@@ -197,7 +202,8 @@ REAL_CASES: list[tuple[str, Callable[[Any], Any], float]] = [
     ("eoi_target_nonzeros-density", lambda v: eoi_target_nonzeros(8, 8, density=v), 0.25),
     ("TrainConfig-lr", lambda v: TrainConfig(lr=v), 0.25),
     ("TrainConfig-momentum", lambda v: TrainConfig(momentum=v), 0.5),
-    ("TrainConfig-gain", lambda v: TrainConfig(gain=v), 1.5),
+    ("ModelConfig-gain", lambda v: ModelConfig(gain=v), 1.5),
+    ("MethodConfig-sparsity", lambda v: MethodConfig(sparsity=v), 0.5),
     ("LaunchOptions-gpus_per_run", lambda v: LaunchOptions(gpus_per_run=v), 0.5),
 ]
 

@@ -1,4 +1,4 @@
-"""``sao analyze NAME --out DIR``: the command-line face of :mod:`sao.analysis`."""
+"""``sao analyze NAME --out DIR``: spectra, reachability, singular values, Jacobians (:mod:`sao.analysis`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from pathlib import Path
 from sao._registry import Registry
 from sao.analysis import jacobian, reachability, singular_values, spectrum
 
-__all__ = ["ANALYSES", "add_analyze_args", "run_analyze"]
+__all__ = ["ANALYSES", "HELP", "add_arguments", "run"]
+
+HELP = "spectra, reachability, singular values, Jacobians (paper Figs. 7-11, Table 6)"
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -66,7 +68,7 @@ def _run_singular_values(a: argparse.Namespace) -> list[Path]:
 
 
 Analysis = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], list[Path]]]
-ANALYSES: Registry[Analysis] = Registry("analysis", "sao.analysis._cli.ANALYSES")
+ANALYSES: Registry[Analysis] = Registry("analysis", "sao.cli.analyze.ANALYSES")
 ANALYSES.register("spectrum", ("adjacency spectra of SAO layers (Fig. 7)", _spectrum_args,
                                lambda a: spectrum.run_spectrum(a.out, a.sizes, a.degree, a.seed)))
 ANALYSES.register("reachability", ("reachability over depth per method (Fig. 8)", _reachability_args,
@@ -78,7 +80,7 @@ ANALYSES.register("jacobian", ("end-to-end Jacobian of FNN-N at init (static Fig
                                lambda a: jacobian.run_jacobian(a.out, a.methods, a.depths, a.degree, a.gain, a.seed)))
 
 
-def add_analyze_args(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One subcommand per registered analysis, each with its own options."""
     sub = parser.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
     for name in ANALYSES:
@@ -88,7 +90,7 @@ def add_analyze_args(parser: argparse.ArgumentParser) -> None:
         add_args(p)
 
 
-def run_analyze(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run the chosen analysis and list the files it wrote."""
     start = time.perf_counter()
     for path in ANALYSES.get(args.analysis)[2](args):

@@ -1,5 +1,55 @@
-"""Experiment grids: run directories named by config hash, atomic results, resume and skip."""
+"""Experiments: typed run configs, the tables of the paper as specs, one run function, the run store.
 
-from sao.experiments.runner import Run, config_hash, finished_results, is_finished, read_result, run_grid, run_one
+From the ground up: :mod:`~sao.experiments.store` (run folders, config hash, results, claims),
+:mod:`~sao.experiments.launchers` (local processes, Ray), :mod:`~sao.experiments.runner`
+(:func:`run_grid`); :mod:`~sao.experiments.config` (:class:`RunConfig` and its parts),
+:mod:`~sao.experiments.spec` (:class:`ExperimentSpec`, :class:`Preset`, :data:`EXPERIMENTS`),
+:mod:`~sao.experiments.protocol` (:func:`run_experiment`, the paper's protocol for every table), and
+the tables themselves, :mod:`~sao.experiments.table7` and :mod:`~sao.experiments.cnn` (Tables 8–12).
+"""
 
-__all__ = ["Run", "config_hash", "finished_results", "is_finished", "read_result", "run_grid", "run_one"]
+from sao.experiments import cnn, table7  # registers the tables
+from sao.experiments.config import DataConfig, MethodConfig, ModelConfig, RunConfig, from_flat, identity
+from sao.experiments.launchers import LAUNCHERS, LaunchOptions
+from sao.experiments.protocol import measured_sparsity, run_experiment
+from sao.experiments.runner import FailedRuns, run_grid
+from sao.experiments.spec import EXPERIMENTS, ExperimentSpec, Preset, experiment_for_model
+from sao.experiments.store import (
+    Run,
+    RunClaimed,
+    RunStore,
+    config_hash,
+    finished_results,
+    is_finished,
+    read_result,
+    run_one,
+)
+
+__all__ = [
+    "EXPERIMENTS",
+    "LAUNCHERS",
+    "DataConfig",
+    "ExperimentSpec",
+    "FailedRuns",
+    "LaunchOptions",
+    "MethodConfig",
+    "ModelConfig",
+    "Preset",
+    "Run",
+    "RunClaimed",
+    "RunConfig",
+    "RunStore",
+    "cnn",
+    "config_hash",
+    "experiment_for_model",
+    "finished_results",
+    "from_flat",
+    "identity",
+    "is_finished",
+    "measured_sparsity",
+    "read_result",
+    "run_experiment",
+    "run_grid",
+    "run_one",
+    "table7",
+]

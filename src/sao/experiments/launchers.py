@@ -1,11 +1,12 @@
 """Launchers: how the unfinished runs of a grid are executed — local processes or a Ray cluster.
 
-A launcher is a function ``(todo, run_fn, out, options, log) -> failed labels``. Every launcher
-executes each run through :func:`sao.experiments.runner.run_one`, so the run-directory contract of
-:mod:`sao.experiments.runner` (directories named by config hash, atomic ``result.json``, skip what
-is finished, resume the rest) is the same whichever launcher ran a grid: a grid started with one
-launcher can be finished with another. A run that fails is logged and returned, never stops the
-other runs; :func:`sao.experiments.runner.run_grid` raises for it at the end.
+A launcher is a function ``(todo, run_fn, store, options, log) -> LaunchReport``. Every launcher
+executes each run through :func:`sao.experiments.store.run_one`, so the run-folder contract of
+:mod:`sao.experiments.store` (folders named by config hash, atomic ``result.json``, skip what is
+finished, resume the rest, one driver per run) is the same whichever launcher ran a grid: a grid
+started with one launcher can be finished with another. A run that fails, or that another driver
+is training, is logged and reported, never stops the other runs;
+:func:`sao.experiments.runner.run_grid` waits for the claimed ones and raises for the failed.
 
 Add a launcher with ``@LAUNCHERS.register("name")`` on such a function.
 """
@@ -18,16 +19,15 @@ import os
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 from sao._registry import Registry
 from sao._validation import as_int, as_real
-from sao.experiments.runner import Run, RunFunction, is_finished, run_one
+from sao.experiments.store import Attempt, Owner, Run, RunFunction, RunStore, attempt
 
-__all__ = ["LAUNCHERS", "LaunchOptions", "Launcher", "launch_local", "launch_ray"]
+__all__ = ["LAUNCHERS", "LaunchOptions", "LaunchReport", "Launcher", "launch_local", "launch_ray"]
 
 Log = Callable[[str], None]
 
@@ -63,7 +63,33 @@ class LaunchOptions:
         object.__setattr__(self, "gpus_per_run", gpus)
 
 
-Launcher = Callable[[list[Run], RunFunction, Path, LaunchOptions, Log], list[str]]
+@dataclass
+class LaunchReport:
+    """What a launcher left undone: the labels of the runs that failed, and of those another driver
+    is training (label → that driver)."""
+
+    failed: list[str] = field(default_factory=list)
+    claimed: dict[str, Owner] = field(default_factory=dict)
+
+    def record(self, run: Run, step: str, outcome: Callable[[], Attempt], log: Log, trace: bool = False) -> None:
+        """Log and file what ``outcome()`` (an :func:`~sao.experiments.store.attempt` of ``run``) says, or raises."""
+        try:
+            result = outcome()
+        except Exception as err:
+            self.failed.append(run.label)
+            detail = f"\n{traceback.format_exc()}" if trace else f": {type(err).__name__}: {err}"
+            log(f"{step} FAILED {run.label}{detail}")
+            return
+        if result == "trained":
+            log(f"{step} done {run.label}")
+        elif result == "finished":
+            log(f"{step} {run.label} was finished meanwhile by another driver; not trained here")
+        else:
+            self.claimed[run.label] = result
+            log(f"{step} {run.label} is being trained by another driver ({result}); not trained here")
+
+
+Launcher = Callable[[list[Run], RunFunction, RunStore, LaunchOptions, Log], LaunchReport]
 LAUNCHERS: Registry[Launcher] = Registry("launcher", "sao.experiments.launchers.LAUNCHERS")
 
 
@@ -75,37 +101,29 @@ def _init_worker(threads: int) -> None:
 
 
 @LAUNCHERS.register("local")
-def launch_local(todo: list[Run], run_fn: RunFunction, out: Path, options: LaunchOptions, log: Log) -> list[str]:
-    """Run ``todo`` on this machine and return the labels of the runs that raised.
+def launch_local(todo: list[Run], run_fn: RunFunction, store: RunStore, options: LaunchOptions,
+                 log: Log) -> LaunchReport:
+    """Run ``todo`` on this machine; report the runs that raised and those another driver holds.
 
     With ``options.workers == 1`` the runs go one after another in this process (a failure is
     logged with its traceback). Otherwise ``workers`` processes (started with ``spawn``, so
-    ``run_fn`` must be a module-level function) each get ``cpu_count // workers`` intra-op threads.
+    ``run_fn`` must be a module-level function) each get ``cpu_count // workers`` intra-op threads;
+    their claim messages go to their standard error.
     """
-    failed: list[str] = []
+    report = LaunchReport()
     if options.workers == 1:
         for i, run in enumerate(todo, 1):
-            try:
-                run_one(run, run_fn, out)
-                log(f"[{i}/{len(todo)}] done {run.label}")
-            except Exception:
-                failed.append(run.label)
-                log(f"[{i}/{len(todo)}] FAILED {run.label}\n{traceback.format_exc()}")
-        return failed
+            report.record(run, f"[{i}/{len(todo)}]", lambda run=run: attempt(run, run_fn, store, log), log,
+                          trace=True)
+        return report
     threads = max(1, (os.cpu_count() or 1) // options.workers)
     log(f"{options.workers} worker processes, {threads} thread(s) each")
     with ProcessPoolExecutor(max_workers=options.workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(run_one, run, run_fn, out): run for run in todo}
+        futures = {pool.submit(attempt, run, run_fn, store): run for run in todo}
         for i, future in enumerate(as_completed(futures), 1):
-            run = futures[future]
-            try:
-                future.result()
-                log(f"[{i}/{len(todo)}] done {run.label}")
-            except Exception as err:
-                failed.append(run.label)
-                log(f"[{i}/{len(todo)}] FAILED {run.label}: {err!r}")
-    return failed
+            report.record(futures[future], f"[{i}/{len(todo)}]", future.result, log)
+    return report
 
 
 def _import_ray() -> ModuleType:
@@ -116,17 +134,18 @@ def _import_ray() -> ModuleType:
     return ray
 
 
-def _ray_task(run: Run, run_fn: RunFunction, out: Path, threads: int) -> None:
-    """One run in a Ray worker: ``threads`` intra-op threads (the CPUs Ray reserved), then ``run_one``."""
+def _ray_task(run: Run, run_fn: RunFunction, store: RunStore, threads: int) -> Attempt:
+    """One run in a Ray worker: ``threads`` intra-op threads (the CPUs Ray reserved), then ``attempt``."""
     import torch
 
     torch.set_num_threads(threads)
-    run_one(run, run_fn, out)
+    return attempt(run, run_fn, store)
 
 
 @LAUNCHERS.register("ray")
-def launch_ray(todo: list[Run], run_fn: RunFunction, out: Path, options: LaunchOptions, log: Log) -> list[str]:
-    """Run ``todo`` as one Ray task per run and return the labels of the runs that failed.
+def launch_ray(todo: list[Run], run_fn: RunFunction, store: RunStore, options: LaunchOptions,
+               log: Log) -> LaunchReport:
+    """Run ``todo`` as one Ray task per run; report the runs that failed and those another driver holds.
 
     Connects with ``ray.init(address=options.address)`` unless Ray is already initialised (then
     the caller's connection is used and kept); a connection made here is shut down on return.
@@ -134,11 +153,13 @@ def launch_ray(todo: list[Run], run_fn: RunFunction, out: Path, options: LaunchO
     ``CUDA_VISIBLE_DEVICES``; a run's ``device="auto"`` then finds its GPU), sets that many
     PyTorch threads and calls ``run_one``. Results are logged as they arrive. A task whose run
     raised, or whose worker died more than ``max_retries`` times, is a failed run; the others go on.
+    A task that finds its run claimed by another live driver reports that driver (``claimed``); a
+    killed worker's claim goes stale (at once on its own node, after ``stale_after`` elsewhere).
     If this function is interrupted, the runs still queued or running are cancelled (running ones
     stay unfinished and resume on the next call).
 
-    ``out`` is resolved to an absolute path and must be the same folder on every node (a shared
-    file system); a task that ends without its ``result.json`` visible here counts as failed.
+    ``store.root`` (an absolute path) must be the same folder on every node (a shared file
+    system); a task that ends without its ``result.json`` visible here counts as failed.
     ``run_fn`` travels by pickle: a function of an installed module (``sao`` must be installed on
     every node), or one registered with ``ray.cloudpickle.register_pickle_by_value``.
     """
@@ -153,14 +174,13 @@ def launch_ray(todo: list[Run], run_fn: RunFunction, out: Path, options: LaunchO
         log(f"Ray is already initialised; address {options.address!r} is not used")
     try:
         _log_cluster(ray, options, log)
-        out = Path(out).resolve()
         task = ray.remote(_ray_task)
         resources = {"num_cpus": options.cpus_per_run, "num_gpus": options.gpus_per_run,
                      "max_retries": options.max_retries, "retry_exceptions": False}
         fn_ref = ray.put(run_fn)
-        runs = {task.options(name=f"sao:{run.label}", **resources).remote(run, fn_ref, out, options.cpus_per_run): run
+        runs = {task.options(name=f"sao:{run.label}", **resources).remote(run, fn_ref, store, options.cpus_per_run): run
                 for run in todo}
-        return _collect(ray, runs, out, log)
+        return _collect(ray, runs, store, log)
     finally:
         if started:
             ray.shutdown()
@@ -175,26 +195,25 @@ def _log_cluster(ray: ModuleType, options: LaunchOptions, log: Log) -> None:
         log("WARNING: the cluster has less than one run asks for; the runs wait until nodes join (Ctrl-C to stop)")
 
 
-def _collect(ray: ModuleType, runs: dict[Any, Run], out: Path, log: Log) -> list[str]:
-    """Wait for the tasks ``runs`` (object ref → run), log each as it ends, return the failed labels."""
-    failed: list[str] = []
+def _collect(ray: ModuleType, runs: dict[Any, Run], store: RunStore, log: Log) -> LaunchReport:
+    """Wait for the tasks ``runs`` (object ref → run), log each as it ends, report the undone ones."""
+    report = LaunchReport()
     pending = list(runs)
+
+    def outcome(ref: Any, run: Run) -> Attempt:
+        result = ray.get(ref)
+        if not isinstance(result, Owner) and store.result(run) is None:
+            raise RuntimeError(f"the task ended but {store.directory(run)}/result.json is not visible "
+                               "here: is the output folder shared by every Ray node?")
+        return result
+
     try:
         for i in range(1, len(runs) + 1):
             [ready], pending = ray.wait(pending, num_returns=1)
-            run = runs[ready]
-            try:
-                ray.get(ready)
-                if not is_finished(run.directory(out)):
-                    raise RuntimeError(f"the task ended but {run.directory(out)}/result.json is not visible "
-                                       "here: is the output folder shared by every Ray node?")
-                log(f"[{i}/{len(runs)}] done {run.label}")
-            except Exception as err:
-                failed.append(run.label)
-                log(f"[{i}/{len(runs)}] FAILED {run.label}: {err}")
+            report.record(runs[ready], f"[{i}/{len(runs)}]", lambda ref=ready: outcome(ref, runs[ref]), log)
     except BaseException:
         for ref in pending:
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=True)
         raise
-    return failed
+    return report

@@ -1,17 +1,23 @@
-"""The paper's training protocol for one run of any table: data, ``-S``/``-T`` flow, result summary.
+"""The paper's training protocol, one run function for every table: data, model, method, training.
 
-``-S`` methods, SAO and the other sparse-from-scratch constructions are applied to the
-initialised model, which then trains ``epochs`` (in ``run_dir/train``). ``-T`` methods train the
-dense model for ``epochs`` (``run_dir/dense``), are pruned, and fine-tune for ``epochs`` more
-(``run_dir/finetune``), paper Fig. 1. Every phase is a resumable :func:`sao.training.train` call,
-so an interrupted run continues where it stopped. The result adds to the training summary the
-Jacobian spectrum at the start and end of the last phase and the sparsity measured from the
-weights (:func:`measured_sparsity`).
+:func:`run_experiment` reads a :class:`~sao.experiments.RunConfig`, loads the data the model
+takes (:class:`sao.models.ModelInfo`), builds and orthogonally initialises the model, and applies
+the method by its phase (:attr:`sao.methods.SparsifyMethod.phase`, paper Fig. 1):
+
+- at initialisation (SAO, RG-N/U, EOI, ``-S`` pruning): the method sparsifies the initialised
+  model, which trains ``epochs`` (in ``run_dir/train``); SAO on a model sparse at construction
+  (SAO-ECO) is built into its layers instead;
+- after training (``-T`` pruning): the dense model trains ``epochs`` (``run_dir/dense``), is
+  pruned, and fine-tunes ``epochs`` more (``run_dir/finetune``).
+
+Every phase is a resumable :func:`sao.training.train` call, so an interrupted run continues where
+it stopped. The result adds to the training summary the Jacobian spectrum at the start and end of
+the last phase and the sparsity measured from the weights (:func:`measured_sparsity`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,38 +26,27 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from sao.data import Splits, loaders
-from sao.methods import connection_mask, sparsify
+from sao._random import ACTIVATIONS
+from sao.data import Splits, create_splits, loaders
+from sao.experiments.config import RunConfig
+from sao.methods import AFTER_TRAINING, METHODS, connection_mask, sparsify
+from sao.models import model_info, orthogonal_init_
 from sao.training import TrainConfig, read_metrics, resolve_device, train
 from sao.training.distributed import world
 
 __all__ = [
-    "TRAINING_DEFAULTS",
+    "build_model",
     "data_loaders",
     "flush_denormals",
+    "init_activation",
     "measured_sparsity",
-    "train_config",
+    "run_experiment",
     "train_with_method",
 ]
 
-#: Optional run-config keys of the training and their defaults (the paper's FNN settings, SPEC §4).
-TRAINING_DEFAULTS: dict[str, Any] = {"momentum": 0.9, "weight_decay": 1e-4, "nesterov": False, "schedule": "constant",
-                                     "warmup_epochs": 0, "max_grad_norm": None, "amp": None, "cudnn_benchmark": False,
-                                     "fused": True}
-
-
-def train_config(config: dict[str, Any], defaults: dict[str, Any] | None = None) -> TrainConfig:
-    """The :class:`TrainConfig` of a run config; missing optional keys take ``defaults`` (or the FNN ones)."""
-    opt = {k: config.get(k, v) for k, v in (defaults or TRAINING_DEFAULTS).items()}
-    if "milestones" in config:
-        opt["milestones"] = tuple(config["milestones"])
-    return TrainConfig(epochs=config["epochs"], batch_size=config["batch_size"], lr=config["lr"],
-                       gain=config["gain"], seed=config["seed"], device=config["device"], **opt)
-
-
-def data_loaders(splits: Splits, config: dict[str, Any]) -> dict[str, DataLoader]:
+def data_loaders(splits: Splits, config: RunConfig) -> dict[str, DataLoader]:
     """Train/val/test loaders of a run: seeded, pinned for CUDA, sharded in a data-parallel group."""
-    batches = loaders(splits, config["batch_size"], config["seed"], device=resolve_device(config["device"]),
+    batches = loaders(splits, config.data.batch_size, config.train.seed, device=resolve_device(config.train.device),
                       shard=world())
     return dict(zip(("train", "val", "test"), batches, strict=True))
 
@@ -104,24 +99,74 @@ def flush_denormals() -> Iterator[None]:
         torch.set_flush_denormal(False)
 
 
-def train_with_method(model: nn.Module, method: str, settings: dict[str, Any], data: dict[str, DataLoader],
-                      cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
+def init_activation(activation: str) -> str:
+    """The activation the initialisers are built for: MaxMin (LipConvNet) is norm-preserving, like tanh's regime."""
+    return activation if activation in ACTIVATIONS else "tanh"
+
+
+def build_model(config: RunConfig, input_shape: tuple[int, ...], num_classes: int,
+                generator: torch.Generator) -> nn.Module:
+    """The run's model for inputs of ``input_shape``, orthogonally initialised with the config's gain (§III-C, §III-D).
+
+    SAO on a model sparse at construction (SAO-ECO) is built here, from the method's degree or sparsity.
+    """
+    cfg, info = config.model, model_info(config.model.name)
+    built_in = _built_in(config)
+    model = info.build(cfg.depth, input_shape=input_shape, num_classes=num_classes, width=cfg.width,
+                       activation=cfg.activation if "activation" in info.arguments else None, head=cfg.head,
+                       degree=config.method.degree if built_in else None,
+                       sparsity=config.method.sparsity if built_in else None, generator=generator)
+    return orthogonal_init_(model, gain=cfg.gain, activation=init_activation(cfg.activation), generator=generator)
+
+
+def _built_in(config: RunConfig) -> bool:
+    """Whether the run's method is SAO built into a model sparse at construction (SAO-ECO)."""
+    return model_info(config.model.name).sparse_at_construction and config.method.name == "sao"
+
+
+@flush_denormals()
+def run_experiment(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Train one run (a :meth:`RunConfig.to_dict`, or a version-0.1 flat config) in ``run_dir``, resumably.
+
+    Returns the training summary, the Jacobian summary and :func:`measured_sparsity`; a run whose
+    dense phase diverged returns that phase's summary with ``phase="dense"``.
+
+    Raises:
+        ValueError: an invalid config (before any data is loaded).
+    """
+    cfg = RunConfig.from_dict(config).resolved()
+    info = model_info(cfg.model.name)
+    splits = create_splits(cfg.data.name, root=cfg.data.root, flatten=not info.takes_images,
+                           augment=cfg.data.augment, image_size=info.image_size)
+    data = data_loaders(splits, cfg)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    model = build_model(cfg, tuple(splits.input_shape), splits.num_classes, generator)
+    settings = {"degree": cfg.method.degree, "sparsity": cfg.method.sparsity, "gain": cfg.model.gain,
+                "activation": init_activation(cfg.model.activation), "generator": generator}
+    method = None if _built_in(cfg) else cfg.method.name
+    return train_with_method(model, method, settings, data, cfg.train, Path(run_dir))
+
+
+def train_with_method(model: nn.Module, method: str | None, settings: dict[str, Any],
+                      data: dict[str, DataLoader], cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     """Sparsify ``model`` with ``method`` (``sparsify(model, method, **settings)``) and train it, resumably.
 
-    ``"dense"`` trains the model as it is; names ending in ``-t`` train dense first, then prune
-    and fine-tune (module docstring). Returns the training summary (without ``run_dir``), the
-    Jacobian summary and :func:`measured_sparsity`; a run whose dense phase diverged returns
-    that phase's summary with ``phase="dense"``. Run functions wrap the whole run, model
-    construction included, in :func:`flush_denormals`.
+    ``None`` or a method without a sparsity target (the dense baseline) trains the model as it
+    is; an after-training method (:attr:`sao.methods.SparsifyMethod.phase`) trains dense first,
+    then prunes and fine-tunes (module docstring). Returns the training summary (without
+    ``run_dir``), the Jacobian summary and :func:`measured_sparsity`; a run whose dense phase
+    diverged returns that phase's summary with ``phase="dense"``.
     """
-    if method.endswith("-t"):
+    chosen = None if method is None else METHODS.get(method)
+    changes = chosen is not None and chosen.needs_target
+    if changes and chosen.phase == AFTER_TRAINING:
         dense = train(model, data, cfg, Path(run_dir) / "dense", progress=False)
         if dense["status"] == "diverged":
             return {**dense, "phase": "dense", **measured_sparsity(model)}
         sparsify(model, method, **settings, strict=True)
         metrics_dir = Path(run_dir) / "finetune"
     else:
-        if method != "dense":
+        if changes:
             sparsify(model, method, **settings, strict=True)
         # a subfolder: train() writes its own config.json, which must not replace the run's
         metrics_dir = Path(run_dir) / "train"

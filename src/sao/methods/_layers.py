@@ -21,7 +21,7 @@ Each weight layer gets one decision that does not depend on the method:
   sparsify builds from dense layers, so a second call with another degree would otherwise be a
   silent no-op); a layer whose weight is *computed by a hook* (:mod:`torch.nn.utils.prune`,
   ``weight_norm``, ``parametrize``: a replacement would drop the hook; see
-  :func:`sao.nn._reparam.reparametrization`); a *subclass* of
+  :func:`sao.nn.reparametrization`); a *subclass* of
   ``nn.Linear``/``nn.Conv2d`` — its owner may use it without calling its ``forward``
   (``nn.MultiheadAttention`` reads ``out_proj.weight`` directly), or the subclass may change
   what the layer computes, so a replacement could be ignored or wrong; a *grouped or
@@ -39,8 +39,7 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from sao.nn import ECOConv2d, MaskedConv2d, MaskedLinear, SOCConv2d, SparseConv2d, SparseLinear
-from sao.nn._reparam import reparametrization
+from sao.nn import ECOConv2d, MaskedConv2d, MaskedLinear, SOCConv2d, SparseConv2d, SparseLinear, reparametrization
 
 __all__ = ["EXCLUDE_CHOICES", "Exclude", "LayerSlot", "eco_target_layers", "find_layers", "has_eco_layers",
            "layer_dims", "target_layers", "weight_shape"]

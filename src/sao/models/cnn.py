@@ -1,38 +1,14 @@
-"""Vanilla CNN-N (paper §III-D1, Tables 8–10) and CNN-ECO (Table 12), as in ``conv-orthogonal.md`` (Architectures).
+"""Vanilla CNN-N (paper §III-D1, Tables 8–10) and CNN-ECO (paper Table 12).
 
-**CNN-N** — ``nn.Sequential`` with named parts, in this order (``sao.sparsify`` counts the
-``Linear``/``Conv2d`` layers in ``named_modules`` order and by default keeps the first and the
-last dense, so ``stem.0`` and ``classifier`` stay dense, as the paper keeps the stem's first
-conv and the classifier dense, SPEC §2):
-
-- ``stem``: three 3×3 convs ``in → w → w → w`` (zero padding 1), strides 1, 2, 2, activation
-  after each: 32×32 → 32 → 16 → 8.
-- ``body``: ``N`` convs ``w → w`` (3×3, zero padding 1), stride 2 at index ``N/2 − 1`` and at
-  the last index ``N − 1``, activation after each: 8×8 → 4×4 → 2×2 for a 32×32 input.
-- ``head``: ``"pool"`` — global average pool + flatten (the feature is ``w``);
-  ``"conv"`` (CINIC-10 / CIFAR-100) — two more 3×3 stride-2 convs ``w → w`` (zero padding 1,
-  activation after each, so they are body-like and *are* sparsified by ``sao.sparsify``) then
-  flatten: 2×2 → 1×1 → 1×1 for a 32×32 input, feature ``w``.
-- ``classifier``: ``nn.Linear(w, num_classes)``.
-
-No batch norm, no skips. The layers are plain ``nn.Conv2d``/``nn.Linear`` with PyTorch's default
-init: :func:`sao.models.orthogonal_init_` gives them the Delta-orthogonal start and
-:func:`sao.sparsify` (``method="sao"``) turns every body (and conv-head) conv into a
-:class:`~sao.nn.SparseConv2d` (SAO-Delta). The reference code (kiaraesguerra/SAO) flattens the
-2×2 map into ``Linear(4w, classes)`` instead of pooling; we follow the paper/spec's pooling.
-
-**CNN-ECO** — 36×36 input (resize CIFAR/CINIC), the same stem (36 → 36 → 18 → 9), then ``N``
-:class:`~sao.nn.ECOConv2d` layers ``w → w`` (circular padding; dense ECO or SAO-ECO):
-
-- indices ``0 … N/2 − 2``: 3×3 kernel dilated by 3 on 9×9;
-- index ``N/2 − 1``: stride 3 (space-to-depth to ``9w`` channels at 3×3, 3×3 kernel), 9 → 3;
-- indices ``N/2 … N − 2``: 3×3 kernel, dilation 1 on 3×3 (circular: every pixel sees all 9);
-- index ``N − 1``: stride 3, 3 → 1; the kernel is 1×1 because ECO needs the kernel side to
-  divide the feature side after the stride (here 1);
-- activation after every conv, then flatten and ``nn.Linear(w, num_classes)``.
-
-The stem convs and the classifier are plain and dense; ``orthogonal_init_`` makes them
-orthogonal and leaves the ECO layers (already orthogonal) alone.
+:func:`cnn` builds ``stem`` (three 3×3 convs, strides 1, 2, 2), ``body`` (``N`` 3×3 convs ``w → w``,
+stride 2 at index ``N/2 − 1`` and ``N − 1``), ``head`` (``"pool"``: global average pool;
+``"conv"``: two stride-2 convs, for CINIC-10 / CIFAR-100) and ``classifier`` (``Linear(w, classes)``),
+as plain dense ``nn.Conv2d``/``nn.Linear``: :func:`sao.models.orthogonal_init_` gives the
+Delta-orthogonal start and :func:`sao.sparsify` makes the body SAO-Delta, keeping ``stem.0`` and
+``classifier`` dense as the paper does (§IV-C). :func:`cnn_eco` takes 36×36 inputs and has
+:class:`~sao.nn.ECOConv2d` body layers on 9×9 and 3×3 maps (dense ECO or SAO-ECO).
+:data:`HEADS` names the heads. The layer-by-layer layout and where each choice comes from:
+``docs/architectures.md``.
 """
 
 from __future__ import annotations
@@ -43,7 +19,7 @@ import torch
 from torch import nn
 
 from sao._validation import as_int
-from sao.models._registry import MODELS
+from sao.models._registry import MODELS, ModelInfo
 from sao.models.fnn import ACTIVATIONS
 from sao.nn import ECOConv2d
 
@@ -88,8 +64,8 @@ def cnn(depth: int, width: int = 128, activation: str = "tanh", num_classes: int
             CINIC-10 / CIFAR-100).
 
     Returns:
-        ``nn.Sequential`` with parts ``stem``, ``body``, ``head``, ``classifier`` (module
-        docstring); ``3 + N (+ 2)`` ``nn.Conv2d`` and one ``nn.Linear``.
+        ``nn.Sequential`` with parts ``stem``, ``body``, ``head``, ``classifier``
+        (``docs/architectures.md``); ``3 + N (+ 2)`` ``nn.Conv2d`` and one ``nn.Linear``.
 
     Shapes:
         ``(B, in_channels, H, W)`` → ``(B, num_classes)``; for 32×32 the body ends at 2×2.
@@ -179,5 +155,9 @@ def cnn_eco(depth: int, width: int = 128, activation: str = "relu", num_classes:
                                       ("head", nn.Flatten()), ("classifier", nn.Linear(width, num_classes))]))
 
 
-MODELS.register("cnn", cnn)
-MODELS.register("cnn_eco", cnn_eco)
+MODELS.register("cnn", ModelInfo(
+    cnn, input_shape=(3, 32, 32), activations=("tanh", "relu"), heads=("pool", "conv"), depths=(2, 4),
+    description="vanilla CNN-N with Delta-orthogonal convolutions (Tables 8-10)"))
+MODELS.register("cnn_eco", ModelInfo(
+    cnn_eco, input_shape=(3, 36, 36), image_size=36, activations=("relu", "tanh"), depths=(2, 4),
+    sparse_at_construction=True, description="CNN-ECO, ECO convolutions, SAO-ECO built in (Table 12)"))

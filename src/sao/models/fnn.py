@@ -13,7 +13,7 @@ import itertools
 from torch import nn
 
 from sao._validation import as_int, as_int_tuple
-from sao.models._registry import MODELS
+from sao.models._registry import MODELS, ModelInfo
 
 __all__ = ["fnn"]
 
@@ -59,4 +59,6 @@ def fnn(depth: int = 50, activation: str = "tanh", in_features: int = 1024, num_
     return nn.Sequential(*layers)
 
 
-MODELS.register("fnn", fnn)
+MODELS.register("fnn", ModelInfo(
+    fnn, input_shape=(1024,), activations=tuple(ACTIVATIONS), depths=(1, 2), width_arg=None,
+    description="FNN-N, the paper's deep MLP (Table 1; Table 7)"))

@@ -1,40 +1,12 @@
 """LipConvNet-N (Singla & Feizi, ICML 2021, §6; paper §III-D2, Table 11) with SOC and ECO layers.
 
-The paper's Table 4 (the architecture) is missing; ``conv-orthogonal.md`` (Architectures) fixes
-the outline and this module makes the remaining choices, following the upstream LipConvNet
-(github.com/singlasahil14/SOC, ``lip_convnets.py``) and the reference code
-(kiaraesguerra/SAO, ``models/lipconvnet.py``) where they exist:
-
-- **Stages.** Five stages of ``N/5`` convolutions. In stage ``s`` (``s = 1 … 5``) with
-  ``p = init_channels · 2^{s−1}`` the first ``N/5 − 1`` convs map to ``p`` channels at
-  stride 1, the last maps to ``2p`` at stride 2. Channels after the stages: ``2, 4, 8, 16, 32 ×
-  init_channels`` (64 … 1024 for 32), sides 16, 8, 4, 2, 1 for a 32×32 input.
-- **No separate stem.** As upstream, the first conv of stage 1 maps the ``in_channels`` image
-  channels to ``init_channels`` itself: an orthogonal layer with ``C = init_channels``
-  channels whose input is zero-padded from 3 channels (an isometric embedding). For ``N = 5``
-  (one conv per stage) that first conv is the stride-2 one: ``3 → 2·init_channels``.
-- **Doubling** happens in the last (stride-2) conv of every stage, by space-to-depth
-  (``c → 4c`` channels at half the side) followed by a ``C = 4c`` orthogonal convolution of
-  which the first ``2c`` output channels are kept (``conv-orthogonal.md``, ECO).
-- **Layer types.** Stages 1–2: :class:`~sao.nn.SOCConv2d` (3×3, ``T = 5`` train / 12 eval).
-  Stages 3–5: :class:`~sao.nn.ECOConv2d` (circular, dense ECO or SAO-ECO with
-  ``degree``/``sparsity``). SOC layers have no sparse form and stay dense.
-- **ECO kernel sizes.** ECO is exactly orthogonal only when the kernel side divides the
-  feature side after the stride (Yu et al. 2022; our ``ECOConv2d`` enforces it), and 3 divides
-  none of 8, 4, 2. We use, per layer, the divisor of that side closest to 3 (ties to the
-  larger): 4×4 (dilation 2) at 8×8, 4×4 (dilation 1) at 4×4, 2×2 at 2×2, and 1×1 at 1×1 — so
-  the stride layers of stages 3, 4, 5 have kernels 4, 2 and 1 (the spec's "1×1 in stage 5").
-  The reference code instead runs a 3×3 kernel with zero padding there, which is not
-  orthogonal.
-- **Activation.** :class:`~sao.nn.MaxMin` after every conv of the five stages (so
-  ``init_channels`` must be even), none after the last layer.
-- **Last layer.** As upstream (``lln=False``): a 1×1 :class:`~sao.nn.SOCConv2d` from
-  ``32 · init_channels`` channels to ``num_classes`` on the 1×1 map (dense, orthogonal rows),
-  then flatten. It is not sparsified.
-
-Every layer is SOC or ECO. SAO sparsity comes from the builder's ``degree``/``sparsity`` (SAO-ECO);
-the pruning baselines (``sao.sparsify(model, "lmp-s", sparsity=...)``) prune the kernels of the
-ECO layers (stages 3–5) and leave the SOC layers dense, like SAO-ECO.
+:func:`lipconvnet` builds five stages of ``N/5`` orthogonal convolutions, the last of each with
+stride 2 and twice the channels: :class:`~sao.nn.SOCConv2d` in stages 1–2 (always dense),
+:class:`~sao.nn.ECOConv2d` in stages 3–5 (dense ECO, or SAO-ECO with ``degree``/``sparsity``),
+:class:`~sao.nn.MaxMin` after every convolution, and a 1×1 SOC layer to the classes.
+:func:`eco_kernel_size` picks each ECO layer's kernel so that it divides the feature side. The
+paper's Table 4 (the architecture) is lost; the choices made here, and their sources (the
+paper, upstream LipConvNet, the reference code), are in ``docs/architectures.md``.
 """
 
 from __future__ import annotations
@@ -45,7 +17,7 @@ import torch
 from torch import nn
 
 from sao._validation import as_int
-from sao.models._registry import MODELS
+from sao.models._registry import MODELS, ModelInfo
 from sao.nn import ECOConv2d, MaxMin, SOCConv2d
 
 __all__ = ["eco_kernel_size", "lipconvnet"]
@@ -85,7 +57,7 @@ def lipconvnet(depth: int, init_channels: int = 32, num_classes: int = 10, in_ch
 
     Returns:
         ``nn.Sequential`` with parts ``stage1`` … ``stage5`` (each a ``nn.Sequential`` of conv,
-        ``MaxMin`` pairs), ``last`` (1×1 SOC) and ``flatten``; choices in the module docstring.
+        ``MaxMin`` pairs), ``last`` (1×1 SOC) and ``flatten``; choices in ``docs/architectures.md``.
 
     Shapes:
         ``(B, in_channels, 32, 32)`` → ``(B, num_classes)`` (the ECO layers check their input size).
@@ -130,4 +102,6 @@ def lipconvnet(depth: int, init_channels: int = 32, num_classes: int = 10, in_ch
     return nn.Sequential(parts)
 
 
-MODELS.register("lipconvnet", lipconvnet)
+MODELS.register("lipconvnet", ModelInfo(
+    lipconvnet, input_shape=(3, 32, 32), activations=("maxmin",), width_arg="init_channels", depths=(5, 10),
+    sparse_at_construction=True, description="LipConvNet-N, SOC and ECO convolutions, SAO-ECO built in (Table 11)"))

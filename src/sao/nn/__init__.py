@@ -1,6 +1,7 @@
 """Sparse layers with a fixed SAO topology (``SparseLinear``, ``SparseConv2d``, ``ECOConv2d``, ``FusedSparseChain``),
 the skew orthogonal convolution ``SOCConv2d`` and the ``MaxMin`` activation."""
 
+from sao.nn._reparam import reparametrization
 from sao.nn._shape import InputShapeError
 from sao.nn._sparse import BACKENDS
 from sao.nn.activations import MaxMin
@@ -26,4 +27,5 @@ __all__ = [
     "SparseLinear",
     "blocked_linear",
     "fuse_sparse_chains",
+    "reparametrization",
 ]

@@ -1,10 +1,11 @@
-"""Turn a sweep directory into tables and figures: rows method, columns depth, mean ± std over seeds.
+"""Turn a sweep folder into tables and figures: rows method, columns depth, mean ± std over seeds.
 
-Reads only *finished* runs (:func:`sao.experiments.finished_results`), so a partial or damaged
-run directory is never reported. Each run's ``config.json`` must hold ``method``, ``depth`` and
-``seed``; its ``result.json`` the metrics named in :data:`METRICS` (a run that diverged reports
-its accuracies as they were when it stopped, and is counted). A run whose config also holds a
-``sparsity`` (the CNN tables) gets its own row, labelled ``"method sparsity%"`` (:func:`row_label`).
+Reads the sweep through the run store (:class:`sao.experiments.RunStore`): only *finished* runs,
+of this version's format or of version 0.1's, each as its typed
+:class:`~sao.experiments.RunConfig`; damaged folders are listed, never reported. A run's
+``result.json`` holds the metrics named in :data:`METRICS` (a run that diverged reports its
+accuracies as they were when it stopped, and is counted). A run with a sparsity (the CNN tables)
+gets its own row, labelled ``"method sparsity%"`` (:func:`row_label`).
 """
 
 from __future__ import annotations
@@ -16,30 +17,47 @@ from pathlib import Path
 from typing import Any
 
 from sao._files import plt, save_figure, write_table
-from sao.experiments import finished_results
+from sao.experiments import EXPERIMENTS, ExperimentSpec, RunConfig, RunStore, identity
 
-__all__ = ["METRICS", "aggregate", "row_label", "settings_note", "table_rows", "write_report"]
+__all__ = ["METRICS", "Result", "aggregate", "load_results", "row_label", "settings_note", "table_rows",
+           "write_report"]
 
 METRICS = ("test_acc", "val_acc", "jacobian_mean", "jacobian_var")
 
+#: A finished run: its typed config and its result.
+Result = tuple[RunConfig, Mapping[str, Any]]
 
-def row_label(config: Mapping[str, Any]) -> str:
-    """The table row of a run: its method, followed by its sparsity in % when the config has one.
 
-    >>> row_label({"method": "sao"}), row_label({"method": "lmp-s", "sparsity": 0.96875})
+def load_results(sweep_dir: Path) -> tuple[list[Result], list[tuple[Path, str]]]:
+    """The finished runs of a sweep folder (typed) and its damaged folders ``(folder, what is wrong)``."""
+    store = RunStore(Path(sweep_dir), identity=identity)
+    results = [(RunConfig.from_dict(r["config"]), {k: v for k, v in r.items() if k != "config"})
+               for r in store.finished()]
+    return results, store.damaged()
+
+
+def row_label(config: RunConfig) -> str:
+    """The table row of a run: its method, followed by its sparsity in % when it has one.
+
+    >>> from sao.experiments import MethodConfig
+    >>> row_label(RunConfig()), row_label(RunConfig(method=MethodConfig("lmp-s", sparsity=0.96875)))
     ('sao', 'lmp-s 96.875%')
     """
-    sparsity = config.get("sparsity")
-    return str(config["method"]) if sparsity is None else f"{config['method']} {100 * sparsity:g}%"
+    method = config.method
+    return method.name if method.sparsity is None else f"{method.name} {100 * method.sparsity:g}%"
 
 
-def aggregate(results: Sequence[Mapping[str, Any]], metric: str) -> dict[tuple[str, int], list[float]]:
+def _cell(config: RunConfig) -> tuple[str, int]:
+    return row_label(config), config.model.depth
+
+
+def aggregate(results: Sequence[Result], metric: str) -> dict[tuple[str, int], list[float]]:
     """``(row label, depth) -> [metric over seeds]`` for the runs that report ``metric``."""
     cells: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for r in results:
-        value = r.get(metric)
+    for config, result in results:
+        value = result.get(metric)
         if value is not None:
-            cells[row_label(r["config"]), int(r["config"]["depth"])].append(float(value))
+            cells[_cell(config)].append(float(value))
     return dict(cells)
 
 
@@ -49,7 +67,7 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, std
 
 
-def table_rows(results: Sequence[Mapping[str, Any]], metric: str = "test_acc", scale: float = 100.0,
+def table_rows(results: Sequence[Result], metric: str = "test_acc", scale: float = 100.0,
                known: Mapping[tuple[str, int], float] | None = None, fmt: str = ".2f") -> list[dict[str, str]]:
     """One row per method, one column per depth: ``mean ± std (n)`` of ``metric × scale``.
 
@@ -59,9 +77,9 @@ def table_rows(results: Sequence[Mapping[str, Any]], metric: str = "test_acc", s
     """
     cells = aggregate(results, metric)
     diverged: dict[tuple[str, int], int] = defaultdict(int)
-    for r in results:
-        if r.get("status") == "diverged":
-            diverged[row_label(r["config"]), int(r["config"]["depth"])] += 1
+    for config, result in results:
+        if result.get("status") == "diverged":
+            diverged[_cell(config)] += 1
     methods = sorted({m for m, _ in cells} | {m for m, _ in diverged})
     depths = sorted({d for _, d in cells} | {d for _, d in diverged})
     rows = []
@@ -82,19 +100,27 @@ def table_rows(results: Sequence[Mapping[str, Any]], metric: str = "test_acc", s
     return rows
 
 
-def write_report(sweep_dir: Path, out: Path | None = None, title: str = "Sweep",
-                 known: Mapping[tuple[str, int], float] | None = None) -> list[Path]:
+def write_report(sweep_dir: Path, out: Path | None = None, experiment: ExperimentSpec | None = None) -> list[Path]:
     """Write ``report.md``/``.csv`` (test accuracy %), ``jacobian.md``/``.csv`` and two PNGs into ``out``.
+
+    ``experiment`` gives the title and the paper's numbers (default: the experiment the runs
+    name, when they all name one); the numbers are shown only beside runs on the paper's dataset.
 
     Raises:
         ValueError: if ``sweep_dir`` holds no finished run.
     """
-    results = finished_results(Path(sweep_dir))
+    results, damaged = load_results(Path(sweep_dir))
     if not results:
         raise ValueError(f"no finished runs in {sweep_dir} (a run is finished once its result.json is written)")
+    experiment = experiment or _named_experiment(results)
+    title, known = _title_and_known(results, experiment)
+    notes = settings_note(results)
+    if damaged:
+        notes += f" Skipped {len(damaged)} damaged run folder(s): " + "; ".join(f"{p.name} ({why})"
+                                                                              for p, why in damaged)
     out = Path(out or sweep_dir)
     files = [*write_table(table_rows(results, "test_acc", 100.0, known), out, "report",
-                          f"{title}: test accuracy % (mean ± std over seeds, n runs)", settings_note(results))]
+                          f"{title}: test accuracy % (mean ± std over seeds, n runs)", notes)]
     files += write_table(table_rows(results, "jacobian_var", 1.0, fmt=".3g"), out, "jacobian",
                          f"{title}: variance of the input–output Jacobian's singular values at the end of training")
     files.append(_plot(results, "test_acc", 100.0, "test accuracy (%)", out, "accuracy_vs_depth", log=False))
@@ -102,18 +128,40 @@ def write_report(sweep_dir: Path, out: Path | None = None, title: str = "Sweep",
     return files
 
 
-#: Config keys that name a run's place in the grid (or where it ran), not its settings.
-_GRID_KEYS = ("method", "depth", "seed", "sparsity", "data_root", "device")
+def _named_experiment(results: Sequence[Result]) -> ExperimentSpec | None:
+    names = {config.experiment for config, _ in results}
+    name = names.pop() if len(names) == 1 else None
+    return EXPERIMENTS.get(name) if name in EXPERIMENTS else None
 
 
-def settings_note(results: Sequence[Mapping[str, Any]]) -> str:
+def _title_and_known(results: Sequence[Result], experiment: ExperimentSpec | None
+                     ) -> tuple[str, Mapping[tuple[str, int], float]]:
+    datasets = sorted({config.data.name for config, _ in results})
+    title = (experiment.title if experiment is not None else "Sweep") + f" (this sweep: {', '.join(datasets)})"
+    if experiment is None or not experiment.known:
+        return title, {}
+    if experiment.dataset is not None and datasets != [experiment.dataset]:
+        return title + f"; the paper's {experiment.dataset} numbers are not shown beside other data", {}
+    return title, experiment.known
+
+
+#: Settings that name a run's place in the grid (or where it ran), not what it computes.
+_GRID_KEYS = ("method.name", "model.depth", "train.seed", "method.sparsity", "data.root", "train.device")
+
+
+def _flat(config: RunConfig) -> dict[str, Any]:
+    return {f"{part}.{k}": v for part, values in config.to_dict().items() if isinstance(values, dict)
+            for k, v in values.items()}
+
+
+def settings_note(results: Sequence[Result]) -> str:
     """One line listing the settings every run shares and the ones that vary (besides the grid axes).
 
-    >>> settings_note([{"config": {"method": "sao", "epochs": 5, "lr": 0.01}},
-    ...                {"config": {"method": "dense", "epochs": 5, "lr": 0.001}}])
-    'Settings of every run: epochs=5. Varying: lr.'
+    >>> from sao.experiments import ModelConfig
+    >>> settings_note([(RunConfig(model=ModelConfig(gain=1.1)), {}), (RunConfig(), {})]).split(". ")[-1]
+    'Varying: model.gain.'
     """
-    configs = [r["config"] for r in results]
+    configs = [_flat(config) for config, _ in results]
     keys = sorted({k for c in configs for k in c} - set(_GRID_KEYS))
     shared = [k for k in keys if all(c.get(k) == configs[0].get(k) for c in configs)]
     varying = [k for k in keys if k not in shared]
@@ -121,7 +169,7 @@ def settings_note(results: Sequence[Mapping[str, Any]]) -> str:
     return text + (f" Varying: {', '.join(varying)}." if varying else "")
 
 
-def _plot(results: Sequence[Mapping[str, Any]], metric: str, scale: float, label: str, out: Path, name: str,
+def _plot(results: Sequence[Result], metric: str, scale: float, label: str, out: Path, name: str,
           log: bool) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     _lines(ax, aggregate(results, metric), scale)
@@ -130,11 +178,12 @@ def _plot(results: Sequence[Mapping[str, Any]], metric: str, scale: float, label
     ax.set_xscale("log")
     if log:
         ax.set_yscale("log")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return save_figure(fig, out, name)
 
 
-def _plot_jacobian(results: Sequence[Mapping[str, Any]], out: Path) -> Path:
+def _plot_jacobian(results: Sequence[Result], out: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     for ax, metric in zip(axes, ("jacobian_mean", "jacobian_var"), strict=True):
         _lines(ax, aggregate(results, metric), 1.0)
@@ -142,7 +191,8 @@ def _plot_jacobian(results: Sequence[Mapping[str, Any]], out: Path) -> Path:
         ax.set_yscale("log")
         ax.set_xlabel("depth N")
         ax.set_title(metric.replace("_", " ") + " of the Jacobian's singular values (end of training)", fontsize=9)
-    axes[0].legend(fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8)
     return save_figure(fig, out, "jacobian_vs_depth")
 
 

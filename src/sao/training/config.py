@@ -4,27 +4,36 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from sao._validation import as_int, as_real
+from sao.training.schedule import SCHEDULES
 
 __all__ = ["AMP_DTYPES", "TrainConfig", "lr_for_depth", "resolve_device"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+#: Fields of version 0.1 that ``train()`` never read (the model's gain, the loaders' batch size); they
+#: now live in the experiment's run config, and :meth:`TrainConfig.from_dict` drops them from old files.
+RETIRED_FIELDS = ("gain", "batch_size")
 #: Mixed-precision choices of :attr:`TrainConfig.amp` and the autocast dtype of each.
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run (saved, resolved, beside every result).
 
-    Defaults follow the paper's FNN/CNN training (SPEC §4): SGD, momentum 0.9, weight decay
-    1e-4, lr × 0.1 at epochs 50 and 150 when ``schedule="multistep"``.
+    Defaults follow the paper's FNN/CNN training (paper §III-C, §III-D1): SGD, momentum 0.9,
+    weight decay 1e-4, lr × 0.1 at epochs 50 and 150 when ``schedule="multistep"``.
 
+    Each field's ``metadata["help"]`` says what it does (``sao train --help`` shows it).
     Integer fields accept any integer (``int``, numpy integer, 0-d integer tensor) and real
     fields any real number; both are stored as plain ``int``/``float`` so the config saves as
     JSON. A value of the wrong type (``"0.1"``, ``True``, ``3.0`` for an integer) is a
@@ -36,47 +45,46 @@ class TrainConfig:
         (0.001, True)
     """
 
-    epochs: int = 100  # number of training epochs (paper: 100 for FNN-N, 200 for LipConvNet)
-    batch_size: int = 128  # batch size the caller should build its loaders with; recorded, not enforced
-    lr: float = 1e-2  # peak learning rate; FNN-N uses lr_for_depth(N) (SPEC §4)
-    momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 1e-4  # SGD L2 weight decay (coupled, as torch.optim.SGD does it)
-    nesterov: bool = False  # Nesterov momentum (needs momentum > 0)
-    schedule: str = "constant"  # lr schedule after warm-up: a name in sao.training.SCHEDULES
-    milestones: tuple[int, ...] = (50, 150)  # "multistep": epochs (0-based index) at which lr is multiplied by gamma
-    gamma: float = 0.1  # "multistep": factor per milestone
-    warmup_epochs: int = 0  # linear warm-up epochs before the schedule: factor (e + 1) / (warmup_epochs + 1)
-    gain: float = 1.0  # init weight multiplier, recorded for the run; the model builder applies it, train() does not
-    seed: int = 0  # seeds torch, random and numpy at the start of a fresh run (not the model init nor loader generator)
-    device: str = "auto"  # "auto" (CUDA if available, else CPU), "cpu" or "cuda[:i]"
-    isometry_probe: int = 8  # probe examples for the Jacobian spectrum at init and after each epoch; 0 disables
-    max_grad_norm: float | None = None  # clip the total gradient norm to this value; None: no clipping
-    amp: str | None = None  # mixed precision: None (float32), "bf16" or "fp16" (fp16 adds a gradient scaler)
-    cudnn_benchmark: bool = False  # let cuDNN pick the fastest conv algorithms (CUDA only; not bit-reproducible)
-    fused: bool = True  # run an nn.Sequential's chains of blocked SparseLinear layers fused (sao.nn.FusedSequential;
-    #                     the compiled CPU kernel where it applies): same parameters and function, an execution detail
+    epochs: int = field(default=100, metadata=_help("training epochs (paper §III-D2: 200 for LipConvNet)"))
+    lr: float = field(default=1e-2, metadata=_help("peak learning rate (FNN-N: lr_for_depth, paper Table 2)"))
+    momentum: float = field(default=0.9, metadata=_help("SGD momentum"))
+    weight_decay: float = field(default=1e-4, metadata=_help("SGD L2 weight decay (coupled, as torch.optim.SGD)"))
+    nesterov: bool = field(default=False, metadata=_help("Nesterov momentum (needs momentum > 0)"))
+    schedule: str = field(default="constant", metadata=_help("lr schedule after warm-up (sao.training.SCHEDULES)"))
+    milestones: tuple[int, ...] = field(default=(50, 150), metadata=_help(
+        "multistep: 0-based epochs at which the lr is multiplied by gamma"))
+    gamma: float = field(default=0.1, metadata=_help("multistep: factor per milestone"))
+    warmup_epochs: int = field(default=0, metadata=_help(
+        "linear warm-up epochs before the schedule: factor (e + 1) / (warmup_epochs + 1)"))
+    seed: int = field(default=0, metadata=_help(
+        "seeds torch, random and numpy at the start of a fresh run (experiments also seed the init and loaders)"))
+    device: str = field(default="auto", metadata=_help("auto (CUDA if available, else CPU), cpu or cuda[:i]"))
+    isometry_probe: int = field(default=8, metadata=_help(
+        "probe examples for the Jacobian spectrum at init and after each epoch; 0 disables"))
+    max_grad_norm: float | None = field(default=None, metadata=_help("clip the total gradient norm (None: none)"))
+    amp: str | None = field(default=None, metadata=_help("mixed precision: bf16 or fp16 (None: float32)"))
+    cudnn_benchmark: bool = field(default=False, metadata=_help(
+        "let cuDNN pick the fastest conv algorithms (CUDA only; not bit-reproducible)"))
+    fused: bool = field(default=True, metadata=_help(
+        "run chains of blocked SparseLinear layers fused (compiled on the CPU): same function, an execution detail"))
 
     def __post_init__(self) -> None:
-        from sao.training.schedule import SCHEDULES  # here to avoid an import cycle
-
-        def field(name: str, check: Any, **bounds: Any) -> None:
-            object.__setattr__(self, name, check(getattr(self, name), f"TrainConfig.{name}", **bounds))
+        def check(name: str, checker: Any, **bounds: Any) -> None:
+            object.__setattr__(self, name, checker(getattr(self, name), f"TrainConfig.{name}", **bounds))
 
         if isinstance(self.milestones, str) or not isinstance(self.milestones, Sequence):
             raise TypeError(f"TrainConfig.milestones must be a sequence of integers, got {self.milestones!r}")
         object.__setattr__(self, "milestones", tuple(as_int(m, "TrainConfig.milestones", minimum=0)
                                                      for m in self.milestones))
-        for name in ("epochs", "batch_size"):
-            field(name, as_int, minimum=1)
+        check("epochs", as_int, minimum=1)
         for name in ("warmup_epochs", "isometry_probe", "seed"):
-            field(name, as_int, minimum=0)
+            check(name, as_int, minimum=0)
         for name in ("lr", "gamma"):
-            field(name, as_real, low=0.0, low_open=True)
+            check(name, as_real, low=0.0, low_open=True)
         for name in ("momentum", "weight_decay"):
-            field(name, as_real, low=0.0)
-        field("gain", as_real)
+            check(name, as_real, low=0.0)
         if self.max_grad_norm is not None:
-            field("max_grad_norm", as_real, low=0.0, low_open=True)
+            check("max_grad_norm", as_real, low=0.0, low_open=True)
         _check("nesterov", self.nesterov, not self.nesterov or self.momentum > 0, "False when momentum is 0")
         _check("device", self.device, isinstance(self.device, str) and self.device.split(":")[0] in DEVICE_CHOICES,
                f"one of {', '.join(DEVICE_CHOICES)} (cuda may carry an index, e.g. 'cuda:1')")
@@ -93,7 +101,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Rebuild a config from :meth:`to_dict` output; unknown keys raise ``ValueError``."""
+        """Rebuild a config from :meth:`to_dict` output; unknown keys raise ``ValueError``.
+
+        The :data:`RETIRED_FIELDS` of configs written by version 0.1 are dropped.
+        """
+        data = {k: v for k, v in data.items() if k not in RETIRED_FIELDS}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -107,7 +119,7 @@ def _check(name: str, value: object, ok: bool, allowed: str) -> None:
 
 
 def lr_for_depth(depth: int) -> float:
-    """The paper's FNN-N learning rate for depth ``N`` (SPEC §4, Table 7 settings).
+    """The paper's FNN-N learning rate for depth ``N`` (paper Table 2, used for Table 7).
 
     The paper gives ``N ≤ 60: 1e-2``, ``200: 1e-3``, ``400: 1e-3``, ``600–1000: 1e-4``.
     Depths between table entries take the rate of the next listed depth up

@@ -15,11 +15,17 @@ after training equal those of a single process up to float summation order.
 from __future__ import annotations
 
 import os
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_reduce_sum", "barrier", "device_for_rank", "init_from_env", "is_main_process", "shutdown", "world"]
+from sao.training.config import resolve_device
+
+__all__ = ["all_reduce_sum", "barrier", "broadcast_object", "device_for_rank", "init_from_env", "is_main_process",
+           "shutdown", "world"]
+
+T = TypeVar("T")
 
 
 def world() -> tuple[int, int]:
@@ -51,8 +57,6 @@ def init_from_env(device: str = "auto") -> bool:
         return False
     if not dist.is_available():
         raise ValueError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
-    from sao.training.config import resolve_device  # here to avoid an import cycle
-
     use_cuda = resolve_device(device).type == "cuda"
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -78,3 +82,14 @@ def all_reduce_sum(*tensors: torch.Tensor) -> None:
         for tensor in tensors:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
+
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """Rank ``src``'s ``obj`` on every rank (pickled; the others' ``obj`` is ignored); ``obj`` in a world of one.
+
+    A collective: every rank must call it, as with :func:`barrier`.
+    """
+    if world()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -60,7 +60,7 @@ from sao._atomic import atomic_write_bytes
 from sao.data import ShardedBatchSampler
 from sao.nn import fuse_sparse_chains
 from sao.training.checkpoint import CHECKPOINT_FORMAT, capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from sao.training.config import AMP_DTYPES, TrainConfig, resolve_device
+from sao.training.config import AMP_DTYPES, RETIRED_FIELDS, TrainConfig, resolve_device
 from sao.training.distributed import all_reduce_sum, device_for_rank, is_main_process, world
 from sao.training.isometry import jacobian_spectrum, probe_batch
 from sao.training.metrics import append_metrics, clean_row, read_metrics, truncate_metrics
@@ -181,10 +181,11 @@ def _execution_model(model: nn.Module, config: TrainConfig) -> nn.Module:
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
     """A run resumes only under the config it started with (the device may differ).
 
-    Fields missing from ``saved`` (checkpoints older than the field) count as their default.
+    Fields missing from ``saved`` (checkpoints older than the field) count as their default; fields
+    version 0.1 recorded but never used (:data:`~sao.training.config.RETIRED_FIELDS`) are ignored.
     """
     current = config.to_dict()
-    saved = {**_defaults(), **saved}
+    saved = {**_defaults(), **{k: v for k, v in saved.items() if k not in RETIRED_FIELDS}}
     differ = sorted(k for k in set(saved) | set(current) if k not in EXECUTION_ONLY and saved.get(k) != current.get(k))
     if differ:
         details = ", ".join(f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in differ)

@@ -1,0 +1,61 @@
+"""The ``sao`` command line: one module per command, one error boundary (:func:`main`).
+
+Each command is a module of this package with ``HELP`` (one line), ``add_arguments(parser)`` and
+``run(args) -> exit status``, registered in :data:`COMMANDS`. :func:`main` turns user errors
+into one line on stderr: a ``ValueError`` (bad settings, unknown names) or an ``OSError``
+(missing data, unreadable folders) exits 2, a grid with failed runs exits 1 naming them
+(:class:`sao.experiments.FailedRuns`), as does a run another driver is training
+(:class:`sao.experiments.RunClaimed`); Ctrl-C exits 130. Anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from sao import __version__
+from sao._registry import Registry
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+#: Command name → the module implementing it.
+COMMANDS: Registry[str] = Registry("command", "sao.cli.COMMANDS")
+for _name in ("demo", "train", "reproduce", "report", "analyze"):
+    COMMANDS.register(_name, f"sao.cli.{_name}")
+
+
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(COMMANDS.get(name))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one subparser per registered command."""
+    parser = argparse.ArgumentParser(prog="sao", description="Sparsity-Aware Orthogonal initialization (SAO).")
+    parser.add_argument("--version", action="version", version=f"sao {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module = _module(name)
+        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (module docstring)."""
+    from sao.experiments import FailedRuns, RunClaimed
+
+    args = build_parser().parse_args(argv)
+    try:
+        return _module(args.command).run(args)
+    except (FailedRuns, RunClaimed) as err:
+        print(f"sao {args.command}: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as err:
+        print(f"sao {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sao {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,109 @@
+"""Command-line flags generated from the run-config dataclasses, so every default exists once.
+
+Each field of :class:`~sao.experiments.ModelConfig`, :class:`~sao.experiments.MethodConfig`,
+:class:`~sao.experiments.DataConfig` and :class:`~sao.training.TrainConfig` becomes one flag
+(``--weight-decay``; a field's ``metadata["flag"]`` renames it, e.g. ``--model``), with its
+``metadata["help"]``, its type, and the registry's names as ``choices``. Every flag defaults to
+``None`` (= not given), so :func:`apply_flags` changes only what the user typed and the rest keeps
+the defaults of the dataclasses or of the experiment the run belongs to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sao.data import list_datasets
+from sao.experiments import DataConfig, MethodConfig, ModelConfig, RunConfig
+from sao.methods import METHODS
+from sao.models import MODELS
+from sao.training import SCHEDULES, TrainConfig
+from sao.training.config import AMP_DTYPES
+
+__all__ = ["SECTIONS", "add_config_flags", "apply_flags", "given"]
+
+#: Part of :class:`RunConfig` → its dataclass.
+SECTIONS: dict[str, type] = {"model": ModelConfig, "method": MethodConfig, "data": DataConfig, "train": TrainConfig}
+
+#: Fields whose values are names in a registry: ``(section, field) → choices``.
+_CHOICES: dict[tuple[str, str], Callable[[], list[str]]] = {
+    ("model", "name"): MODELS.names, ("method", "name"): METHODS.names, ("data", "name"): list_datasets,
+    ("train", "schedule"): SCHEDULES.names, ("train", "amp"): lambda: list(AMP_DTYPES),
+    ("model", "activation"): lambda: sorted({a for n in MODELS for a in MODELS.get(n).activations}),
+    ("model", "head"): lambda: sorted({h for n in MODELS for h in MODELS.get(n).heads}),
+}
+
+
+def _flag(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+
+
+def _base_type(hint: Any) -> tuple[Any, bool]:
+    """``(type, is_sequence)`` of a field's annotation, with ``None`` stripped from unions."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is tuple:
+        return typing.get_args(hint)[0], True
+    return hint, False
+
+
+def add_config_flags(parser: argparse.ArgumentParser, *, only: Iterable[str] | None = None,
+                     defaults: RunConfig | None = None, note: str = "") -> None:
+    """Add one flag per config field (``only``: the ``section.field`` names to add, default all).
+
+    The help shows each field's value in ``defaults`` (default: the dataclasses' defaults);
+    ``note`` heads each group (e.g. where the defaults come from).
+    """
+    only = None if only is None else set(only)
+    shown = defaults or RunConfig()
+    for section, kind in SECTIONS.items():
+        hints = typing.get_type_hints(kind)
+        fields = [f for f in dataclasses.fields(kind) if f.init and (only is None or f"{section}.{f.name}" in only)]
+        if not fields:
+            continue
+        group = parser.add_argument_group(f"{section} settings", note or None)
+        note = ""  # once, above the first group
+        for field in fields:
+            _add(group, field, f"{section}.{field.name}", hints[field.name], getattr(getattr(shown, section),
+                                                                                      field.name))
+
+
+def _add(group: Any, field: dataclasses.Field, key: str, hint: Any, default: Any) -> None:
+    kind, sequence = _base_type(hint)
+    text = field.metadata.get("help", field.name.replace("_", " "))
+    if default is not None:
+        text += f" (default: {' '.join(map(str, default)) if isinstance(default, tuple) else default})"
+    options: dict[str, Any] = {"dest": key, "default": None, "help": text.replace("%", "%%")}
+    if kind is bool:
+        options["action"] = argparse.BooleanOptionalAction
+    else:
+        options["type"] = kind
+        options["metavar"] = field.name.upper()
+        if sequence:
+            options["nargs"] = "+"
+    section, name = key.split(".")
+    if (section, name) in _CHOICES:
+        options["choices"] = _CHOICES[section, name]()
+        options.pop("metavar", None)
+    group.add_argument(_flag(field), **options)
+
+
+def apply_flags(config: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """``config`` with every flag the user gave (not ``None``) written into its field."""
+    parts = {}
+    for section, part in ((s, getattr(config, s)) for s in SECTIONS):
+        given = {f.name: getattr(args, f"{section}.{f.name}") for f in dataclasses.fields(part)
+                 if getattr(args, f"{section}.{f.name}", None) is not None}
+        if section == "method" and given.keys() & {"degree", "sparsity"}:
+            given = {"degree": None, "sparsity": None, **given}  # a target given replaces the other
+        parts[section] = dataclasses.replace(part, **given) if given else part
+    return dataclasses.replace(config, **parts)
+
+
+def given(args: argparse.Namespace, key: str) -> bool:
+    """Whether the user gave the flag of ``section.field`` ``key``."""
+    return getattr(args, key, None) is not None

@@ -1,0 +1,88 @@
+"""``sao train``: one run of any registered model and method, resumable; data-parallel under ``torchrun``.
+
+Its flags are the fields of the run config (:mod:`sao.cli._flags`); what is not given comes from
+the experiment the run belongs to (``--experiment``, default: the first table whose runs use the
+model — ``fnn`` → Table 7), and else from the dataclasses' defaults. Without ``--lr`` the
+experiment's learning-rate rule applies (Table 7: the paper's lr by depth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from sao.cli._flags import add_config_flags, apply_flags, given
+from sao.experiments import (
+    EXPERIMENTS,
+    ModelConfig,
+    Run,
+    RunConfig,
+    RunStore,
+    experiment_for_model,
+    identity,
+    run_experiment,
+    run_one,
+)
+from sao.training.distributed import init_from_env, is_main_process, shutdown
+
+__all__ = ["HELP", "add_arguments", "run", "run_config"]
+
+HELP = "train one run of any registered model and method (resumable; data-parallel under torchrun)"
+
+#: Result fields printed at the end.
+SUMMARY = ("status", "epochs_run", "val_acc", "test_acc", "best_val_acc", "jacobian_mean", "jacobian_var",
+           "sparsity_sparse_layers", "sparsity_overall", "seconds", "run_dir")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", choices=EXPERIMENTS.names(), default=None,
+                        help="take the settings of this table (default: the first table whose runs use --model)")
+    home = experiment_for_model(ModelConfig().name)
+    add_config_flags(parser, defaults=_base(home) if home else None,
+                     note=f"Defaults shown: --model {ModelConfig().name} ({home}); another model or --experiment "
+                          "takes that table's settings.")
+    parser.add_argument("--out", type=Path, default=Path("runs/train"),
+                        help="parent folder of the run folder (default runs/train)")
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The resolved run config of the command line (module docstring)."""
+    model = getattr(args, "model.name", None) or ModelConfig().name
+    name = args.experiment or experiment_for_model(model)
+    spec = EXPERIMENTS.get(name) if name is not None else None
+    base = _base(name) if name is not None else RunConfig(model=ModelConfig(model))
+    if base.model.name != model:
+        raise ValueError(f"experiment {name!r} runs model {base.model.name!r}, not {model!r}; "
+                         "drop --experiment or --model")
+    config = apply_flags(base, args)
+    if spec is not None and spec.lr_by_depth is not None and not given(args, "train.lr"):
+        config = dataclasses.replace(config, train=dataclasses.replace(
+            config.train, lr=spec.lr_by_depth(config.model.depth)))
+    return dataclasses.replace(config, experiment=name).resolved()
+
+
+def _base(experiment: str) -> RunConfig:
+    """The settings ``sao train`` starts from for ``experiment``: its base, the model's defaults filled in."""
+    spec = EXPERIMENTS.get(experiment)
+    base = spec.base.resolved()
+    if spec.lr_by_depth is not None:
+        base = dataclasses.replace(base, train=dataclasses.replace(base.train, lr=spec.lr_by_depth(base.model.depth)))
+    return base
+
+
+def run(args: argparse.Namespace) -> int:
+    """One run; under ``torchrun`` a data-parallel one (``--batch-size`` is the global batch)."""
+    config = run_config(args)
+    init_from_env(config.train.device)
+    main = is_main_process()  # asked before the group is gone
+    try:
+        store = RunStore(args.out, identity=identity)
+        result: dict[str, Any] = run_one(Run(config.label, config.to_dict()), run_experiment, store)
+    finally:
+        shutdown()
+    if main:
+        for key in SUMMARY:
+            print(f"{key:>24}: {result.get(key)}")
+    return 0

@@ -1,0 +1,148 @@
+"""One schema for every table of the paper: :class:`ExperimentSpec` (settings, presets, known numbers).
+
+An experiment is a title, the settings every run shares (a :class:`~sao.experiments.RunConfig`,
+``base``), a grid per preset (:class:`Preset`: methods × sparsities × depths × seeds, plus the
+settings the preset changes), and the paper's surviving numbers. :meth:`ExperimentSpec.runs`
+expands a preset into typed run configs; every run goes through the one run function
+:func:`sao.experiments.protocol.run_experiment`. Table 7 (:mod:`sao.experiments.table7`) and
+Tables 8–12 (:mod:`sao.experiments.cnn`) are instances registered in :data:`EXPERIMENTS`; adding a
+table is one more instance (``docs/extending.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sao._registry import Registry
+from sao.experiments.config import MethodConfig, RunConfig
+
+__all__ = ["EXPERIMENTS", "ExperimentSpec", "Preset", "experiment_for_model"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A preset of an experiment: the grid, and the settings it changes (``None``: the experiment's).
+
+    Attributes:
+        methods, depths, seeds: grid axes (method names of :data:`sao.methods.METHODS`).
+        sparsities: one run per sparsity for every sparse method (``"dense"`` runs once, without
+            one); ``()`` runs every method at the experiment's own degree/sparsity (Table 7).
+        description: one line for ``--help`` and listings.
+        epochs, dataset, batch_size, width, augment, schedule, warmup_epochs, gain, lr: settings
+            that differ from the experiment's ``base``; ``lr`` replaces the experiment's rule.
+    """
+
+    methods: tuple[str, ...]
+    depths: tuple[int, ...]
+    epochs: int
+    description: str
+    seeds: tuple[int, ...] = (0,)
+    sparsities: tuple[float, ...] = ()
+    dataset: str | None = None
+    batch_size: int | None = None
+    width: int | None = None
+    augment: bool | None = None
+    schedule: str | None = None
+    warmup_epochs: int | None = None
+    gain: float | None = None
+    lr: float | None = None
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """A table of the paper as data: its shared settings, its presets and its known numbers.
+
+    Attributes:
+        title: the table's caption (reports print it).
+        base: the settings every run shares; each run replaces its model depth, method,
+            sparsity and seed, and the preset's settings.
+        presets: name → :class:`Preset` (``quick``, ``cpu`` and ``paper`` by convention).
+        lr_by_depth: the learning rate of a depth (Table 7: :func:`sao.training.lr_for_depth`);
+            ``None``: ``base.train.lr``. A preset's ``lr`` overrides both.
+        milestones_at: multistep milestones as fractions of the epochs (Tables 8–12: 0.25 and
+            0.75, the paper's 50/150 of 200); ``None``: ``base.train.milestones``.
+        known: ``(row, depth) → accuracy %`` the paper's text kept; a row is a method name, with
+            `` S%`` appended when the grid has sparsities (``"sao 87.5%"``).
+        dataset: the paper's dataset; its numbers are shown only beside runs on it.
+    """
+
+    title: str
+    base: RunConfig
+    presets: Mapping[str, Preset]
+    lr_by_depth: Callable[[int], float] | None = None
+    milestones_at: tuple[float, ...] | None = None
+    known: Mapping[tuple[str, int], float] = field(default_factory=dict)
+    dataset: str | None = None
+
+    def preset(self, name: str) -> Preset:
+        """The preset ``name`` (``ValueError`` listing the presets)."""
+        if name not in self.presets:
+            raise ValueError(f"preset={name!r} is not known; choose from {', '.join(self.presets)}")
+        return self.presets[name]
+
+    def settings(self, preset: str) -> RunConfig:
+        """The settings every run of ``preset`` shares (depth, method and seed still the base's)."""
+        p = self.preset(preset)
+        base = self.base
+        epochs = p.epochs
+        train = _given(epochs=epochs, schedule=p.schedule, warmup_epochs=p.warmup_epochs, lr=p.lr)
+        if self.milestones_at is not None:
+            train["milestones"] = tuple(int(f * epochs) for f in self.milestones_at)
+        return dataclasses.replace(
+            base, model=dataclasses.replace(base.model, **_given(width=p.width, gain=p.gain)),
+            data=dataclasses.replace(base.data, **_given(name=p.dataset, batch_size=p.batch_size, augment=p.augment)),
+            train=dataclasses.replace(base.train, **train))
+
+    def runs(self, preset: str, *, data_root: str | None = None,
+             train: Mapping[str, Any] | None = None) -> list[RunConfig]:
+        """The resolved run configs of ``preset``: method × sparsity × depth × seed, in that order.
+
+        ``data_root`` and ``train`` (``TrainConfig`` fields such as ``device``, ``amp``) apply to
+        every run. Raises ``ValueError`` for an unknown preset, method or setting.
+        """
+        p = self.preset(preset)
+        shared = self.settings(preset)
+        shared = dataclasses.replace(shared, data=dataclasses.replace(shared.data, root=data_root),
+                                     train=dataclasses.replace(shared.train, **(train or {})))
+        runs = []
+        for method in p.methods:
+            for target in self._targets(method, p):
+                for depth in p.depths:
+                    for seed in p.seeds:
+                        runs.append(self._cell(shared, p, target, depth, seed))
+        return runs
+
+    def _targets(self, method: str, preset: Preset) -> list[MethodConfig]:
+        if not preset.sparsities:
+            return [dataclasses.replace(self.base.method, name=method)]
+        if method == "dense":
+            return [MethodConfig(method)]
+        return [MethodConfig(method, sparsity=s) for s in preset.sparsities]
+
+    def _cell(self, shared: RunConfig, preset: Preset, method: MethodConfig, depth: int, seed: int) -> RunConfig:
+        rule = {"lr": self.lr_by_depth(depth)} if self.lr_by_depth is not None and preset.lr is None else {}
+        return dataclasses.replace(shared, model=dataclasses.replace(shared.model, depth=depth), method=method,
+                                   train=dataclasses.replace(shared.train, seed=seed, **rule)).resolved()
+
+
+EXPERIMENTS: Registry[ExperimentSpec] = Registry("experiment", "sao.experiments.EXPERIMENTS")
+
+
+def experiment_for_model(model: str) -> str | None:
+    """The first experiment (in natural order: table7 before table10) whose runs use ``model``, else ``None``.
+
+    ``sao train`` takes its defaults from it.
+    """
+    def natural(name: str) -> list[Any]:
+        return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name)]
+
+    names = sorted(EXPERIMENTS.names(), key=natural)
+    return next((name for name in names if EXPERIMENTS.get(name).base.model.name == model), None)

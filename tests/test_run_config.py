@@ -1,0 +1,163 @@
+"""The typed run configuration, the experiment schema and the flags generated from them."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sao.cli._flags import SECTIONS, add_config_flags, apply_flags
+from sao.experiments import (
+    EXPERIMENTS,
+    DataConfig,
+    MethodConfig,
+    ModelConfig,
+    RunConfig,
+    experiment_for_model,
+    from_flat,
+    identity,
+)
+from sao.methods import METHODS
+from sao.models import MODELS
+from sao.training import TrainConfig
+
+LEGACY = Path(__file__).parent / "data" / "legacy_preset_configs_v0_1.json"
+
+
+def _legacy_label(config: dict[str, Any]) -> str:
+    """The run label version 0.1 gave a flat config."""
+    sparsity = config.get("sparsity")
+    tag = "" if sparsity is None else f"-{100 * sparsity:g}"
+    return f"{config['method']}{tag}-N{config['depth']}-s{config['seed']}"
+
+
+@pytest.mark.parametrize("key", sorted(json.loads(LEGACY.read_text())))
+def test_every_preset_of_version_0_1_is_the_same_grid(key: str) -> None:
+    """The configs 0.1 wrote for every preset (recorded then) mean exactly the runs the presets make now:
+    same runs, same order, same labels — so their run folders are found and kept."""
+    table, preset = key.split("/")
+    old = json.loads(LEGACY.read_text())[key]
+    new = EXPERIMENTS.get(table).runs(preset, train={"device": "auto"})
+    assert [identity(c) for c in old] == [c.to_dict() for c in new]
+    assert [_legacy_label(c) for c in old] == [c.label for c in new]
+
+
+def test_a_flat_sao_train_config_of_version_0_1_reads() -> None:
+    flat = {"experiment": "table7", "method": "sao", "depth": 50, "seed": 0, "epochs": 10, "dataset": "mnist5k",
+            "data_root": None, "degree": 4, "gain": 1.1, "batch_size": 128, "lr": 0.01, "device": "auto",
+            "activation": "tanh", "momentum": 0.9, "weight_decay": 1e-4, "nesterov": False, "schedule": "constant",
+            "warmup_epochs": 0, "max_grad_norm": None, "amp": None, "cudnn_benchmark": False}
+    cfg = from_flat(flat)
+    assert (cfg.model, cfg.method, cfg.data) == (ModelConfig("fnn", 50, activation="tanh", gain=1.1),
+                                                 MethodConfig("sao", degree=4), DataConfig("mnist5k", None, 128))
+    assert cfg.train == TrainConfig(epochs=10, lr=0.01)
+    # the same run as the reproduce config of 0.1, which left the optional keys out
+    short = {k: flat[k] for k in ("experiment", "method", "depth", "seed", "epochs", "dataset", "data_root",
+                                  "degree", "gain", "batch_size", "lr", "device")}
+    assert identity(short) == identity(flat)
+
+
+def test_round_trip_and_unknown_keys() -> None:
+    cfg = RunConfig(ModelConfig("cnn", 4, width=8, head="conv"), MethodConfig("lmp-s", sparsity=0.5),
+                    DataConfig(batch_size=16), TrainConfig(epochs=2, milestones=(1,)), experiment="table9")
+    assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    data = cfg.to_dict()
+    data["model"]["depthh"] = 3
+    with pytest.raises(ValueError, match=r"unknown model config keys \['depthh'\].*depth"):
+        RunConfig.from_dict(data)
+    with pytest.raises(ValueError, match="format 7"):
+        RunConfig.from_dict({**cfg.to_dict(), "format": 7})
+    with pytest.raises(ValueError, match="unknown run config keys"):
+        RunConfig.from_dict({**cfg.to_dict(), "seed": 1})
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: ModelConfig("resnet"), r"unknown model 'resnet'; choose from: cnn, cnn_eco, fnn, lipconvnet"),
+    (lambda: ModelConfig("lipconvnet", activation="relu"), r"activation='relu' is not available .* maxmin"),
+    (lambda: ModelConfig("fnn", head="pool"), r"head='pool' is not available for model 'fnn'; it has none"),
+    (lambda: MethodConfig("magic"), r"unknown sparsify method 'magic'"),
+    (lambda: MethodConfig(degree=4, sparsity=0.5), r"a degree or a sparsity, not both"),
+    (lambda: MethodConfig(sparsity=1.0), r"sparsity"),
+    (lambda: DataConfig("imagenet"), r"dataset='imagenet' is not known; choose from .*mnist5k"),
+    (lambda: RunConfig(ModelConfig("cnn_eco", 2), MethodConfig("eoi", sparsity=0.5)),
+     r"method='eoi' is not available for cnn_eco"),
+])
+def test_invalid_settings_name_the_choices(make: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@settings(max_examples=40, deadline=None)
+@given(model=st.sampled_from(sorted(MODELS.names())), method=st.sampled_from(sorted(METHODS.names())),
+       depth=st.integers(1, 2000), seed=st.integers(0, 2**31), sparsity=st.sampled_from([None, 0.5, 0.875]),
+       epochs=st.integers(1, 300), batch=st.integers(1, 1024), gain=st.floats(0.5, 2.0))
+def test_any_valid_config_round_trips_and_its_identity_is_stable(model: str, method: str, depth: int, seed: int,
+                                                                   sparsity: float | None, epochs: int, batch: int,
+                                                                   gain: float) -> None:
+    try:
+        cfg = RunConfig(ModelConfig(model, depth, gain=gain), MethodConfig(method, sparsity=sparsity),
+                        DataConfig(batch_size=batch), TrainConfig(epochs=epochs, seed=seed))
+    except ValueError:  # e.g. a method the model's ECO layers do not take
+        return
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    assert identity(cfg.to_dict()) == identity(cfg.resolved().to_dict()) == cfg.resolved().to_dict()
+    assert cfg.resolved().resolved() == cfg.resolved()
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS.names())
+def test_every_experiment_expands_every_preset_into_valid_unique_runs(name: str) -> None:
+    spec = EXPERIMENTS.get(name)
+    assert {"quick", "cpu", "paper"} <= set(spec.presets)
+    for preset in spec.presets:
+        runs = spec.runs(preset)
+        p = spec.preset(preset)
+        assert len({r.label for r in runs}) == len(runs) == len({json.dumps(r.to_dict()) for r in runs})
+        assert {r.method.name for r in runs} == set(p.methods)
+        assert {r.model.depth for r in runs} == set(p.depths) and {r.train.seed for r in runs} == set(p.seeds)
+        assert {r.train.epochs for r in runs} == {p.epochs}
+        assert all(r.experiment == name and r == r.resolved() for r in runs)
+        if spec.lr_by_depth is not None and p.lr is None:
+            assert all(r.train.lr == spec.lr_by_depth(r.model.depth) for r in runs)
+    with pytest.raises(ValueError, match="preset='nope' is not known; choose from quick, cpu, paper"):
+        spec.runs("nope")
+
+
+def test_every_model_has_an_experiment_or_none() -> None:
+    assert experiment_for_model("fnn") == "table7" and experiment_for_model("lipconvnet") == "table11"
+    assert experiment_for_model("cnn") == "table8"  # natural order: table8 before table10
+    assert experiment_for_model("no-such-model") is None
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    return parser.parse_args(argv)
+
+
+def test_every_config_field_has_one_flag_defaulting_to_not_given() -> None:
+    args = vars(_parse([]))
+    expected = {f"{s}.{f.name}" for s, kind in SECTIONS.items() for f in dataclasses.fields(kind) if f.init}
+    assert set(args) == expected and all(v is None for v in args.values())
+
+
+def test_flags_change_only_what_is_given() -> None:
+    base = RunConfig(ModelConfig(gain=1.1), MethodConfig(degree=4), train=TrainConfig(weight_decay=5e-4))
+    cfg = apply_flags(base, _parse(["--depth", "7", "--sparsity", "0.5", "--no-fused", "--milestones", "2", "4",
+                                    "--dataset", "mnist5k", "--model", "fnn"]))
+    assert cfg.model == ModelConfig(depth=7, gain=1.1)
+    assert cfg.method == MethodConfig(sparsity=0.5)  # a sparsity given replaces the base's degree
+    assert cfg.train == TrainConfig(weight_decay=5e-4, fused=False, milestones=(2, 4))
+    assert apply_flags(base, _parse([])) == base
+
+
+@pytest.mark.parametrize("argv", [["--model", "resnet"], ["--method", "x"], ["--dataset", "x"],
+                                  ["--schedule", "x"], ["--amp", "fp8"], ["--depth", "x"]])
+def test_flags_refuse_unknown_choices(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        _parse(argv)
