@@ -322,6 +322,20 @@ def add_timing_args(parser: argparse.ArgumentParser, repeats: int, warmup: int, 
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
 
 
+def timing_args(doc: str, argv: list[str] | None, *, repeats: int, warmup: int, max_case_s: float
+                ) -> argparse.Namespace:
+    """Parse the shared timing options plus ``--quick`` (3 repeats, 1 warm-up, no retries) for a script."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_timing_args(parser, repeats=repeats, warmup=warmup, max_case_s=max_case_s)
+    parser.add_argument("--quick", action="store_true", help="3 repeats, 1 warm-up, no retries (smoke test)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.warmup, args.max_case_s, args.retries = 3, 1, 3.0, 0
+    set_threads(args.threads)
+    return args
+
+
 def write_sections_json(args: argparse.Namespace, info: dict[str, Any], **sections: Sequence[dict[str, Any]]) -> None:
     """If ``--json`` was given, write every section's rows (tagged ``section``) with the machine info."""
     if args.json:

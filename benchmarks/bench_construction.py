@@ -25,7 +25,6 @@ import torch
 
 from _common import (
     CONTENTION_CORES,
-    add_timing_args,
     fmt_other_load,
     fmt_time,
     machine_info,
@@ -33,7 +32,7 @@ from _common import (
     measure_uncontended,
     measurement_dict,
     print_header,
-    set_threads,
+    timing_args,
     write_sections_json,
 )
 from sao.init import eco_, eoi_, sao_, sao_eco_
@@ -104,14 +103,7 @@ def bench_eco(args: argparse.Namespace) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_timing_args(parser, repeats=9, warmup=2, max_case_s=15.0)
-    parser.add_argument("--quick", action="store_true", help="3 repeats, 1 warm-up, no retries (smoke test)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.repeats, args.warmup, args.max_case_s, args.retries = 3, 1, 3.0, 0
-    set_threads(args.threads)
+    args = timing_args(__doc__, argv, repeats=9, warmup=2, max_case_s=15.0)
     info = machine_info()
     print_header("SAO weight construction", info, [
         "issue target: a 4096-wide layer built **well under 0.1 s**; the reference implementation (kiaraesguerra/SAO) "

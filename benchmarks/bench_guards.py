@@ -26,7 +26,6 @@ import torch
 
 from _common import (
     CONTENTION_CORES,
-    add_timing_args,
     fmt_other_load,
     fmt_time,
     machine_info,
@@ -34,7 +33,7 @@ from _common import (
     measure_uncontended,
     measurement_dict,
     print_header,
-    set_threads,
+    timing_args,
     write_sections_json,
 )
 from sao.init import eoi_with_mask_, sao_
@@ -141,14 +140,7 @@ def _table(rows: list[dict], extra: str | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_timing_args(parser, repeats=7, warmup=1, max_case_s=10.0)
-    parser.add_argument("--quick", action="store_true", help="3 repeats, 1 warm-up, no retries (smoke test)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.repeats, args.warmup, args.max_case_s, args.retries = 3, 1, 3.0, 0
-    set_threads(args.threads)
+    args = timing_args(__doc__, argv, repeats=7, warmup=1, max_case_s=10.0)
     info = machine_info()
     print_header("Speed guards: errors on huge layers and big initializers", info, [
         "these times used to be asserted in unit tests (tests/test_topology.py, tests/test_nn.py, "

@@ -20,6 +20,19 @@ def assert_semi_orthogonal(w: torch.Tensor, gain: float = 1.0, atol: float = 1e-
     torch.testing.assert_close(gram, gain**2 * torch.eye(min(m, n), dtype=w.dtype), atol=atol, rtol=0)
 
 
+def mlp() -> nn.Sequential:
+    """A small tanh MLP ``16 → 32 → 32 → 64 → 10`` (three hidden Linear layers of different shapes)."""
+    return nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 64), nn.Tanh(),
+                         nn.Linear(64, 10))
+
+
+def small_cnn() -> nn.Sequential:
+    """A small ReLU CNN on ``(3, H, W)`` images: three 3×3 convs (one strided), pool, linear head."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(16, 10))
+
+
 #: The activation module of each name the compiled chain kernels take.
 CHAIN_MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU, "identity": nn.Identity}
 

@@ -17,27 +17,16 @@ import torch
 from torch import nn
 
 import sao
-from helpers import gen
+from helpers import gen, mlp, small_cnn
 from sao.methods import AFTER_TRAINING, METHODS, PruneMethod, SparsifySummary
 from sao.methods.pruning import kept_count
 
 SPARSITY = 0.75  # exact for every layer below: 32/64 wide, 16-channel convs (degrees divide)
 
 
-def mlp() -> nn.Sequential:
-    return nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 64), nn.Tanh(),
-                         nn.Linear(64, 10))
-
-
-def cnn() -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(16, 10))
-
-
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], str]] = {
     "mlp": (mlp, (16,), "tanh"),
-    "cnn": (cnn, (3, 8, 8), "relu"),
+    "cnn": (small_cnn, (3, 8, 8), "relu"),
 }
 
 

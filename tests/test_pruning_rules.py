@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 import sao
-from helpers import gen
+from helpers import gen, mlp, small_cnn
 from sao.init import delta_orthogonal_, orthogonal_
 from sao.methods import (
     METHODS,
@@ -46,20 +46,9 @@ RULE_CLASSES: dict[str, type[PruningRule]] = {
 REQUESTS = [{"sparsity": 0.75}, {"degree": 4}]
 
 
-def mlp() -> nn.Sequential:
-    return nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 64), nn.Tanh(),
-                         nn.Linear(64, 10))
-
-
-def cnn() -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(16, 10))
-
-
 MODELS: dict[str, tuple[Callable[[], nn.Sequential], str, list[int]]] = {  # builder, activation, target indices
     "mlp": (mlp, "tanh", [2, 4]),
-    "cnn": (cnn, "relu", [2, 4]),
+    "cnn": (small_cnn, "relu", [2, 4]),
 }
 
 
