@@ -35,9 +35,9 @@ def test_table_rows_mean_std_over_seeds(tmp_path: Path) -> None:
     results, damaged = load_results(tmp_path)
     assert damaged == [] and len(aggregate(results, "test_acc")["sao", 10]) == 2
     rows = {r["method"]: r for r in table_rows(results, known={("gmp-s", 100): 10.0})}
-    assert rows["sao"]["N=10"] == "90.50 ± 0.71 (2) [paper —]"  # the paper has no number here: marked
-    assert rows["gmp-s"]["N=100"] == "10.50 ± 0.71 (2) [paper 10.00]"
-    assert table_rows(results)[0]["N=10"].endswith("(2)")  # no paper numbers at all: no marks
+    assert rows["sao"]["N=10"] == "**90.50 ± 0.71**"  # the best at its depth; no paper number here: no mark
+    assert rows["gmp-s"]["N=100"] == "10.50 ± 0.71 [paper 10.00]"
+    assert table_rows(results, best=False)[1]["N=10"] == "90.50 ± 0.71"
 
 
 def test_write_report_files_and_unfinished_and_damaged_runs_are_not_reported(tmp_path: Path) -> None:
@@ -67,7 +67,8 @@ def test_a_sweep_of_version_0_1_is_reported(tmp_path: Path) -> None:
                 tmp_path)
     write_report(tmp_path)
     text = (tmp_path / "report.md").read_text()
-    assert "| sao | 90.00" in text and "| gmp-s | 10.00" in text and "Table 7" in text
+    assert "| sao | **90.00** |" in text and "| gmp-s | 10.00 |" in text and "Table 7" in text
+    assert "(one seed)" in text and "± 0.00" not in text and "[paper —]" not in text
 
 
 def test_empty_sweep_is_a_clear_error(tmp_path: Path) -> None:

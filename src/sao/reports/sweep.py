@@ -10,6 +10,7 @@ gets its own row, labelled ``"method sparsity%"`` (:func:`row_label`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sao._files import plt, save_figure, write_table
-from sao.experiments import EXPERIMENTS, ExperimentSpec, RunConfig, RunStore, identity
+from sao.experiments import EXPERIMENTS, ExperimentSpec, ModelConfig, RunConfig, RunStore, identity
 
 __all__ = ["METRICS", "Result", "aggregate", "load_results", "row_label", "settings_note", "table_rows",
            "write_report"]
@@ -68,12 +69,24 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def table_rows(results: Sequence[Result], metric: str = "test_acc", scale: float = 100.0,
-               known: Mapping[tuple[str, int], float] | None = None, fmt: str = ".2f") -> list[dict[str, str]]:
-    """One row per method, one column per depth: ``mean ± std (n)`` of ``metric × scale``.
+               known: Mapping[tuple[str, int], float] | None = None, fmt: str = ".2f",
+               best: bool = True) -> list[dict[str, str]]:
+    """One row per method, one column per depth: the mean of ``metric × scale`` over seeds.
 
-    ``known`` maps ``(row label, depth)`` to the paper's number, shown beside ours as ``[paper X]``;
-    when ``known`` is given, cells the paper's surviving text has no number for say ``[paper —]``.
-    Runs that diverged are counted and shown as ``(k diverged)``; their metrics are left out.
+    A cell reads ``mean`` for one run and ``mean ± std`` for several (sample standard deviation);
+    ``(n=k)`` is added where a cell has another number of runs than most. ``best`` puts the
+    highest mean of each depth in bold. ``known`` maps ``(row label, depth)`` to the paper's
+    number, shown as ``[paper X]`` in the cells that have one. Runs that diverged are counted and
+    shown as ``(k diverged)``; their metrics are left out.
+
+    >>> from sao.experiments import MethodConfig, ModelConfig
+    >>> runs = [(RunConfig(ModelConfig(depth=10), MethodConfig(m)), {"test_acc": a})
+    ...         for m, a in (("sao", 0.9), ("sao", 0.8), ("dense", 0.7), ("dense", 0.6), ("rg-n", 0.5))]
+    >>> for row in table_rows(runs, known={("dense", 10): 60.0}):
+    ...     print(row)
+    {'method': 'dense', 'N=10': '65.00 ± 7.07 [paper 60.00]'}
+    {'method': 'rg-n', 'N=10': '50.00 (n=1)'}
+    {'method': 'sao', 'N=10': '**85.00 ± 7.07**'}
     """
     cells = aggregate(results, metric)
     diverged: dict[tuple[str, int], int] = defaultdict(int)
@@ -82,22 +95,31 @@ def table_rows(results: Sequence[Result], metric: str = "test_acc", scale: float
             diverged[_cell(config)] += 1
     methods = sorted({m for m, _ in cells} | {m for m, _ in diverged})
     depths = sorted({d for _, d in cells} | {d for _, d in diverged})
+    stats = {cell: _mean_std([scale * v for v in values]) for cell, values in cells.items()}
+    typical = _most_common([len(values) for values in cells.values()])
+    top = {d: max((stats[m, d][0] for m in methods if (m, d) in stats), default=None) for d in depths}
     rows = []
     for method in methods:
         row = {"method": method}
         for depth in depths:
-            values = cells.get((method, depth))
             text = "—"
-            if values:
-                mean, std = _mean_std([scale * v for v in values])
-                text = f"{mean:{fmt}} ± {std:{fmt}} ({len(values)})"
+            if (method, depth) in stats:
+                (mean, std), n = stats[method, depth], len(cells[method, depth])
+                text = f"{mean:{fmt}}" + (f" ± {std:{fmt}}" if n > 1 else "")
+                if best and mean == top[depth] and len(methods) > 1:
+                    text = f"**{text}**"
+                text += f" (n={n})" if n != typical else ""
             if diverged.get((method, depth)):
                 text += f" ({diverged[method, depth]} diverged)"
-            if known:
-                text += f" [paper {known[method, depth]:.2f}]" if (method, depth) in known else " [paper —]"
+            if known and (method, depth) in known:
+                text += f" [paper {known[method, depth]:.2f}]"
             row[f"N={depth}"] = text
         rows.append(row)
     return rows
+
+
+def _most_common(counts: Sequence[int]) -> int | None:
+    return max(set(counts), key=counts.count) if counts else None
 
 
 def write_report(sweep_dir: Path, out: Path | None = None, experiment: ExperimentSpec | None = None) -> list[Path]:
@@ -119,10 +141,16 @@ def write_report(sweep_dir: Path, out: Path | None = None, experiment: Experimen
         notes += f" Skipped {len(damaged)} damaged run folder(s): " + "; ".join(f"{p.name} ({why})"
                                                                               for p, why in damaged)
     out = Path(out or sweep_dir)
+    seeds = len({config.train.seed for config, _ in results})
+    spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed"
+    shown = any((row_label(config), config.model.depth) in known for config, _ in results)
+    marks = "**Bold**: the best at that depth." + (" [paper X]: the paper's number, where its text kept one."
+                                                   if shown else "")
     files = [*write_table(table_rows(results, "test_acc", 100.0, known), out, "report",
-                          f"{title}: test accuracy % (mean ± std over seeds, n runs)", notes)]
-    files += write_table(table_rows(results, "jacobian_var", 1.0, fmt=".3g"), out, "jacobian",
-                         f"{title}: variance of the input–output Jacobian's singular values at the end of training")
+                          f"{title}: test accuracy % ({spread})", f"{marks}\n\n{notes}")]
+    files += write_table(table_rows(results, "jacobian_var", 1.0, fmt=".3g", best=False), out, "jacobian",
+                         f"{title}: variance of the input–output Jacobian's singular values at the end of training "
+                         f"({spread})", notes)
     files.append(_plot(results, "test_acc", 100.0, "test accuracy (%)", out, "accuracy_vs_depth", log=False))
     files.append(_plot_jacobian(results, out))
     return files
@@ -154,19 +182,54 @@ def _flat(config: RunConfig) -> dict[str, Any]:
             for k, v in values.items()}
 
 
+#: Settings named in every note; the others only where they differ from the dataclasses' defaults.
+_ALWAYS = ("model.name", "data.name", "data.batch_size", "train.epochs", "train.lr")
+_NAMES = {"model.name": "model", "data.name": "dataset", "data.batch_size": "batch", "train.lr": "lr"}
+
+
+def _short(key: str) -> str:
+    return _NAMES.get(key, key.split(".", 1)[1].replace("_", " "))
+
+
+def _value(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list | tuple) else f"{value:g}" if isinstance(
+        value, float) else str(value)
+
+
 def settings_note(results: Sequence[Result]) -> str:
-    """One line listing the settings every run shares and the ones that vary (besides the grid axes).
+    """A short line of the settings: what every run shares (defaults left out) and what varies, and how.
 
     >>> from sao.experiments import ModelConfig
-    >>> settings_note([(RunConfig(model=ModelConfig(gain=1.1)), {}), (RunConfig(), {})]).split(". ")[-1]
-    'Varying: model.gain.'
+    >>> from sao.training import TrainConfig
+    >>> note = settings_note([(RunConfig(ModelConfig(depth=10, gain=1.1), train=TrainConfig(lr=0.01)), {}),
+    ...                       (RunConfig(ModelConfig(depth=200, gain=1.1), train=TrainConfig(lr=0.001)), {})])
+    >>> print(*note.split("; "), sep="\\n")
+    Settings: model fnn, dataset mnist5k, batch 128, epochs 100, gain 1.1
+    lr 0.01 (N=10), 0.001 (N=200)
+    the rest at their defaults (sao train --help).
     """
-    configs = [_flat(config) for config, _ in results]
-    keys = sorted({k for c in configs for k in c} - set(_GRID_KEYS))
-    shared = [k for k in keys if all(c.get(k) == configs[0].get(k) for c in configs)]
-    varying = [k for k in keys if k not in shared]
-    text = "Settings of every run: " + ", ".join(f"{k}={configs[0].get(k)}" for k in shared) + "."
-    return text + (f" Varying: {', '.join(varying)}." if varying else "")
+    configs = [(config, _flat(config.resolved())) for config, _ in results]
+    defaults = _flat(RunConfig(model=dataclasses.replace(ModelConfig(), name=results[0][0].model.name)).resolved())
+    keys = [k for k in configs[0][1] if k not in _GRID_KEYS]
+    shared = [k for k in keys if all(flat.get(k) == configs[0][1].get(k) for _, flat in configs)]
+    parts = [f"{_short(k)} {_value(configs[0][1][k])}" for k in sorted(shared, key=_order)
+             if k in _ALWAYS or configs[0][1][k] != defaults.get(k)]
+    varying = [_varying(k, configs) for k in keys if k not in shared]
+    return "Settings: " + ", ".join(parts) + "".join(f"; {v}" for v in varying) + \
+        "; the rest at their defaults (sao train --help)."
+
+
+def _order(key: str) -> int:
+    return _ALWAYS.index(key) if key in _ALWAYS else len(_ALWAYS)
+
+
+def _varying(key: str, configs: Sequence[tuple[RunConfig, dict[str, Any]]]) -> str:
+    """``"lr 0.01 (N=10, 50), 0.001 (N=200)"``: each value of a varying setting and the depths that have it."""
+    depths: dict[str, set[int]] = defaultdict(set)
+    for config, flat in configs:
+        depths[_value(flat.get(key))].add(config.model.depth)
+    return f"{_short(key)} " + ", ".join(f"{value} (N={', '.join(map(str, sorted(ds)))})"
+                                          for value, ds in sorted(depths.items(), key=lambda kv: min(kv[1])))
 
 
 def _plot(results: Sequence[Result], metric: str, scale: float, label: str, out: Path, name: str,
@@ -197,8 +260,15 @@ def _plot_jacobian(results: Sequence[Result], out: Path) -> Path:
 
 
 def _lines(ax: Any, cells: Mapping[tuple[str, int], list[float]], scale: float) -> None:
+    """Per method: the mean over seeds, a band of ± one std, and every seed's value as a dot."""
     for i, method in enumerate(sorted({m for m, _ in cells})):
         depths = sorted(d for m, d in cells if m == method)
-        means = [_mean_std([scale * v for v in cells[method, d]])[0] for d in depths]
-        ax.plot(depths, means, marker="o", color=f"C{i % 10}", label=method,
-                linewidth=2.5 if method == "sao" else 1.2)
+        stats = [_mean_std([scale * v for v in cells[method, d]]) for d in depths]
+        means, stds = [m for m, _ in stats], [s for _, s in stats]
+        color = f"C{i % 10}"
+        ax.plot(depths, means, marker="o", color=color, label=method, linewidth=2.5 if method == "sao" else 1.2)
+        ax.fill_between(depths, [m - s for m, s in stats], [m + s for m, s in stats], color=color, alpha=0.15,
+                        linewidth=0)
+        seeds = [(d, scale * v) for d in depths for v in cells[method, d]]
+        if any(s > 0 for s in stds):
+            ax.scatter(*zip(*seeds, strict=True), color=color, s=6, alpha=0.5)
