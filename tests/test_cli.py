@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from sao.cli import main
 
@@ -92,3 +93,37 @@ def test_programming_errors_keep_their_traceback(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(reproduce, "run_grid", broken)
     with pytest.raises(TypeError, match="a bug"):
         main(["reproduce", "table7", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("argv", [["train", "--model", "nope"], ["train", "--depth", "2.5"], ["reproduce"],
+                                  ["report"], ["nope"]])
+def test_argument_errors_are_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "\n" not in err and "error:" in err and err.endswith("--help)")
+
+
+def test_missing_data_fails_once_before_any_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The paper preset without --data-root: one line, exit 2, no run folder made."""
+    assert main(["reproduce", "table7", "--preset", "paper", "--out", str(tmp_path / "sweep")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "MNIST" in err
+    assert not (tmp_path / "sweep").exists() or not any((tmp_path / "sweep").iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", [["train", "--depth", "2", "--epochs", "1"], ["reproduce", "table7"]])
+def test_a_cuda_device_on_a_machine_without_one_is_a_user_error(command: list[str], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*command, "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_that_fails_at_start_leaves_no_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Degree 3 does not divide the 256-wide layers: the run fails when sparsifying, before any training."""
+    assert main(["train", "--depth", "2", "--epochs", "1", "--degree", "3", "--device", "cpu",
+                 "--out", str(tmp_path)]) == 2
+    assert "degree=3 is not valid" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

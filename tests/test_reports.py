@@ -74,3 +74,26 @@ def test_a_sweep_of_version_0_1_is_reported(tmp_path: Path) -> None:
 def test_empty_sweep_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no finished runs"):
         write_report(tmp_path)
+
+
+def test_runs_that_differ_beyond_the_seed_are_never_averaged(tmp_path: Path) -> None:
+    """Two folders of one method and depth that differ in a setting (here the device) get a row each."""
+    for device, acc in (("cpu", 0.9), ("auto", 0.5)):
+        cfg = RunConfig(ModelConfig("fnn", 10), train=TrainConfig(epochs=1, device=device))
+        run_one(Run(cfg.label, cfg.to_dict()), lambda c, d, acc=acc: {"status": "completed", "test_acc": acc},
+                tmp_path)
+    results, _ = load_results(tmp_path)
+    rows = {r["method"]: r["N=10"] for r in table_rows(results)}
+    assert rows == {"sao (device auto)": "50.00", "sao (device cpu)": "**90.00**"}
+
+
+@pytest.mark.parametrize("bad", [{"depth": 2.0}, {"depth": "10"}, {"lr": "0.1"}, {"model": None}])
+def test_configs_with_wrong_types_are_damaged_folders_not_crashes(tmp_path: Path, bad: dict) -> None:
+    make_sweep(tmp_path)
+    folder = tmp_path / "odd-0123456789ab"
+    folder.mkdir()
+    flat = {"experiment": "table7", "method": "sao", "depth": 10, "seed": 0, "epochs": 1, "dataset": "mnist5k",
+            "data_root": None, "degree": 4, "gain": 1.1, "batch_size": 32, "lr": 0.01, "device": "auto", **bad}
+    (folder / "config.json").write_text(json.dumps(flat))
+    results, damaged = load_results(tmp_path)
+    assert len(results) == 8 and [p.name for p, _ in damaged] == ["odd-0123456789ab"]

@@ -44,7 +44,8 @@ def test_every_preset_of_version_0_1_is_the_same_grid(key: str) -> None:
     table, preset = key.split("/")
     old = json.loads(LEGACY.read_text())[key]
     new = EXPERIMENTS.get(table).runs(preset, train={"device": "auto"})
-    assert [identity(c) for c in old] == [c.to_dict() for c in new]
+    assert [RunConfig.from_dict(c).resolved() for c in old] == new
+    assert [identity(c) for c in old] == [identity(c.to_dict()) for c in new]
     assert [_legacy_label(c) for c in old] == [c.label for c in new]
 
 
@@ -61,6 +62,19 @@ def test_a_flat_sao_train_config_of_version_0_1_reads() -> None:
     short = {k: flat[k] for k in ("experiment", "method", "depth", "seed", "epochs", "dataset", "data_root",
                                   "degree", "gain", "batch_size", "lr", "device")}
     assert identity(short) == identity(flat)
+
+
+def test_identity_ignores_what_does_not_change_a_run() -> None:
+    """Where the data lie, fused or not, and the multistep settings under another schedule: the same run."""
+    cfg = RunConfig(train=TrainConfig(epochs=2))
+    for other in (dataclasses.replace(cfg, data=DataConfig(root="elsewhere")),
+                  dataclasses.replace(cfg, train=TrainConfig(epochs=2, fused=False, milestones=(1,), gamma=0.5))):
+        assert identity(other.to_dict()) == identity(cfg.to_dict())
+    multistep = dataclasses.replace(cfg, train=TrainConfig(epochs=2, schedule="multistep"))
+    assert identity(multistep.to_dict()) != identity(dataclasses.replace(
+        multistep, train=TrainConfig(epochs=2, schedule="multistep", milestones=(1,))).to_dict())
+    with pytest.raises(ValueError, match="invalid run config"):
+        identity({**cfg.to_dict(), "model": {"name": "fnn", "depth": "10"}})
 
 
 def test_round_trip_and_unknown_keys() -> None:
@@ -87,6 +101,9 @@ def test_round_trip_and_unknown_keys() -> None:
     (lambda: DataConfig("imagenet"), r"dataset='imagenet' is not known; choose from .*mnist5k"),
     (lambda: RunConfig(ModelConfig("cnn_eco", 2), MethodConfig("eoi", sparsity=0.5)),
      r"method='eoi' is not available for cnn_eco"),
+    (lambda: RunConfig(ModelConfig("lipconvnet", 5), MethodConfig("sao")), r"'sao' needs a degree or a sparsity"),
+    (lambda: ModelConfig("fnn", width=64), r"model 'fnn' takes no width"),
+    (lambda: RunConfig.from_dict({"format": 2, "model": "fnn"}), r"the model config must be a mapping"),
 ])
 def test_invalid_settings_name_the_choices(make: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -101,12 +118,14 @@ def test_any_valid_config_round_trips_and_its_identity_is_stable(model: str, met
                                                                    sparsity: float | None, epochs: int, batch: int,
                                                                    gain: float) -> None:
     try:
-        cfg = RunConfig(ModelConfig(model, depth, gain=gain), MethodConfig(method, sparsity=sparsity),
+        cfg = RunConfig(ModelConfig(model, depth, gain=gain),
+                        MethodConfig(method, degree=4 if sparsity is None else None, sparsity=sparsity),
                         DataConfig(batch_size=batch), TrainConfig(epochs=epochs, seed=seed))
     except ValueError:  # e.g. a method the model's ECO layers do not take
         return
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
-    assert identity(cfg.to_dict()) == identity(cfg.resolved().to_dict()) == cfg.resolved().to_dict()
+    canonical = identity(cfg.to_dict())
+    assert canonical == identity(cfg.resolved().to_dict()) == identity(canonical)
     assert cfg.resolved().resolved() == cfg.resolved()
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import tiny_run
 from sao.cli import main
@@ -145,3 +146,30 @@ def test_reproduce_sweep_flags_enter_the_run_configs(tmp_path: Path, monkeypatch
     assert all((c.train.amp, c.train.cudnn_benchmark, c.train.fused, c.train.device, c.data.root)
                == ("bf16", True, False, "cpu", "data") for c in mixed)
     assert [c.label for c in mixed] == [c.label for c in plain]
+
+
+def test_a_method_without_a_target_is_applied_not_trained_dense(tmp_path: Path) -> None:
+    """Only the dense baseline trains the model as it is; a registered method without a target is applied."""
+    from helpers import gen  # noqa: F401  (keeps the helpers importable here)
+    from sao.methods import SparsifyMethod
+    from sao.nn import MaskedLinear
+
+    class Half(SparsifyMethod):
+        def sparsify_layers(self, layers, settings):  # keep the first half of every row
+            return [MaskedLinear.from_dense(m, torch.arange(m.in_features).expand(m.out_features, -1)
+                                            < m.in_features // 2) for _, m in layers]
+
+    METHODS.register("half", Half())
+    try:
+        with pytest.warns(UserWarning, match="off their target"):  # it ignores the degree the run asks for
+            result = run_one(tiny_run("table7", "half", depth=2), run_experiment, tmp_path)
+    finally:
+        METHODS.unregister("half")
+    assert result["sparsity_sparse_layers"] == pytest.approx(0.5)
+
+
+def test_cli_experiment_alone_picks_its_model_and_its_rules(tmp_path: Path) -> None:
+    assert main(["train", "--experiment", "table11", "--depth", "5", "--width", "8", "--epochs", "4",
+                 "--batch-size", "500", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    (config,) = _configs(tmp_path)
+    assert (config.model.name, config.method.sparsity, config.train.milestones) == ("lipconvnet", 0.5, (1, 3))

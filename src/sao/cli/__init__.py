@@ -16,6 +16,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from sao import __version__
 from sao._registry import Registry
@@ -32,11 +33,18 @@ def _module(name: str) -> ModuleType:
     return importlib.import_module(COMMANDS.get(name))
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (and a pointer to ``--help``), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subparser per registered command."""
-    parser = argparse.ArgumentParser(prog="sao", description="Sparsity-Aware Orthogonal initialization (SAO).")
+    parser = _Parser(prog="sao", description="Sparsity-Aware Orthogonal initialization (SAO).")
     parser.add_argument("--version", action="version", version=f"sao {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         module = _module(name)
         module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP))

@@ -17,14 +17,16 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import torch
+
 from sao.data import list_datasets
 from sao.experiments import DataConfig, MethodConfig, ModelConfig, RunConfig
 from sao.methods import METHODS
 from sao.models import MODELS
-from sao.training import SCHEDULES, TrainConfig
+from sao.training import SCHEDULES, TrainConfig, resolve_device
 from sao.training.config import AMP_DTYPES
 
-__all__ = ["SECTIONS", "add_config_flags", "apply_flags", "given"]
+__all__ = ["SECTIONS", "add_config_flags", "apply_flags", "check_device", "given"]
 
 #: Part of :class:`RunConfig` → its dataclass.
 SECTIONS: dict[str, type] = {"model": ModelConfig, "method": MethodConfig, "data": DataConfig, "train": TrainConfig}
@@ -102,6 +104,15 @@ def apply_flags(config: RunConfig, args: argparse.Namespace) -> RunConfig:
             given = {"degree": None, "sparsity": None, **given}  # a target given replaces the other
         parts[section] = dataclasses.replace(part, **given) if given else part
     return dataclasses.replace(config, **parts)
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have (``ValueError``), before anything runs."""
+    resolved = resolve_device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: this machine has no CUDA device (use --device auto or cpu)")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def given(args: argparse.Namespace, key: str) -> bool:

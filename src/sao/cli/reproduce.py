@@ -11,8 +11,20 @@ import argparse
 import time
 from pathlib import Path
 
-from sao.cli._flags import add_config_flags
-from sao.experiments import EXPERIMENTS, LAUNCHERS, LaunchOptions, Run, RunStore, identity, run_experiment, run_grid
+from sao.cli._flags import add_config_flags, check_device
+from sao.data import create_splits
+from sao.experiments import (
+    EXPERIMENTS,
+    LAUNCHERS,
+    LaunchOptions,
+    Run,
+    RunConfig,
+    RunStore,
+    identity,
+    run_experiment,
+    run_grid,
+)
+from sao.models import model_info
 from sao.reports import write_report
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -55,6 +67,14 @@ def _options(args: argparse.Namespace) -> LaunchOptions:
                          gpus_per_run=0 if args.gpus_per_run is None else args.gpus_per_run)
 
 
+def check_data(configs: list[RunConfig]) -> None:
+    """Load each dataset the runs need once, so missing files are one error before anything runs."""
+    for data, model in sorted({(c.data, c.model.name) for c in configs}, key=str):
+        info = model_info(model)
+        create_splits(data.name, root=data.root, flatten=not info.takes_images, augment=False,
+                      image_size=info.image_size)
+
+
 def run(args: argparse.Namespace) -> int:
     spec = EXPERIMENTS.get(args.experiment)
     options = _options(args)
@@ -63,9 +83,13 @@ def run(args: argparse.Namespace) -> int:
     configs = spec.runs(args.preset, data_root=getattr(args, "data.root"), train=train)
     out = args.out or Path("runs") / f"{args.experiment}-{args.preset}"
     store = RunStore(out, identity=identity)
+    runs = [Run(c.label, c.to_dict()) for c in configs]
+    todo = [c for c, run in zip(configs, runs, strict=True) if store.result(run) is None]
+    for device in sorted({c.train.device for c in todo}):
+        check_device(device)
+    check_data(todo)
     start = time.perf_counter()
-    run_grid([Run(c.label, c.to_dict()) for c in configs], run_experiment, out, launcher=args.launcher,
-             options=options, store=store, wait=args.wait)
+    run_grid(runs, run_experiment, out, launcher=args.launcher, options=options, store=store, wait=args.wait)
     print(f"sweep finished in {time.perf_counter() - start:.0f} s: {out}")
     for path in write_report(out, out, spec):
         print(path)

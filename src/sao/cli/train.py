@@ -13,7 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from sao.cli._flags import add_config_flags, apply_flags, given
+from sao.cli._flags import add_config_flags, apply_flags, check_device, given
 from sao.experiments import (
     EXPERIMENTS,
     ModelConfig,
@@ -49,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_config(args: argparse.Namespace) -> RunConfig:
     """The resolved run config of the command line (module docstring)."""
-    model = getattr(args, "model.name", None) or ModelConfig().name
+    model = getattr(args, "model.name", None)
+    if model is None:  # --experiment alone picks its model
+        model = EXPERIMENTS.get(args.experiment).base.model.name if args.experiment else ModelConfig().name
     name = args.experiment or experiment_for_model(model)
     spec = EXPERIMENTS.get(name) if name is not None else None
     base = _base(name) if name is not None else RunConfig(model=ModelConfig(model))
@@ -57,9 +59,13 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         raise ValueError(f"experiment {name!r} runs model {base.model.name!r}, not {model!r}; "
                          "drop --experiment or --model")
     config = apply_flags(base, args)
-    if spec is not None and spec.lr_by_depth is not None and not given(args, "train.lr"):
-        config = dataclasses.replace(config, train=dataclasses.replace(
-            config.train, lr=spec.lr_by_depth(config.model.depth)))
+    if spec is not None:  # the table's rules for what depends on the depth and the epochs
+        rules: dict[str, Any] = {}
+        if spec.lr_by_depth is not None and not given(args, "train.lr"):
+            rules["lr"] = spec.lr_by_depth(config.model.depth)
+        if spec.milestones_at is not None and not given(args, "train.milestones"):
+            rules["milestones"] = tuple(int(f * config.train.epochs) for f in spec.milestones_at)
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, **rules))
     return dataclasses.replace(config, experiment=name).resolved()
 
 
@@ -75,11 +81,13 @@ def _base(experiment: str) -> RunConfig:
 def run(args: argparse.Namespace) -> int:
     """One run; under ``torchrun`` a data-parallel one (``--batch-size`` is the global batch)."""
     config = run_config(args)
+    check_device(config.train.device)
     init_from_env(config.train.device)
     main = is_main_process()  # asked before the group is gone
     try:
         store = RunStore(args.out, identity=identity)
-        result: dict[str, Any] = run_one(Run(config.label, config.to_dict()), run_experiment, store)
+        run = Run(f"{config.model.name}-{config.label}", config.to_dict())  # one folder may hold several models
+        result: dict[str, Any] = run_one(run, run_experiment, store)
     finally:
         shutdown()
     if main:

@@ -58,8 +58,8 @@ def _table(name: str, title: str, model: str, activation: str, presets: dict[str
     """A CNN table: its model and settings (the paper's) and its presets."""
     warmup = 1 if schedule == "cosine" else 0  # CINIC-10 / CIFAR-100 (paper §V-B)
     base = RunConfig(model=ModelConfig(model, width=width, activation=activation, head=head),
-                     method=MethodConfig(), train=TrainConfig(lr=0.01, schedule=schedule, warmup_epochs=warmup,
-                                                              weight_decay=weight_decay),
+                     method=MethodConfig(sparsity=0.5),  # sao train's default target; presets set their own
+                     train=TrainConfig(lr=0.01, schedule=schedule, warmup_epochs=warmup, weight_decay=weight_decay),
                      experiment=name)
     return ExperimentSpec(title, base, presets, milestones_at=(0.25, 0.75), known=known or {},
                           dataset=presets["paper"].dataset)

@@ -29,7 +29,11 @@ from sao.methods import METHODS, eco_methods
 from sao.models import model_info
 from sao.training import TrainConfig
 
-__all__ = ["FORMAT", "DataConfig", "MethodConfig", "ModelConfig", "RunConfig", "from_flat", "identity"]
+__all__ = ["EXECUTION_ONLY", "FORMAT", "DataConfig", "MethodConfig", "ModelConfig", "RunConfig", "from_flat",
+           "identity"]
+
+#: The degree of a run that names none: the paper's FNN setting (98.4 % sparse 256-wide layers, Table 7).
+DEFAULT_DEGREE = 4
 
 #: The ``config.json`` format this version writes (version 0.1 wrote flat dicts, format 1).
 FORMAT = 2
@@ -55,6 +59,8 @@ class ModelConfig:
         object.__setattr__(self, "depth", as_int(self.depth, "depth", minimum=1))
         if self.width is not None:
             object.__setattr__(self, "width", as_int(self.width, "width", minimum=1))
+            if info.width_arg is None:
+                raise ValueError(f"model {self.name!r} takes no width (its widths are fixed)")
         object.__setattr__(self, "gain", as_real(self.gain, "gain", low=0.0, low_open=True))
         _choice(self.name, "activation", self.activation, info.activations)
         _choice(self.name, "head", self.head, info.heads)
@@ -115,13 +121,15 @@ class RunConfig:
     """Everything that decides one run. ``experiment`` names the table the run belongs to."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: MethodConfig = field(default_factory=lambda: MethodConfig(degree=DEFAULT_DEGREE))
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     experiment: str | None = None
 
     def __post_init__(self) -> None:
         info = model_info(self.model.name)
+        if METHODS.get(self.method.name).needs_target and self.method.degree is None and self.method.sparsity is None:
+            raise ValueError(f"method={self.method.name!r} needs a degree or a sparsity")
         if not info.sparse_at_construction or self.method.name == "sao":
             return
         if not METHODS.get(self.method.name).handles_eco:
@@ -158,7 +166,13 @@ class RunConfig:
         _known_keys(data, ("format", "experiment", "model", "method", "data", "train"), "run config")
         parts = {name: _part(kind, data.get(name, {}), name)
                  for name, kind in (("model", ModelConfig), ("method", MethodConfig), ("data", DataConfig))}
-        return cls(**parts, train=TrainConfig.from_dict(dict(data.get("train", {}))), experiment=data.get("experiment"))
+        train = data.get("train", {})
+        if not isinstance(train, Mapping):
+            raise ValueError(f"the train config must be a mapping of its fields, got {train!r}")
+        experiment = data.get("experiment")
+        if experiment is not None and not isinstance(experiment, str):
+            raise ValueError(f"experiment must be a name or null, got {experiment!r}")
+        return cls(**parts, train=TrainConfig.from_dict(dict(train)), experiment=experiment)
 
 
 def _known_keys(data: Mapping[str, Any], known: tuple[str, ...] | list[str], what: str) -> None:
@@ -168,6 +182,8 @@ def _known_keys(data: Mapping[str, Any], known: tuple[str, ...] | list[str], wha
 
 
 def _part(kind: type, data: Mapping[str, Any], name: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"the {name} config must be a mapping of its fields, got {data!r}")
     _known_keys(data, [f.name for f in dataclasses.fields(kind)], f"{name} config")
     return kind(**data)
 
@@ -206,6 +222,26 @@ def from_flat(data: Mapping[str, Any]) -> RunConfig:
                      train=TrainConfig.from_dict(parts["train"]), experiment=experiment)
 
 
+#: Settings that do not change what a run computes: where the data lie, and whether sparse chains run fused.
+EXECUTION_ONLY = (("data", "root"), ("train", "fused"))
+
+
 def identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The canonical form of a stored config (either format): two runs are the same exactly when these match."""
-    return RunConfig.from_dict(config).resolved().to_dict()
+    """The canonical form of a stored config (either format): two runs are the same exactly when these match.
+
+    The resolved config without the :data:`EXECUTION_ONLY` settings, and without the multistep
+    settings (``milestones``, ``gamma``) under another schedule: a run started with one of them
+    is resumed and reported under the other.
+
+    Raises:
+        ValueError: the config is not a valid run config (either format).
+    """
+    try:
+        canonical = RunConfig.from_dict(config).resolved().to_dict()
+    except TypeError as err:  # a value of the wrong type in a stored file
+        raise ValueError(f"invalid run config: {err}") from None
+    for part, key in EXECUTION_ONLY:
+        canonical[part].pop(key)
+    if canonical["train"]["schedule"] != "multistep":
+        del canonical["train"]["milestones"], canonical["train"]["gamma"]
+    return canonical

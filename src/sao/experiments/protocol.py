@@ -151,14 +151,14 @@ def train_with_method(model: nn.Module, method: str | None, settings: dict[str, 
                       data: dict[str, DataLoader], cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     """Sparsify ``model`` with ``method`` (``sparsify(model, method, **settings)``) and train it, resumably.
 
-    ``None`` or a method without a sparsity target (the dense baseline) trains the model as it
-    is; an after-training method (:attr:`sao.methods.SparsifyMethod.phase`) trains dense first,
+    ``None`` or the dense baseline (:attr:`sao.methods.SparsifyMethod.dense_baseline`) trains the
+    model as it is; an after-training method (:attr:`sao.methods.SparsifyMethod.phase`) trains dense first,
     then prunes and fine-tunes (module docstring). Returns the training summary (without
     ``run_dir``), the Jacobian summary and :func:`measured_sparsity`; a run whose dense phase
     diverged returns that phase's summary with ``phase="dense"``.
     """
     chosen = None if method is None else METHODS.get(method)
-    changes = chosen is not None and chosen.needs_target
+    changes = chosen is not None and not chosen.dense_baseline
     if changes and chosen.phase == AFTER_TRAINING:
         dense = train(model, data, cfg, Path(run_dir) / "dense", progress=False)
         if dense["status"] == "diverged":

@@ -582,7 +582,24 @@ def attempt(run: Run, run_fn: RunFunction, store: RunStore, log: Log = _stderr) 
 
 
 def _run(run: Run, run_fn: RunFunction, store: RunStore, log: Log) -> tuple[dict[str, Any], bool]:
-    """:func:`run_one`'s work: ``(result, whether it was trained here)``."""
+    """:func:`run_one`'s work: ``(result, whether it was trained here)``.
+
+    A run that fails before writing anything but its ``config.json`` leaves no folder behind.
+    """
+    started: list[Path] = []
+    try:
+        return _run_claimed(run, run_fn, store, log, started)
+    except BaseException:
+        for run_dir in started:  # the claim is released by now
+            if [p.name for p in run_dir.iterdir()] == ["config.json"]:
+                (run_dir / "config.json").unlink()
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()
+        raise
+
+
+def _run_claimed(run: Run, run_fn: RunFunction, store: RunStore, log: Log,
+                 started: list[Path]) -> tuple[dict[str, Any], bool]:
     with contextlib.ExitStack() as stack:
         claim, decision = None, ("error", f"rank 0 failed to claim {run.label}")
         try:
@@ -596,6 +613,8 @@ def _run(run: Run, run_fn: RunFunction, store: RunStore, log: Log) -> tuple[dict
         if kind == "done":
             return value, False
         run_dir, folder_hash = value
+        if claim is not None and [p.name for p in run_dir.iterdir() if not p.name.startswith(".")] == ["config.json"]:
+            started.append(run_dir)  # a fresh folder: removed again if the run fails before writing anything
         result = {**run_fn(dict(run.config), run_dir), "config_hash": folder_hash, "run_dir": str(run_dir)}
         if claim is not None:
             if not claim.held():

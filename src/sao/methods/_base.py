@@ -206,6 +206,11 @@ class SparsifyMethod:
         return False
 
     @property
+    def dense_baseline(self) -> bool:
+        """Whether the method is the dense baseline: experiments then train the initialised model as it is."""
+        return False
+
+    @property
     def phase(self) -> str:
         """When to apply the method, one of :data:`PHASES` (paper §III-E, Fig. 1).
 

@@ -329,6 +329,10 @@ class PruneMethod(SparsifyMethod):
         return self.rule is not None
 
     @property
+    def dense_baseline(self) -> bool:
+        return self.rule is None
+
+    @property
     def phase(self) -> str:
         return AT_INIT if self.reinit else AFTER_TRAINING
 

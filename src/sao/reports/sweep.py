@@ -20,8 +20,8 @@ from typing import Any
 from sao._files import plt, save_figure, write_table
 from sao.experiments import EXPERIMENTS, ExperimentSpec, ModelConfig, RunConfig, RunStore, identity
 
-__all__ = ["METRICS", "Result", "aggregate", "load_results", "row_label", "settings_note", "table_rows",
-           "write_report"]
+__all__ = ["METRICS", "Result", "aggregate", "load_results", "row_label", "row_labels", "settings_note",
+           "table_rows", "write_report"]
 
 METRICS = ("test_acc", "val_acc", "jacobian_mean", "jacobian_var")
 
@@ -48,17 +48,40 @@ def row_label(config: RunConfig) -> str:
     return method.name if method.sparsity is None else f"{method.name} {100 * method.sparsity:g}%"
 
 
-def _cell(config: RunConfig) -> tuple[str, int]:
-    return row_label(config), config.model.depth
+#: Settings that do not set a run apart from the others of its cell: the grid axes and where/how it ran.
+_SAME_CELL = ("method.name", "method.sparsity", "model.depth", "train.seed", "data.root", "train.fused")
+
+
+def row_labels(results: Sequence[Result]) -> list[str]:
+    """The row of each run: :func:`row_label`, plus the settings that tell it apart from the other runs
+    of its method and depth (besides the seed), so runs that differ are never averaged together.
+
+    >>> from sao.experiments import ModelConfig
+    >>> row_labels([(RunConfig(ModelConfig(depth=2)), {}), (RunConfig(ModelConfig(depth=2, gain=1.1)), {}),
+    ...             (RunConfig(ModelConfig(depth=3)), {})])
+    ['sao (gain 1)', 'sao (gain 1.1)', 'sao (gain 1)']
+    """
+    flats = [_flat(config.resolved()) for config, _ in results]
+    groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for i, (config, _) in enumerate(results):
+        groups[row_label(config), config.model.depth].append(i)
+    apart = sorted({k for members in groups.values() for k in flats[members[0]]
+                    if k not in _SAME_CELL and len({_value(flats[i].get(k)) for i in members}) > 1})
+    return [row_label(config) + (" (" + ", ".join(f"{_short(k)} {_value(flats[i].get(k))}" for k in apart) + ")"
+                                 if apart else "") for i, (config, _) in enumerate(results)]
+
+
+def _cells(results: Sequence[Result]) -> list[tuple[str, int]]:
+    return [(label, config.model.depth) for label, (config, _) in zip(row_labels(results), results, strict=True)]
 
 
 def aggregate(results: Sequence[Result], metric: str) -> dict[tuple[str, int], list[float]]:
-    """``(row label, depth) -> [metric over seeds]`` for the runs that report ``metric``."""
+    """``(row label, depth) -> [metric over seeds]`` for the runs that report ``metric`` (rows: :func:`row_labels`)."""
     cells: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for config, result in results:
+    for cell, (_, result) in zip(_cells(results), results, strict=True):
         value = result.get(metric)
         if value is not None:
-            cells[_cell(config)].append(float(value))
+            cells[cell].append(float(value))
     return dict(cells)
 
 
@@ -80,7 +103,7 @@ def table_rows(results: Sequence[Result], metric: str = "test_acc", scale: float
     shown as ``(k diverged)``; their metrics are left out.
 
     >>> from sao.experiments import MethodConfig, ModelConfig
-    >>> runs = [(RunConfig(ModelConfig(depth=10), MethodConfig(m)), {"test_acc": a})
+    >>> runs = [(RunConfig(ModelConfig(depth=10), MethodConfig(m, degree=4)), {"test_acc": a})
     ...         for m, a in (("sao", 0.9), ("sao", 0.8), ("dense", 0.7), ("dense", 0.6), ("rg-n", 0.5))]
     >>> for row in table_rows(runs, known={("dense", 10): 60.0}):
     ...     print(row)
@@ -90,9 +113,9 @@ def table_rows(results: Sequence[Result], metric: str = "test_acc", scale: float
     """
     cells = aggregate(results, metric)
     diverged: dict[tuple[str, int], int] = defaultdict(int)
-    for config, result in results:
+    for cell, (_, result) in zip(_cells(results), results, strict=True):
         if result.get("status") == "diverged":
-            diverged[_cell(config)] += 1
+            diverged[cell] += 1
     methods = sorted({m for m, _ in cells} | {m for m, _ in diverged})
     depths = sorted({d for _, d in cells} | {d for _, d in diverged})
     stats = {cell: _mean_std([scale * v for v in values]) for cell, values in cells.items()}
@@ -141,9 +164,9 @@ def write_report(sweep_dir: Path, out: Path | None = None, experiment: Experimen
         notes += f" Skipped {len(damaged)} damaged run folder(s): " + "; ".join(f"{p.name} ({why})"
                                                                               for p, why in damaged)
     out = Path(out or sweep_dir)
-    seeds = len({config.train.seed for config, _ in results})
-    spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed"
-    shown = any((row_label(config), config.model.depth) in known for config, _ in results)
+    runs = _most_common([len(v) for v in aggregate(results, "test_acc").values()]) or 1
+    spread = f"mean ± std over {runs} seeds" if runs > 1 else "one seed"
+    shown = any(cell in known for cell in _cells(results))
     marks = "**Bold**: the best at that depth." + (" [paper X]: the paper's number, where its text kept one."
                                                    if shown else "")
     files = [*write_table(table_rows(results, "test_acc", 100.0, known), out, "report",

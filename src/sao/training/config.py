@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,7 +87,8 @@ class TrainConfig:
         if self.max_grad_norm is not None:
             check("max_grad_norm", as_real, low=0.0, low_open=True)
         _check("nesterov", self.nesterov, not self.nesterov or self.momentum > 0, "False when momentum is 0")
-        _check("device", self.device, isinstance(self.device, str) and self.device.split(":")[0] in DEVICE_CHOICES,
+        device_ok = isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None
+        _check("device", self.device, device_ok,
                f"one of {', '.join(DEVICE_CHOICES)} (cuda may carry an index, e.g. 'cuda:1')")
         _check("amp", self.amp, self.amp is None or self.amp in AMP_DTYPES, f"None or one of {', '.join(AMP_DTYPES)}")
         _check("cudnn_benchmark", self.cudnn_benchmark, isinstance(self.cudnn_benchmark, bool), "True or False")
