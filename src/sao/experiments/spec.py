@@ -19,6 +19,7 @@ from typing import Any
 
 from sao._registry import Registry
 from sao.experiments.config import MethodConfig, RunConfig
+from sao.methods import METHODS
 
 __all__ = ["EXPERIMENTS", "ExperimentSpec", "Preset", "experiment_for_model"]
 
@@ -29,8 +30,9 @@ class Preset:
 
     Attributes:
         methods, depths, seeds: grid axes (method names of :data:`sao.methods.METHODS`).
-        sparsities: one run per sparsity for every sparse method (``"dense"`` runs once, without
-            one); ``()`` runs every method at the experiment's own degree/sparsity (Table 7).
+        sparsities: one run per sparsity for every method that takes a target (the dense
+            baseline runs once, without one); ``()`` runs every method at the experiment's own
+            degree/sparsity (Table 7).
         description: one line for ``--help`` and listings.
         epochs, dataset, batch_size, width, augment, schedule, warmup_epochs, gain, lr: settings
             that differ from the experiment's ``base``; ``lr`` replaces the experiment's rule.
@@ -123,7 +125,7 @@ class ExperimentSpec:
     def _targets(self, method: str, preset: Preset) -> list[MethodConfig]:
         if not preset.sparsities:
             return [dataclasses.replace(self.base.method, name=method)]
-        if method == "dense":
+        if not METHODS.get(method).needs_target:  # the dense baseline: one run, at no sparsity
             return [MethodConfig(method)]
         return [MethodConfig(method, sparsity=s) for s in preset.sparsities]
 
