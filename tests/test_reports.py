@@ -69,6 +69,8 @@ def test_a_sweep_of_version_0_1_is_reported(tmp_path: Path) -> None:
     text = (tmp_path / "report.md").read_text()
     assert "| sao | **90.00** |" in text and "| gmp-s | 10.00 |" in text and "Table 7" in text
     assert "(one seed)" in text and "± 0.00" not in text and "[paper —]" not in text
+    assert ("Deviations from the paper's settings: dataset mnist5k (paper mnist), batch 32 (paper 128), "
+            "epochs 5 (paper 100), 1 seed (paper 3).") in text
 
 
 def test_empty_sweep_is_a_clear_error(tmp_path: Path) -> None:

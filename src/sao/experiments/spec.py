@@ -122,6 +122,14 @@ class ExperimentSpec:
                         runs.append(self._cell(shared, p, target, depth, seed))
         return runs
 
+    def twin(self, preset: str, config: RunConfig) -> RunConfig:
+        """``config``'s run as ``preset`` makes it: the same method, target, depth and seed, the preset's settings.
+
+        Reports use it to state how a sweep deviates from the ``paper`` preset.
+        """
+        return self._cell(self.settings(preset), self.preset(preset), config.method, config.model.depth,
+                          config.train.seed)
+
     def _targets(self, method: str, preset: Preset) -> list[MethodConfig]:
         if not preset.sparsities:
             return [dataclasses.replace(self.base.method, name=method)]

@@ -20,8 +20,8 @@ from typing import Any
 from sao._files import plt, save_figure, write_table
 from sao.experiments import EXPERIMENTS, ExperimentSpec, ModelConfig, RunConfig, RunStore, identity
 
-__all__ = ["METRICS", "Result", "aggregate", "load_results", "row_label", "row_labels", "settings_note",
-           "table_rows", "write_report"]
+__all__ = ["METRICS", "Result", "aggregate", "deviations_note", "load_results", "row_label", "row_labels",
+           "settings_note", "table_rows", "write_report"]
 
 METRICS = ("test_acc", "val_acc", "jacobian_mean", "jacobian_var")
 
@@ -160,6 +160,8 @@ def write_report(sweep_dir: Path, out: Path | None = None, experiment: Experimen
     experiment = experiment or _named_experiment(results)
     title, known = _title_and_known(results, experiment)
     notes = settings_note(results)
+    deviations = deviations_note(results, experiment)
+    notes += f" {deviations}" if deviations else ""
     if damaged:
         notes += f" Skipped {len(damaged)} damaged run folder(s): " + "; ".join(f"{p.name} ({why})"
                                                                               for p, why in damaged)
@@ -240,6 +242,40 @@ def settings_note(results: Sequence[Result]) -> str:
     varying = [_varying(k, configs) for k in keys if k not in shared]
     return "Settings: " + ", ".join(parts) + "".join(f"; {v}" for v in varying) + \
         "; the rest at their defaults (sao train --help)."
+
+
+def deviations_note(results: Sequence[Result], experiment: ExperimentSpec | None) -> str:
+    """One line: where this sweep's settings differ from the ``paper`` preset of ``experiment`` ('' if nowhere).
+
+    Each run is compared with its twin in the paper's grid (:meth:`ExperimentSpec.twin`: same method,
+    depth and seed) on what decides a run (:func:`sao.experiments.identity`), plus the number of seeds.
+
+    >>> from sao.experiments import EXPERIMENTS
+    >>> t7 = EXPERIMENTS.get("table7")
+    >>> deviations_note([(c, {}) for c in t7.runs("quick")], t7)
+    "Deviations from the paper's settings: dataset mnist5k (paper mnist), epochs 3 (paper 100), 1 seed (paper 3)."
+    """
+    if experiment is None or "paper" not in experiment.presets:
+        return ""
+    ours: dict[str, set[str]] = defaultdict(set)
+    paper: dict[str, set[str]] = defaultdict(set)
+    for config, _ in results:
+        mine, theirs = (_flat_canonical(c) for c in (config, experiment.twin("paper", config)))
+        for key in mine.keys() & theirs.keys() - set(_SAME_CELL) - {"train.device"}:
+            if mine[key] != theirs[key]:
+                ours[key].add(_value(mine[key]))
+                paper[key].add(_value(theirs[key]))
+    parts = [f"{_short(k)} {', '.join(sorted(ours[k]))} (paper {', '.join(sorted(paper[k]))})"
+             for k in sorted(ours, key=_order)]
+    seeds, paper_seeds = len({c.train.seed for c, _ in results}), len(experiment.preset("paper").seeds)
+    if seeds != paper_seeds:
+        parts.append(f"{seeds} seed{'s' * (seeds > 1)} (paper {paper_seeds})")
+    return f"Deviations from the paper's settings: {', '.join(parts)}." if parts else ""
+
+
+def _flat_canonical(config: RunConfig) -> dict[str, Any]:
+    return {f"{part}.{k}": v for part, values in identity(config.to_dict()).items() if isinstance(values, dict)
+            for k, v in values.items()}
 
 
 def _order(key: str) -> int:
