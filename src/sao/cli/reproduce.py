@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from sao.cli._flags import add_config_flags, check_device
-from sao.data import create_splits
 from sao.experiments import (
     EXPERIMENTS,
     LAUNCHERS,
@@ -24,7 +23,7 @@ from sao.experiments import (
     run_experiment,
     run_grid,
 )
-from sao.models import model_info
+from sao.experiments.protocol import load_splits
 from sao.reports import write_report
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -69,10 +68,11 @@ def _options(args: argparse.Namespace) -> LaunchOptions:
 
 def check_data(configs: list[RunConfig]) -> None:
     """Load each dataset the runs need once, so missing files are one error before anything runs."""
-    for data, model in sorted({(c.data, c.model.name) for c in configs}, key=str):
-        info = model_info(model)
-        create_splits(data.name, root=data.root, flatten=not info.takes_images, augment=False,
-                      image_size=info.image_size)
+    seen = set()
+    for config in configs:
+        if (config.data, config.model.name) not in seen:
+            seen.add((config.data, config.model.name))
+            load_splits(config)
 
 
 def run(args: argparse.Namespace) -> int:

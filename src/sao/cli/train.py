@@ -59,12 +59,9 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         raise ValueError(f"experiment {name!r} runs model {base.model.name!r}, not {model!r}; "
                          "drop --experiment or --model")
     config = apply_flags(base, args)
-    if spec is not None:  # the table's rules for what depends on the depth and the epochs
-        rules: dict[str, Any] = {}
-        if spec.lr_by_depth is not None and not given(args, "train.lr"):
-            rules["lr"] = spec.lr_by_depth(config.model.depth)
-        if spec.milestones_at is not None and not given(args, "train.milestones"):
-            rules["milestones"] = tuple(int(f * config.train.epochs) for f in spec.milestones_at)
+    if spec is not None:  # the table's rules for what depends on the depth and the epochs, unless given
+        rules = {k: v for k, v in spec.rules(config.model.depth, config.train.epochs).items()
+                 if not given(args, f"train.{k}")}
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, **rules))
     return dataclasses.replace(config, experiment=name).resolved()
 
@@ -73,9 +70,8 @@ def _base(experiment: str) -> RunConfig:
     """The settings ``sao train`` starts from for ``experiment``: its base, the model's defaults filled in."""
     spec = EXPERIMENTS.get(experiment)
     base = spec.base.resolved()
-    if spec.lr_by_depth is not None:
-        base = dataclasses.replace(base, train=dataclasses.replace(base.train, lr=spec.lr_by_depth(base.model.depth)))
-    return base
+    return dataclasses.replace(base, train=dataclasses.replace(
+        base.train, **spec.rules(base.model.depth, base.train.epochs)))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -39,10 +39,22 @@ __all__ = [
     "data_loaders",
     "flush_denormals",
     "init_activation",
+    "load_splits",
     "measured_sparsity",
     "run_experiment",
     "train_with_method",
 ]
+
+def load_splits(config: RunConfig) -> Splits:
+    """The run's dataset, shaped for its model (flat vectors or images, resized where the model needs it).
+
+    Raises:
+        FileNotFoundError: the dataset's files are not under ``config.data.root``.
+    """
+    info = model_info(config.model.name)
+    return create_splits(config.data.name, root=config.data.root, flatten=not info.takes_images,
+                         augment=config.data.augment, image_size=info.image_size)
+
 
 def data_loaders(splits: Splits, config: RunConfig) -> dict[str, DataLoader]:
     """Train/val/test loaders of a run: seeded, pinned for CUDA, sharded in a data-parallel group."""
@@ -135,9 +147,7 @@ def run_experiment(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
         ValueError: an invalid config (before any data is loaded).
     """
     cfg = RunConfig.from_dict(config).resolved()
-    info = model_info(cfg.model.name)
-    splits = create_splits(cfg.data.name, root=cfg.data.root, flatten=not info.takes_images,
-                           augment=cfg.data.augment, image_size=info.image_size)
+    splits = load_splits(cfg)
     data = data_loaders(splits, cfg)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     model = build_model(cfg, tuple(splits.input_shape), splits.num_classes, generator)

@@ -96,8 +96,7 @@ class ExperimentSpec:
         base = self.base
         epochs = p.epochs
         train = _given(epochs=epochs, schedule=p.schedule, warmup_epochs=p.warmup_epochs, lr=p.lr)
-        if self.milestones_at is not None:
-            train["milestones"] = tuple(int(f * epochs) for f in self.milestones_at)
+        train.update({k: v for k, v in self.rules(base.model.depth, epochs).items() if k == "milestones"})
         return dataclasses.replace(
             base, model=dataclasses.replace(base.model, **_given(width=p.width, gain=p.gain)),
             data=dataclasses.replace(base.data, **_given(name=p.dataset, batch_size=p.batch_size, augment=p.augment)),
@@ -122,6 +121,20 @@ class ExperimentSpec:
                         runs.append(self._cell(shared, p, target, depth, seed))
         return runs
 
+    def rules(self, depth: int, epochs: int) -> dict[str, Any]:
+        """The training settings the table derives from a run's depth and epochs (``lr``, ``milestones``).
+
+        >>> from sao.experiments import EXPERIMENTS
+        >>> EXPERIMENTS.get("table7").rules(200, 3), EXPERIMENTS.get("table8").rules(32, 20)
+        ({'lr': 0.001}, {'milestones': (5, 15)})
+        """
+        derived: dict[str, Any] = {}
+        if self.lr_by_depth is not None:
+            derived["lr"] = self.lr_by_depth(depth)
+        if self.milestones_at is not None:
+            derived["milestones"] = tuple(int(f * epochs) for f in self.milestones_at)
+        return derived
+
     def twin(self, preset: str, config: RunConfig) -> RunConfig:
         """``config``'s run as ``preset`` makes it: the same method, target, depth and seed, the preset's settings.
 
@@ -138,7 +151,7 @@ class ExperimentSpec:
         return [MethodConfig(method, sparsity=s) for s in preset.sparsities]
 
     def _cell(self, shared: RunConfig, preset: Preset, method: MethodConfig, depth: int, seed: int) -> RunConfig:
-        rule = {"lr": self.lr_by_depth(depth)} if self.lr_by_depth is not None and preset.lr is None else {}
+        rule = {k: v for k, v in self.rules(depth, preset.epochs).items() if k == "lr" and preset.lr is None}
         return dataclasses.replace(shared, model=dataclasses.replace(shared.model, depth=depth), method=method,
                                    train=dataclasses.replace(shared.train, seed=seed, **rule)).resolved()
 
