@@ -81,7 +81,7 @@ def test_a_grid_with_failed_runs_exits_1_naming_them(tmp_path: Path, capsys: pyt
     monkeypatch.setattr(reproduce, "run_experiment", _half_fails)
     assert main(["reproduce", "table7", "--preset", "quick", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("sao reproduce: 3 run(s) failed") and "gmp-s-N10-s0" in err and "gmp-s-N200-s0" in err
+    assert err.startswith("sao reproduce: 2 run(s) failed") and "gmp-s-N50-s0" in err and "gmp-s-N1000-s0" in err
 
 
 def test_programming_errors_keep_their_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

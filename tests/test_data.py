@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -13,12 +14,14 @@ from sao.data import (
     DATASETS,
     MNIST_MEAN,
     MNIST_STD,
+    ImageArrayDataset,
     Splits,
     create_splits,
     list_datasets,
     loaders,
     mnist_val_size,
     preprocess_mnist,
+    standardize_features,
     stratified_split,
 )
 
@@ -274,3 +277,30 @@ def test_full_mnist_missing_files_say_what_to_do(tmp_path):
 def test_full_mnist_needs_a_root():
     with pytest.raises(ValueError, match="--data-root"):
         create_splits("mnist")
+
+
+def test_feature_standardisation_uses_the_training_split_only() -> None:
+    plain, standard = create_splits("mnist5k"), create_splits("mnist5k", normalize="feature")
+    x = plain.train.tensors[0].double()
+    mean, std = x.mean(0), x.std(0)
+    train = standard.train.tensors[0].double()
+    varying = std > 0
+    assert torch.allclose(train.mean(0), torch.zeros_like(mean), atol=1e-5)
+    assert torch.allclose(train[:, varying].std(0), torch.ones(int(varying.sum()), dtype=torch.float64), atol=1e-5)
+    assert not varying.all() and (train[:, ~varying] == 0).all()  # MNIST's border pixels are constant
+    for part in ("val", "test"):  # the training statistics, not their own
+        raw, got = getattr(plain, part).tensors[0].double(), getattr(standard, part).tensors[0].double()
+        expected = torch.where(varying, (raw - mean) / torch.where(varying, std, 1.0), 0.0)
+        assert torch.allclose(got, expected, atol=1e-5)
+        assert torch.equal(getattr(plain, part).tensors[1], getattr(standard, part).tensors[1])
+    assert standard.train.tensors[0].dtype == torch.float32 and standard.input_shape == plain.input_shape
+
+
+def test_normalisation_errors_name_the_choices() -> None:
+    with pytest.raises(ValueError, match="normalize='pixel' is not known; choose from dataset, feature"):
+        create_splits("mnist5k", normalize="pixel")
+    made_on_the_fly = Splits("images", *(ImageArrayDataset(np.zeros((2, 32, 32, 3), np.uint8), np.arange(2),
+                                                           transform=lambda image: image) for _ in range(3)),
+                             2, (3, 32, 32))
+    with pytest.raises(ValueError, match="normalize='feature' needs a dataset held in tensors"):
+        standardize_features(made_on_the_fly)

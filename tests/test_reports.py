@@ -10,7 +10,7 @@ import pytest
 
 from sao.experiments import MethodConfig, ModelConfig, Run, RunConfig, run_one
 from sao.reports import aggregate, table_rows, write_report
-from sao.reports.sweep import load_results
+from sao.reports.sweep import load_results, training_curves
 from sao.training import TrainConfig
 
 
@@ -99,3 +99,37 @@ def test_configs_with_wrong_types_are_damaged_folders_not_crashes(tmp_path: Path
     (folder / "config.json").write_text(json.dumps(flat))
     results, damaged = load_results(tmp_path)
     assert len(results) == 8 and [p.name for p, _ in damaged] == ["odd-0123456789ab"]
+
+
+def curve_run(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Writes the metrics lines training would: ``train/`` for SAO, ``dense/`` then ``finetune/`` for GMP-T."""
+    cfg = RunConfig.from_dict(config)
+    phases = ["dense", "finetune"] if cfg.method.name == "gmp-t" else ["train"]
+    for p, phase in enumerate(phases):
+        (run_dir / phase).mkdir(parents=True)
+        lines = [{"epoch": e, "test_acc": 0.1 * (e + p + 1) + 0.01 * cfg.train.seed, "jacobian_mean": 10.0 ** -e}
+                 for e in range(cfg.train.epochs + 1)]
+        (run_dir / phase / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return {"status": "completed", "test_acc": 0.5, "val_acc": 0.5, "jacobian_mean": 1.0, "jacobian_var": 0.1,
+            "run_dir": str(run_dir)}
+
+
+def test_training_curves_follow_every_phase_and_a_moved_sweep(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    for method in ("sao", "gmp-t"):
+        for depth in (10, 100):
+            for seed in (0, 1):
+                cfg = RunConfig(ModelConfig("fnn", depth), MethodConfig(method, degree=4),
+                                train=TrainConfig(epochs=2, seed=seed), experiment="table7")
+                run_one(Run(cfg.label, cfg.to_dict()), curve_run, sweep)
+    moved = tmp_path / "moved"
+    sweep.rename(moved)  # result.json still names the old folder
+    files = write_report(moved)
+    assert {"training_curves.md", "training_curves.csv", "training_curves.png"} <= {f.name for f in files}
+    rows = training_curves(moved, load_results(moved)[0], 100)
+    gmp = [(r["step"], r["phase"], r["test_acc"]) for r in rows if r["method"] == "gmp-t" and r["seed"] == 1]
+    assert gmp == [(0, "dense", 11.0), (1, "dense", 21.0), (2, "dense", 31.0),
+                   (2, "finetune", 21.0), (3, "finetune", 31.0), (4, "finetune", 41.0)]
+    sao = [(r["step"], r["jacobian_mean"]) for r in rows if r["method"] == "sao" and r["seed"] == 0]
+    assert sao == [(0, 1.0), (1, 0.1), (2, 0.01)] and len(rows) == 2 * (3 + 6)
+    assert "every epoch at N=100" in (moved / "training_curves.md").read_text()

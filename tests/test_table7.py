@@ -17,12 +17,17 @@ from sao.methods import AFTER_TRAINING, METHODS
 
 def test_presets_cover_the_paper_grid() -> None:
     spec = EXPERIMENTS.get("table7")
-    runs = spec.runs("cpu")
-    assert {r.method.name for r in runs} == {"dense", "gmp-t", "gmp-s", "rg-u", "rg-n", "sao"}
-    assert {r.model.depth for r in runs} == {50, 200, 400, 600, 800, 1000}
-    assert {r.train.lr for r in runs if r.model.depth == 1000} == {1e-4}
-    assert {(r.data.name, r.train.epochs) for r in spec.runs("paper")} == {("mnist", 100)}
-    assert {r.model.gain for r in runs} == {1.1} and {r.method.degree for r in runs} == {4}
+    runs, paper = spec.runs("cpu"), spec.runs("paper")
+    for grid in (runs, paper):
+        assert {r.method.name for r in grid} == {"dense", "gmp-t", "gmp-s", "rg-u", "rg-n", "sao"}
+        assert {r.model.depth for r in grid} == {50, 200, 400, 600, 800, 1000}
+        assert {r.train.seed for r in grid} == {0, 1, 2} and {r.method.degree for r in grid} == {4}
+    # the paper preset is the paper's settings; cpu and quick those of the depth-1000 study
+    assert {r.train.lr for r in paper if r.model.depth == 1000} == {1e-4}
+    assert {(r.data.name, r.train.epochs, r.model.gain) for r in paper} == {("mnist", 100, 1.1)}
+    for grid in (runs, spec.runs("quick")):
+        assert {(r.model.gain, r.train.lr, r.data.batch_size) for r in grid} == {(1.02, 1e-3, 32)}
+    assert 1000 in {r.model.depth for r in spec.runs("quick")}
 
 
 @pytest.mark.parametrize("method", ["sao", "gmp-s", "gmp-t"])
@@ -38,6 +43,8 @@ def test_one_run_end_to_end(method: str, tmp_path: Path) -> None:
     assert sorted(p.name for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) == phases
     for phase in phases:
         assert (run_dir / phase / "metrics.jsonl").exists()
+    history = protocol.training_history(run_dir)  # init + 1 epoch per phase, steps counted across phases
+    assert [(r["phase"], r["step"]) for r in history] == [(p, s) for i, p in enumerate(phases) for s in (i, i + 1)]
     assert RunConfig.from_dict(json.loads((run_dir / "config.json").read_text())).method.name == method
 
 
@@ -46,7 +53,8 @@ def test_a_version_0_1_flat_config_trains_the_same_run(tmp_path: Path) -> None:
     typed = tiny_run("table7", "sao", depth=2)
     cfg = RunConfig.from_dict(typed.config)
     flat = {"experiment": "table7", "method": "sao", "depth": 2, "seed": 0, "epochs": 1, "dataset": "mnist5k",
-            "data_root": None, "degree": 4, "gain": 1.1, "batch_size": 256, "lr": cfg.train.lr, "device": "cpu"}
+            "data_root": None, "degree": 4, "gain": cfg.model.gain, "batch_size": 256, "lr": cfg.train.lr,
+            "device": "cpu"}
     a = run_one(typed, run_experiment, tmp_path / "typed")
     b = run_one(Run("flat", flat), run_experiment, tmp_path / "flat")
     for key in ("test_acc", "val_acc", "jacobian_var", "jacobian_mean_init", "sparsity_overall"):

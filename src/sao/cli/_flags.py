@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from sao.data import list_datasets
+from sao.data import NORMALIZATIONS, list_datasets
 from sao.experiments import DataConfig, MethodConfig, ModelConfig, RunConfig
 from sao.methods import METHODS
 from sao.models import MODELS
@@ -34,6 +34,7 @@ SECTIONS: dict[str, type] = {"model": ModelConfig, "method": MethodConfig, "data
 #: Fields whose values are names in a registry: ``(section, field) → choices``.
 _CHOICES: dict[tuple[str, str], Callable[[], list[str]]] = {
     ("model", "name"): MODELS.names, ("method", "name"): METHODS.names, ("data", "name"): list_datasets,
+    ("data", "normalize"): lambda: list(NORMALIZATIONS),
     ("train", "schedule"): SCHEDULES.names, ("train", "amp"): lambda: list(AMP_DTYPES),
     ("model", "activation"): lambda: sorted({a for n in MODELS for a in MODELS.get(n).activations}),
     ("model", "head"): lambda: sorted({h for n in MODELS for h in MODELS.get(n).heads}),

@@ -37,7 +37,15 @@ from sao.data._mnist import (  # registers "mnist5k" and "mnist"
     preprocess_mnist,
     resize_images,
 )
-from sao.data._registry import DATASETS, DataOptions, DatasetBuilder, create_splits, list_datasets
+from sao.data._registry import (
+    DATASETS,
+    NORMALIZATIONS,
+    DataOptions,
+    DatasetBuilder,
+    create_splits,
+    list_datasets,
+    standardize_features,
+)
 from sao.data._splits import ShardedBatchSampler, Splits, loaders, stratified_split
 
 __all__ = [
@@ -51,6 +59,7 @@ __all__ = [
     "DATASETS",
     "MNIST_MEAN",
     "MNIST_STD",
+    "NORMALIZATIONS",
     "SPLIT_SEED",
     "DataOptions",
     "DatasetBuilder",
@@ -70,5 +79,6 @@ __all__ = [
     "mnist_val_size",
     "preprocess_mnist",
     "resize_images",
+    "standardize_features",
     "stratified_split",
 ]

@@ -6,11 +6,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from torch.utils.data import TensorDataset
+
 from sao._registry import Registry
 from sao._validation import as_int
 from sao.data._splits import Splits
 
-__all__ = ["DATASETS", "DataOptions", "DatasetBuilder", "create_splits", "list_datasets"]
+__all__ = ["DATASETS", "NORMALIZATIONS", "DataOptions", "DatasetBuilder", "create_splits", "list_datasets",
+           "standardize_features"]
+
+#: How inputs are normalised: ``"dataset"``, the dataset's own statistics (MNIST: the global pixel
+#: mean and std; CIFAR / CINIC: per channel), or ``"feature"``, every input feature to mean 0 and
+#: std 1 over the training split (:func:`standardize_features`).
+NORMALIZATIONS = ("dataset", "feature")
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,8 @@ DATASETS: Registry[DatasetBuilder] = Registry("dataset", "sao.data.DATASETS")
 
 
 def create_splits(name: str = "mnist5k", root: str | Path | None = None, download: bool = False,
-                  flatten: bool = True, *, augment: bool = True, image_size: int | None = None) -> Splits:
+                  flatten: bool = True, *, augment: bool = True, image_size: int | None = None,
+                  normalize: str = "dataset") -> Splits:
     """Build the train / validation / test splits of the registered dataset ``name``.
 
     The splits are fixed: they never depend on a run's seed, so every run of every method
@@ -68,13 +78,15 @@ def create_splits(name: str = "mnist5k", root: str | Path | None = None, downloa
             see :class:`DataOptions`). Default ``True``.
         image_size: resize images to this side length, e.g. 36 for CNN-ECO (keyword only).
             Default ``None``: native size.
+        normalize: one of :data:`NORMALIZATIONS` (keyword only). Default ``"dataset"``.
 
     Returns:
         The :class:`Splits`.
 
     Raises:
-        ValueError: ``name`` is not registered (the message lists the registered names), or a bad
-            ``image_size``.
+        ValueError: ``name`` is not registered (the message lists the registered names), a bad
+            ``image_size`` or ``normalize``, or ``normalize="feature"`` for a dataset whose examples
+            are made on the fly (the image datasets: their transforms normalise per channel).
         FileNotFoundError: the dataset's files are not under ``root`` and ``download`` is off.
 
     >>> splits = create_splits("mnist5k")
@@ -82,8 +94,41 @@ def create_splits(name: str = "mnist5k", root: str | Path | None = None, downloa
     (3500, 500, 1000, (1024,))
     """
     builder = DATASETS.get(name)
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize={normalize!r} is not known; choose from {', '.join(NORMALIZATIONS)}")
     options = DataOptions(augment=bool(augment), image_size=image_size)
-    return builder(None if root is None else Path(root), bool(download), bool(flatten), options)
+    splits = builder(None if root is None else Path(root), bool(download), bool(flatten), options)
+    return standardize_features(splits) if normalize == "feature" else splits
+
+
+def standardize_features(splits: Splits) -> Splits:
+    """``splits`` with every input feature shifted and scaled to mean 0, std 1 over the training split.
+
+    The statistics come from the training examples only and are applied to all three splits; a
+    feature constant in the training data (MNIST's border pixels) becomes 0 everywhere.
+
+    Raises:
+        ValueError: a split is not a ``TensorDataset`` of ``(inputs, labels)`` (datasets whose
+            examples are made on the fly by transforms, such as the image datasets).
+
+    >>> s = standardize_features(create_splits("mnist5k"))
+    >>> x = s.train.tensors[0]
+    >>> round(x.mean().item(), 6), round(x.std(0).max().item(), 4), x[:, 0].abs().max().item()
+    (0.0, 1.0, 0.0)
+    """
+    parts = (splits.train, splits.val, splits.test)
+    if not all(isinstance(p, TensorDataset) and len(p.tensors) == 2 for p in parts):
+        raise ValueError(f"normalize='feature' needs a dataset held in tensors (mnist5k, mnist); {splits.name!r} makes "
+                         "its examples on the fly — use normalize='dataset'")
+    x = splits.train.tensors[0].to(torch.float64)
+    mean, std = x.mean(0), x.std(0)
+    scale = torch.where(std > 0, 1.0 / std, torch.zeros_like(std))
+
+    def standardized(part: TensorDataset) -> TensorDataset:
+        inputs, labels = part.tensors
+        return TensorDataset(((inputs.to(torch.float64) - mean) * scale).to(inputs.dtype), labels)
+
+    return Splits(splits.name, *(standardized(p) for p in parts), splits.num_classes, splits.input_shape)
 
 
 def list_datasets() -> list[str]:

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sao._validation import as_int, as_real
-from sao.data import list_datasets
+from sao.data import NORMALIZATIONS, list_datasets
 from sao.methods import METHODS, eco_methods
 from sao.models import model_info
 from sao.training import TrainConfig
 
-__all__ = ["EXECUTION_ONLY", "FORMAT", "DataConfig", "MethodConfig", "ModelConfig", "RunConfig", "from_flat",
-           "identity"]
+__all__ = ["ADDED_LATER", "EXECUTION_ONLY", "FORMAT", "DataConfig", "MethodConfig", "ModelConfig", "RunConfig",
+           "from_flat", "identity"]
 
 #: The degree of a run that names none: the paper's FNN setting (98.4 % sparse 256-wide layers, Table 7).
 DEFAULT_DEGREE = 4
@@ -107,10 +107,15 @@ class DataConfig:
     root: str | None = field(default=None, metadata=_help("folder with the dataset files", flag="--data-root"))
     batch_size: int = field(default=128, metadata=_help("examples per SGD step (the global batch under torchrun)"))
     augment: bool = field(default=False, metadata=_help("random crops and flips (image datasets)"))
+    normalize: str = field(default="dataset", metadata=_help(
+        "inputs normalised with the dataset's statistics, or every feature to mean 0 and std 1 over the "
+        "training split (sao.data.NORMALIZATIONS)"))
 
     def __post_init__(self) -> None:
         if self.name not in list_datasets():
             raise ValueError(f"dataset={self.name!r} is not known; choose from {', '.join(list_datasets())}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize={self.normalize!r} is not known; choose from {', '.join(NORMALIZATIONS)}")
         object.__setattr__(self, "batch_size", as_int(self.batch_size, "batch_size", minimum=1))
         if not isinstance(self.augment, bool):
             raise TypeError(f"augment must be True or False, got {self.augment!r}")
@@ -225,11 +230,16 @@ def from_flat(data: Mapping[str, Any]) -> RunConfig:
 #: Settings that do not change what a run computes: where the data lie, and whether sparse chains run fused.
 EXECUTION_ONLY = (("data", "root"), ("train", "fused"))
 
+#: Settings added after config format 2, with the value every run before them had: at that value
+#: they are left out of :func:`identity`, so run folders written before keep their identity (and hash).
+ADDED_LATER = {("data", "normalize"): "dataset"}
+
 
 def identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """The canonical form of a stored config (either format): two runs are the same exactly when these match.
 
-    The resolved config without the :data:`EXECUTION_ONLY` settings, and without the multistep
+    The resolved config without the :data:`EXECUTION_ONLY` settings, without the settings of
+    :data:`ADDED_LATER` at the value runs had before they existed, and without the multistep
     settings (``milestones``, ``gamma``) under another schedule: a run started with one of them
     is resumed and reported under the other.
 
@@ -242,6 +252,9 @@ def identity(config: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"invalid run config: {err}") from None
     for part, key in EXECUTION_ONLY:
         canonical[part].pop(key)
+    for (part, key), before in ADDED_LATER.items():
+        if canonical[part][key] == before:
+            del canonical[part][key]
     if canonical["train"]["schedule"] != "multistep":
         del canonical["train"]["milestones"], canonical["train"]["gamma"]
     return canonical

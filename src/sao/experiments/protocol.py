@@ -43,7 +43,11 @@ __all__ = [
     "measured_sparsity",
     "run_experiment",
     "train_with_method",
+    "training_history",
 ]
+
+#: The phase folders of a run, in the order they train (at-init methods: ``train`` only).
+PHASES = ("dense", "finetune", "train")
 
 def load_splits(config: RunConfig) -> Splits:
     """The run's dataset, shaped for its model (flat vectors or images, resized where the model needs it).
@@ -53,7 +57,8 @@ def load_splits(config: RunConfig) -> Splits:
     """
     info = model_info(config.model.name)
     return create_splits(config.data.name, root=config.data.root, flatten=not info.takes_images,
-                         augment=config.data.augment, image_size=info.image_size)
+                         augment=config.data.augment, image_size=info.image_size,
+                         normalize=config.data.normalize)
 
 
 def data_loaders(splits: Splits, config: RunConfig) -> dict[str, DataLoader]:
@@ -94,6 +99,21 @@ def _jacobian_summary(metrics_dir: Path) -> dict[str, float | None]:
             "jacobian_var_init": lines[0]["jacobian_var"] if lines else None,
             "jacobian_mean": lines[-1]["jacobian_mean"] if lines else None,
             "jacobian_var": lines[-1]["jacobian_var"] if lines else None}
+
+
+def training_history(run_dir: Path) -> list[dict[str, Any]]:
+    """Every epoch line a run wrote (``metrics.jsonl`` of each phase), in training order.
+
+    Each line gets ``phase`` (``"train"``, or ``"dense"`` then ``"finetune"`` for an after-training
+    method) and ``step``: epochs trained so far counting all phases (the fine-tuning's epoch 0 — just
+    pruned — has the dense phase's last ``step``). A run not started yet has none.
+    """
+    history: list[dict[str, Any]] = []
+    for phase in PHASES:
+        offset = history[-1]["step"] if history else 0
+        history += [{**row, "phase": phase, "step": offset + row["epoch"]}
+                    for row in read_metrics(Path(run_dir) / phase / "metrics.jsonl")]
+    return history
 
 
 @contextmanager
@@ -170,16 +190,16 @@ def train_with_method(model: nn.Module, method: str | None, settings: dict[str, 
     chosen = None if method is None else METHODS.get(method)
     changes = chosen is not None and not chosen.dense_baseline
     if changes and chosen.phase == AFTER_TRAINING:
-        dense = train(model, data, cfg, Path(run_dir) / "dense", progress=False)
+        dense = train(model, data, cfg, Path(run_dir) / PHASES[0], progress=False)
         if dense["status"] == "diverged":
             return {**dense, "phase": "dense", **measured_sparsity(model)}
         sparsify(model, method, **settings, strict=True)
-        metrics_dir = Path(run_dir) / "finetune"
+        metrics_dir = Path(run_dir) / PHASES[1]
     else:
         if changes:
             sparsify(model, method, **settings, strict=True)
         # a subfolder: train() writes its own config.json, which must not replace the run's
-        metrics_dir = Path(run_dir) / "train"
+        metrics_dir = Path(run_dir) / PHASES[2]
     result = train(model, data, cfg, metrics_dir, progress=False)
     result = {k: v for k, v in result.items() if k != "run_dir"}
     return {**result, **_jacobian_summary(metrics_dir), **measured_sparsity(model)}

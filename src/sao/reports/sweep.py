@@ -17,11 +17,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from matplotlib.ticker import MaxNLocator
+
 from sao._files import plt, save_figure, write_table
 from sao.experiments import EXPERIMENTS, ExperimentSpec, ModelConfig, RunConfig, RunStore, identity
+from sao.experiments.protocol import training_history
 
 __all__ = ["METRICS", "Result", "aggregate", "deviations_note", "load_results", "row_label", "row_labels",
-           "settings_note", "table_rows", "write_report"]
+           "settings_note", "table_rows", "training_curves", "write_report"]
 
 METRICS = ("test_acc", "val_acc", "jacobian_mean", "jacobian_var")
 
@@ -146,7 +149,9 @@ def _most_common(counts: Sequence[int]) -> int | None:
 
 
 def write_report(sweep_dir: Path, out: Path | None = None, experiment: ExperimentSpec | None = None) -> list[Path]:
-    """Write ``report.md``/``.csv`` (test accuracy %), ``jacobian.md``/``.csv`` and two PNGs into ``out``.
+    """Write ``report.md``/``.csv`` (test accuracy %), ``jacobian.md``/``.csv``, the PNGs
+    ``accuracy_vs_depth`` and ``jacobian_vs_depth``, and — for the deepest depth — every epoch's test
+    accuracy and Jacobian mean (``training_curves.md``/``.csv``/``.png``, :func:`training_curves`) into ``out``.
 
     ``experiment`` gives the title and the paper's numbers (default: the experiment the runs
     name, when they all name one); the numbers are shown only beside runs on the paper's dataset.
@@ -178,7 +183,33 @@ def write_report(sweep_dir: Path, out: Path | None = None, experiment: Experimen
                          f"({spread})", notes)
     files.append(_plot(results, "test_acc", 100.0, "test accuracy (%)", out, "accuracy_vs_depth", log=False))
     files.append(_plot_jacobian(results, out))
+    deepest = max(config.model.depth for config, _ in results)
+    curves = training_curves(Path(sweep_dir), results, deepest)
+    if curves:
+        files += write_table(curves, out, "training_curves", f"{title}: every epoch at N={deepest}", notes)
+        files.append(_plot_curves(curves, deepest, out))
     return files
+
+
+def training_curves(sweep_dir: Path, results: Sequence[Result], depth: int) -> list[dict[str, Any]]:
+    """The epoch-by-epoch history of the runs at ``depth``: one row per (row label, seed, epoch line).
+
+    Columns ``method`` (:func:`row_labels`), ``seed``, ``step`` and ``phase``
+    (:func:`sao.experiments.protocol.training_history`: an after-training method's fine-tuning
+    continues its dense phase), ``test_acc`` (%, ``None`` without a test split) and
+    ``jacobian_mean`` (mean singular value of the input–output Jacobian). Run folders are looked up
+    in ``sweep_dir`` by name, so a moved sweep folder still reads.
+    """
+    rows = []
+    for (config, result), label in zip(results, row_labels(results), strict=True):
+        if config.model.depth != depth or not result.get("run_dir"):
+            continue
+        for line in training_history(Path(sweep_dir) / Path(result["run_dir"]).name):
+            acc = line.get("test_acc")
+            rows.append({"method": label, "seed": config.train.seed, "step": line["step"], "phase": line["phase"],
+                         "test_acc": None if acc is None else round(100.0 * acc, 2),
+                         "jacobian_mean": line.get("jacobian_mean")})
+    return rows
 
 
 def _named_experiment(results: Sequence[Result]) -> ExperimentSpec | None:
@@ -318,10 +349,38 @@ def _plot_jacobian(results: Sequence[Result], out: Path) -> Path:
     return save_figure(fig, out, "jacobian_vs_depth")
 
 
-def _lines(ax: Any, cells: Mapping[tuple[str, int], list[float]], scale: float) -> None:
-    """Per method: the mean over seeds, a band of ± one std, and every seed's value as a dot."""
-    for i, method in enumerate(sorted({m for m, _ in cells})):
+def _plot_curves(curves: Sequence[Mapping[str, Any]], depth: int, out: Path) -> Path:
+    """Test accuracy and the Jacobian's mean singular value after every epoch, per method (± std over seeds)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    for ax, metric, label in zip(axes, ("test_acc", "jacobian_mean"),
+                                 ("test accuracy (%)", "Jacobian mean singular value (0: not drawn)"), strict=True):
+        cells: dict[tuple[str, int], list[float]] = defaultdict(list)
+        for row in curves:
+            value = row[metric]
+            if value is not None and (metric == "test_acc" or value > 0):
+                cells[row["method"], row["step"]].append(value)
+        _lines(ax, cells, 1.0, sorted({row["method"] for row in curves}))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epochs trained (after-training methods: dense, then pruned and fine-tuned)")
+        ax.set_ylabel(label)
+        if metric == "jacobian_mean":
+            ax.set_yscale("log")
+        ax.set_title(f"N = {depth}: {label.split(' (')[0]} after every epoch", fontsize=9)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8)
+    return save_figure(fig, out, "training_curves")
+
+
+def _lines(ax: Any, cells: Mapping[tuple[str, int], list[float]], scale: float,
+           methods: Sequence[str] | None = None) -> None:
+    """Per method: the mean over seeds, a band of ± one std, and every seed's value as a dot.
+
+    ``methods`` fixes each method's colour (its position), so panels missing a method still agree.
+    """
+    for i, method in enumerate(methods or sorted({m for m, _ in cells})):
         depths = sorted(d for m, d in cells if m == method)
+        if not depths:
+            continue
         stats = [_mean_std([scale * v for v in cells[method, d]]) for d in depths]
         means, stds = [m for m, _ in stats], [s for _, s in stats]
         color = f"C{i % 10}"
