@@ -18,6 +18,7 @@ from sao.experiments import (
     DataConfig,
     MethodConfig,
     ModelConfig,
+    Preset,
     RunConfig,
     experiment_for_model,
     from_flat,
@@ -150,9 +151,10 @@ def test_every_experiment_expands_every_preset_into_valid_unique_runs(name: str)
     spec = EXPERIMENTS.get(name)
     assert {"quick", "cpu", "paper"} <= set(spec.presets)
     for preset in spec.presets:
-        runs = spec.runs(preset)
+        runs, labels = spec.runs(preset), spec.run_labels(preset)
         p = spec.preset(preset)
-        assert len({r.label for r in runs}) == len(runs) == len({json.dumps(r.to_dict()) for r in runs})
+        assert len(set(labels)) == len(runs) == len({json.dumps(r.to_dict()) for r in runs})
+        assert all(label.startswith(r.label) for label, r in zip(labels, runs, strict=True))
         assert {r.method.name for r in runs} == set(p.methods)
         assert {r.model.depth for r in runs} == set(p.depths) and {r.train.seed for r in runs} == set(p.seeds)
         assert {r.train.epochs for r in runs} == {p.epochs}
@@ -210,3 +212,32 @@ def test_a_setting_added_later_keeps_older_runs_identity() -> None:
     assert identity(feature.to_dict())["data"]["normalize"] == "feature"
     with pytest.raises(ValueError, match="normalize='pixel' is not known; choose from dataset, feature"):
         DataConfig(normalize="pixel")
+
+
+def test_a_preset_variant_is_one_more_run_per_cell_with_its_settings() -> None:
+    base = EXPERIMENTS.get("table7")
+    preset = Preset(("sao", "dense"), (2, 3), epochs=1, description="", seeds=(0, 1),
+                    variants=({}, {"model.gain": 1.05, "train.lr": 0.5}, {"data.normalize": "feature"}))
+    spec = dataclasses.replace(base, presets={"v": preset})
+    runs, labels = spec.runs("v"), spec.run_labels("v")
+    assert len(runs) == 2 * 3 * 2 * 2 and len(set(labels)) == len(runs)
+    assert labels[:5] == ["sao-N2-s0", "sao-N2-s1", "sao-N3-s0", "sao-N3-s1", "sao-N2-s0-gain1.05-lr0.5"]
+    varied = runs[4]
+    assert (varied.model.gain, varied.train.lr, varied.data.normalize) == (1.05, 0.5, "dataset")  # over the lr rule
+    assert runs[0].model.gain == base.base.model.gain and runs[0].train.lr == base.lr_by_depth(2)
+    assert {r.data.normalize for r in runs[8:12]} == {"feature"}
+
+
+@pytest.mark.parametrize(("variant", "message"), [
+    ({"model.gian": 1.0}, "variant setting 'model.gian' is not known; model settings: name, depth, width"),
+    ({"method.degree": 2}, "a variant changes model, data, train settings"),
+    ({"gain": 1.0}, "a variant changes model, data, train settings"),
+    ({"data.normalize": "pixel"}, "normalize='pixel' is not known"),
+])
+def test_a_bad_variant_is_a_clear_error(variant: dict[str, Any], message: str) -> None:
+    spec = dataclasses.replace(EXPERIMENTS.get("table7"),
+                               presets={"v": Preset(("sao",), (2,), epochs=1, description="", variants=(variant,))})
+    with pytest.raises(ValueError, match=message):
+        spec.runs("v")
+    with pytest.raises(TypeError, match="variants must be a tuple of mappings"):
+        Preset(("sao",), (2,), epochs=1, description="", variants={"model.gain": 1.0})  # type: ignore[arg-type]

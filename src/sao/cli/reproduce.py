@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     configs = spec.runs(args.preset, data_root=getattr(args, "data.root"), train=train)
     out = args.out or Path("runs") / f"{args.experiment}-{args.preset}"
     store = RunStore(out, identity=identity)
-    runs = [Run(c.label, c.to_dict()) for c in configs]
+    runs = [Run(label, c.to_dict()) for label, c in zip(spec.run_labels(args.preset), configs, strict=True)]
     todo = [c for c, run in zip(configs, runs, strict=True) if store.result(run) is None]
     for device in sorted({c.train.device for c in todo}):
         check_device(device)

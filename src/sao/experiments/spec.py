@@ -1,8 +1,8 @@
 """One schema for every table of the paper: :class:`ExperimentSpec` (settings, presets, known numbers).
 
 An experiment is a title, the settings every run shares (a :class:`~sao.experiments.RunConfig`,
-``base``), a grid per preset (:class:`Preset`: methods × sparsities × depths × seeds, plus the
-settings the preset changes), and the paper's surviving numbers. :meth:`ExperimentSpec.runs`
+``base``), a grid per preset (:class:`Preset`: methods × sparsities × variants × depths × seeds,
+plus the settings the preset changes), and the paper's surviving numbers. :meth:`ExperimentSpec.runs`
 expands a preset into typed run configs; every run goes through the one run function
 :func:`sao.experiments.protocol.run_experiment`. Table 7 (:mod:`sao.experiments.table7`) and
 Tables 8–12 (:mod:`sao.experiments.cnn`) are instances registered in :data:`EXPERIMENTS`; adding a
@@ -36,6 +36,10 @@ class Preset:
         description: one line for ``--help`` and listings.
         epochs, dataset, batch_size, width, augment, schedule, warmup_epochs, gain, lr: settings
             that differ from the experiment's ``base``; ``lr`` replaces the experiment's rule.
+        variants: a study's axis: settings ``"part.field" → value`` (``{"model.gain": 1.05}``,
+            ``{"data.normalize": "feature"}``; parts ``model``, ``data``, ``train``) applied on top of
+            the preset's, one run per variant for every method, target, depth and seed (``{}``: the
+            preset as it is). ``()`` runs the preset once. Reports give each variant its own row.
     """
 
     methods: tuple[str, ...]
@@ -52,6 +56,15 @@ class Preset:
     warmup_epochs: int | None = None
     gain: float | None = None
     lr: float | None = None
+    variants: tuple[Mapping[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.variants, tuple) or not all(isinstance(v, Mapping) for v in self.variants):
+            raise TypeError(f"variants must be a tuple of mappings 'part.field' -> value, got {self.variants!r}")
+
+
+#: The parts of a run config a variant may change (the method, depth and seed are the grid's own axes).
+_VARIED_PARTS = ("model", "data", "train")
 
 
 def _given(**values: Any) -> dict[str, Any]:
@@ -104,22 +117,33 @@ class ExperimentSpec:
 
     def runs(self, preset: str, *, data_root: str | None = None,
              train: Mapping[str, Any] | None = None) -> list[RunConfig]:
-        """The resolved run configs of ``preset``: method × sparsity × depth × seed, in that order.
+        """The resolved run configs of ``preset``: method × sparsity × variant × depth × seed, in that order.
 
         ``data_root`` and ``train`` (``TrainConfig`` fields such as ``device``, ``amp``) apply to
         every run. Raises ``ValueError`` for an unknown preset, method or setting.
         """
-        p = self.preset(preset)
         shared = self.settings(preset)
         shared = dataclasses.replace(shared, data=dataclasses.replace(shared.data, root=data_root),
                                      train=dataclasses.replace(shared.train, **(train or {})))
-        runs = []
-        for method in p.methods:
-            for target in self._targets(method, p):
-                for depth in p.depths:
-                    for seed in p.seeds:
-                        runs.append(self._cell(shared, p, target, depth, seed))
-        return runs
+        return [_vary(self._cell(shared, self.preset(preset), *cell), variant) for cell, variant in self._grid(preset)]
+
+    def run_labels(self, preset: str) -> list[str]:
+        """The names of :meth:`runs`'s runs, in order: :attr:`RunConfig.label`, then the variant's settings.
+
+        >>> from sao.experiments import EXPERIMENTS
+        >>> EXPERIMENTS.get("table7").run_labels("study")[2:4]  # a variant, then the preset itself
+        ['dense-N1000-s2-gain1.0', 'dense-N1000-s0']
+        """
+        settings = self.settings(preset)
+        return [self._cell(settings, self.preset(preset), *cell).label + _tag(variant)
+                for cell, variant in self._grid(preset)]
+
+    def _grid(self, preset: str) -> list[tuple[tuple[MethodConfig, int, int], Mapping[str, Any]]]:
+        """``((target, depth, seed), variant)`` of every run, in the order of :meth:`runs`."""
+        p = self.preset(preset)
+        variants = p.variants or ({},)
+        return [((target, depth, seed), variant) for method in p.methods for target in self._targets(method, p)
+                for variant in variants for depth in p.depths for seed in p.seeds]
 
     def rules(self, depth: int, epochs: int) -> dict[str, Any]:
         """The training settings the table derives from a run's depth and epochs (``lr``, ``milestones``).
@@ -154,6 +178,27 @@ class ExperimentSpec:
         rule = {k: v for k, v in self.rules(depth, preset.epochs).items() if k == "lr" and preset.lr is None}
         return dataclasses.replace(shared, model=dataclasses.replace(shared.model, depth=depth), method=method,
                                    train=dataclasses.replace(shared.train, seed=seed, **rule)).resolved()
+
+
+def _tag(variant: Mapping[str, Any]) -> str:
+    """A variant in a run's name: ``{"model.gain": 1.05}`` → ``-gain1.05`` (``""`` for the preset itself)."""
+    return "".join(f"-{str(key).partition('.')[2]}{value}" for key, value in variant.items())
+
+
+def _vary(config: RunConfig, variant: Mapping[str, Any]) -> RunConfig:
+    """``config`` with a preset variant's settings (``"part.field" → value``); ``ValueError`` naming the choices."""
+    changes: dict[str, dict[str, Any]] = {}
+    for key, value in variant.items():
+        part, _, name = str(key).partition(".")
+        if part not in _VARIED_PARTS:
+            raise ValueError(f"variant setting {key!r}: a variant changes {', '.join(_VARIED_PARTS)} settings "
+                             "('part.field', e.g. 'model.gain'); method, depth and seed are the grid's axes")
+        names = [f.name for f in dataclasses.fields(getattr(config, part)) if f.init]
+        if name not in names:
+            raise ValueError(f"variant setting {key!r} is not known; {part} settings: {', '.join(names)}")
+        changes.setdefault(part, {})[name] = value
+    return dataclasses.replace(config, **{part: dataclasses.replace(getattr(config, part), **fields)
+                                          for part, fields in changes.items()}).resolved()
 
 
 EXPERIMENTS: Registry[ExperimentSpec] = Registry("experiment", "sao.experiments.EXPERIMENTS")
