@@ -29,7 +29,7 @@ TABLE7 = ExperimentSpec(
     lr_by_depth=lr_for_depth,
     presets={
         "quick": Preset(("dense", "gmp-s", "rg-n", "sao"), (50, 1000), epochs=2, batch_size=32, gain=1.02, lr=1e-3,
-                        description="the headline in under 4 minutes on 2 CPU cores (--workers 2): N = 50 and "
+                        description="the headline in about 4 minutes on 2 CPU cores (--workers 2): N = 50 and "
                                     "1000 on MNIST-5k, gain 1.02, lr 1e-3, batch 32, 2 epochs"),
         "cpu": Preset(PAPER_METHODS, PAPER_DEPTHS, epochs=3, batch_size=32, gain=1.02, lr=1e-3, seeds=(0, 1, 2),
                       description="every depth 50-1000 on MNIST-5k, the paper's six methods, 3 seeds, "
