@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from sao.experiments import MethodConfig, ModelConfig, Run, RunConfig, run_one
+from sao.experiments import EXPERIMENTS, DataConfig, MethodConfig, ModelConfig, Run, RunConfig, run_one
 from sao.reports import aggregate, table_rows, write_report
-from sao.reports.sweep import load_results, training_curves
+from sao.reports.sweep import deviations_note, load_results, training_curves
 from sao.training import TrainConfig
 
 
@@ -133,3 +133,12 @@ def test_training_curves_follow_every_phase_and_a_moved_sweep(tmp_path: Path) ->
     sao = [(r["step"], r["jacobian_mean"]) for r in rows if r["method"] == "sao" and r["seed"] == 0]
     assert sao == [(0, 1.0), (1, 0.1), (2, 0.01)] and len(rows) == 2 * (3 + 6)
     assert "every epoch at N=100" in (moved / "training_curves.md").read_text()
+
+
+def test_a_setting_identity_leaves_out_at_its_old_value_is_still_a_deviation() -> None:
+    t7 = EXPERIMENTS.get("table7")
+    paper = t7.runs("paper")[0]
+    feature = RunConfig(paper.model, paper.method, DataConfig("mnist", batch_size=paper.data.batch_size,
+                                                              normalize="feature"), paper.train, "table7")
+    assert deviations_note([(c, {}) for c in t7.runs("paper") if c != paper] + [(feature, {})], t7) == (
+        "Deviations from the paper's settings: normalize feature (paper dataset).")

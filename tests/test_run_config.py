@@ -229,15 +229,38 @@ def test_a_preset_variant_is_one_more_run_per_cell_with_its_settings() -> None:
 
 
 @pytest.mark.parametrize(("variant", "message"), [
-    ({"model.gian": 1.0}, "variant setting 'model.gian' is not known; model settings: name, depth, width"),
+    ({"model.gian": 1.0}, "variant setting 'model.gian' cannot be varied; model settings a variant may change: "
+                          "width, activation, head, gain"),
+    ({"model.depth": 5}, "'model.depth' cannot be varied"),
+    ({"train.seed": 7}, "'train.seed' cannot be varied"),
+    ({"data.root": "elsewhere"}, "'data.root' cannot be varied"),
     ({"method.degree": 2}, "a variant changes model, data, train settings"),
     ({"gain": 1.0}, "a variant changes model, data, train settings"),
-    ({"data.normalize": "pixel"}, "normalize='pixel' is not known"),
 ])
-def test_a_bad_variant_is_a_clear_error(variant: dict[str, Any], message: str) -> None:
-    spec = dataclasses.replace(EXPERIMENTS.get("table7"),
-                               presets={"v": Preset(("sao",), (2,), epochs=1, description="", variants=(variant,))})
+def test_a_variant_of_a_setting_it_may_not_change_is_refused_at_once(variant: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        spec.runs("v")
+        Preset(("sao",), (2,), epochs=1, description="", variants=(variant,))
     with pytest.raises(TypeError, match="variants must be a tuple of mappings"):
         Preset(("sao",), (2,), epochs=1, description="", variants={"model.gain": 1.0})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("variants", "message"), [
+    (({"data.normalize": "pixel"},), "normalize='pixel' is not known"),
+    (({"model.gain": "big"},), "variant {'model.gain': 'big'}"),
+    (({"data.batch_size": 0},), "batch_size"),
+    (({}, {"model.gain": 1.1}), r"makes the same run twice \(sao-N2-s0 and sao-N2-s0-gain1.1\)"),
+    (({"model.gain": 1}, {"model.gain": 1.0}), "makes the same run twice"),
+])
+def test_a_bad_variant_value_or_a_repeated_run_is_a_clear_error(variants: tuple, message: str) -> None:
+    spec = dataclasses.replace(EXPERIMENTS.get("table7"),  # its base gain is 1.1
+                               presets={"v": Preset(("sao",), (2,), epochs=1, description="", variants=variants)})
+    with pytest.raises(ValueError, match=message):
+        spec.runs("v")
+
+
+def test_variant_names_are_safe_folder_names() -> None:
+    variants = ({"model.gain": 1.0}, {"train.lr": 1e-5}, {"train.milestones": (1, 2), "train.schedule": "multistep"})
+    spec = dataclasses.replace(EXPERIMENTS.get("table7"), presets={"v": Preset(("sao",), (2,), epochs=1, description="",
+                                                                               variants=variants)})
+    assert spec.run_labels("v") == ["sao-N2-s0-gain1", "sao-N2-s0-lr1e-05",
+                                    "sao-N2-s0-milestones1_2-schedulemultistep"]

@@ -40,6 +40,7 @@ from sao.data._mnist import (  # registers "mnist5k" and "mnist"
 from sao.data._registry import (
     DATASETS,
     NORMALIZATIONS,
+    STD_FLOOR,
     DataOptions,
     DatasetBuilder,
     create_splits,
@@ -61,6 +62,7 @@ __all__ = [
     "MNIST_STD",
     "NORMALIZATIONS",
     "SPLIT_SEED",
+    "STD_FLOOR",
     "DataOptions",
     "DatasetBuilder",
     "ImageArrayDataset",

@@ -61,10 +61,28 @@ class Preset:
     def __post_init__(self) -> None:
         if not isinstance(self.variants, tuple) or not all(isinstance(v, Mapping) for v in self.variants):
             raise TypeError(f"variants must be a tuple of mappings 'part.field' -> value, got {self.variants!r}")
+        for variant in self.variants:
+            for key in variant:
+                _check_variant_key(key)
 
 
 #: The parts of a run config a variant may change (the method, depth and seed are the grid's own axes).
 _VARIED_PARTS = ("model", "data", "train")
+#: Settings a variant may not change: the grid's axes, the model, and where or how a run executes.
+_FIXED = ("model.name", "model.depth", "train.seed", "data.root", "train.fused", "train.device")
+
+
+def _check_variant_key(key: Any) -> None:
+    """``ValueError`` unless ``key`` names a setting a variant may change (``"part.field"``), naming the choices."""
+    part, _, name = str(key).partition(".")
+    if part not in _VARIED_PARTS:
+        raise ValueError(f"variant setting {key!r}: a variant changes {', '.join(_VARIED_PARTS)} settings "
+                         "('part.field', e.g. 'model.gain'); method, depth and seed are the grid's axes")
+    names = [f.name for f in dataclasses.fields(getattr(RunConfig(), part))
+             if f.init and f"{part}.{f.name}" not in _FIXED]
+    if name not in names:
+        raise ValueError(f"variant setting {key!r} cannot be varied; {part} settings a variant may change: "
+                         f"{', '.join(names)} (not {', '.join(k for k in _FIXED if k.startswith(part + '.'))})")
 
 
 def _given(**values: Any) -> dict[str, Any]:
@@ -125,7 +143,15 @@ class ExperimentSpec:
         shared = self.settings(preset)
         shared = dataclasses.replace(shared, data=dataclasses.replace(shared.data, root=data_root),
                                      train=dataclasses.replace(shared.train, **(train or {})))
-        return [_vary(self._cell(shared, self.preset(preset), *cell), variant) for cell, variant in self._grid(preset)]
+        runs = [_vary(self._cell(shared, self.preset(preset), *cell), variant) for cell, variant in self._grid(preset)]
+        seen: dict[str, str] = {}
+        for config, label in zip(runs, self.run_labels(preset), strict=True):
+            key = repr(config)
+            if key in seen:
+                raise ValueError(f"preset {preset!r} makes the same run twice ({seen[key]} and {label}): "
+                                 "a variant repeats the preset's settings or another variant")
+            seen[key] = label
+        return runs
 
     def run_labels(self, preset: str) -> list[str]:
         """The names of :meth:`runs`'s runs, in order: :attr:`RunConfig.label`, then the variant's settings.
@@ -181,24 +207,36 @@ class ExperimentSpec:
 
 
 def _tag(variant: Mapping[str, Any]) -> str:
-    """A variant in a run's name: ``{"model.gain": 1.05}`` → ``-gain1.05`` (``""`` for the preset itself)."""
-    return "".join(f"-{str(key).partition('.')[2]}{value}" for key, value in variant.items())
+    """A variant in a run's name: ``{"model.gain": 1.05}`` → ``-gain1.05`` (``""`` for the preset itself).
+
+    Floats as ``:g`` (``1.0`` → ``1``), sequences joined by ``_``, anything but letters, digits,
+    ``.``, ``+`` and ``-`` replaced by ``_`` (the name starts a folder name).
+    """
+    def text(value: Any) -> str:
+        if isinstance(value, list | tuple):
+            return "_".join(map(text, value))
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    return "".join(re.sub(r"[^A-Za-z0-9.+-]", "_", f"-{str(key).partition('.')[2]}{text(value)}")
+                   for key, value in variant.items())
 
 
 def _vary(config: RunConfig, variant: Mapping[str, Any]) -> RunConfig:
-    """``config`` with a preset variant's settings (``"part.field" → value``); ``ValueError`` naming the choices."""
+    """``config`` with a preset variant's settings (``"part.field" → value``).
+
+    Raises:
+        ValueError: a setting a variant may not change, or a value its config refuses (naming it).
+    """
     changes: dict[str, dict[str, Any]] = {}
     for key, value in variant.items():
+        _check_variant_key(key)
         part, _, name = str(key).partition(".")
-        if part not in _VARIED_PARTS:
-            raise ValueError(f"variant setting {key!r}: a variant changes {', '.join(_VARIED_PARTS)} settings "
-                             "('part.field', e.g. 'model.gain'); method, depth and seed are the grid's axes")
-        names = [f.name for f in dataclasses.fields(getattr(config, part)) if f.init]
-        if name not in names:
-            raise ValueError(f"variant setting {key!r} is not known; {part} settings: {', '.join(names)}")
         changes.setdefault(part, {})[name] = value
-    return dataclasses.replace(config, **{part: dataclasses.replace(getattr(config, part), **fields)
-                                          for part, fields in changes.items()}).resolved()
+    try:
+        return dataclasses.replace(config, **{part: dataclasses.replace(getattr(config, part), **fields)
+                                              for part, fields in changes.items()}).resolved()
+    except TypeError as err:
+        raise ValueError(f"variant {dict(variant)!r}: {err}") from None
 
 
 EXPERIMENTS: Registry[ExperimentSpec] = Registry("experiment", "sao.experiments.EXPERIMENTS")

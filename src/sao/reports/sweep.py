@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator
 
 from sao._files import plt, save_figure, write_table
 from sao.experiments import EXPERIMENTS, ExperimentSpec, ModelConfig, RunConfig, RunStore, identity
+from sao.experiments.config import ADDED_LATER
 from sao.experiments.protocol import training_history
 
 __all__ = ["METRICS", "Result", "aggregate", "deviations_note", "load_results", "row_label", "row_labels",
@@ -188,6 +189,9 @@ def write_report(sweep_dir: Path, out: Path | None = None, experiment: Experimen
     if curves:
         files += write_table(curves, out, "training_curves", f"{title}: every epoch at N={deepest}", notes)
         files.append(_plot_curves(curves, deepest, out))
+    else:  # no epoch lines (runs of another tool): no stale curves of an earlier report either
+        for suffix in (".md", ".csv", ".png"):
+            (out / f"training_curves{suffix}").unlink(missing_ok=True)
     return files
 
 
@@ -209,7 +213,7 @@ def training_curves(sweep_dir: Path, results: Sequence[Result], depth: int) -> l
             rows.append({"method": label, "seed": config.train.seed, "step": line["step"], "phase": line["phase"],
                          "test_acc": None if acc is None else round(100.0 * acc, 2),
                          "jacobian_mean": line.get("jacobian_mean")})
-    return rows
+    return sorted(rows, key=lambda row: (row["method"], row["seed"]))  # stable: each run's lines stay in order
 
 
 def _named_experiment(results: Sequence[Result]) -> ExperimentSpec | None:
@@ -283,8 +287,13 @@ def deviations_note(results: Sequence[Result], experiment: ExperimentSpec | None
 
     >>> from sao.experiments import EXPERIMENTS
     >>> t7 = EXPERIMENTS.get("table7")
-    >>> deviations_note([(c, {}) for c in t7.runs("quick")], t7)
-    "Deviations from the paper's settings: dataset mnist5k (paper mnist), epochs 3 (paper 100), 1 seed (paper 3)."
+    >>> print(*deviations_note([(c, {}) for c in t7.runs("quick")], t7).split("), "), sep="),\\n")
+    Deviations from the paper's settings: dataset mnist5k (paper mnist),
+    batch 32 (paper 128),
+    epochs 2 (paper 100),
+    lr 0.001 (paper 0.0001, 0.01),
+    gain 1.02 (paper 1.1),
+    1 seed (paper 3).
     """
     if experiment is None or "paper" not in experiment.presets:
         return ""
@@ -305,8 +314,10 @@ def deviations_note(results: Sequence[Result], experiment: ExperimentSpec | None
 
 
 def _flat_canonical(config: RunConfig) -> dict[str, Any]:
-    return {f"{part}.{k}": v for part, values in identity(config.to_dict()).items() if isinstance(values, dict)
+    """What decides a run, flat; the settings :func:`identity` leaves out at their old value are put back."""
+    flat = {f"{part}.{k}": v for part, values in identity(config.to_dict()).items() if isinstance(values, dict)
             for k, v in values.items()}
+    return {**{f"{part}.{key}": before for (part, key), before in ADDED_LATER.items()}, **flat}
 
 
 def _order(key: str) -> int:
@@ -325,32 +336,42 @@ def _varying(key: str, configs: Sequence[tuple[RunConfig, dict[str, Any]]]) -> s
 def _plot(results: Sequence[Result], metric: str, scale: float, label: str, out: Path, name: str,
           log: bool) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    _lines(ax, aggregate(results, metric), scale)
+    _lines(ax, aggregate(results, metric), scale, log=log)
     ax.set_xlabel("depth N")
     ax.set_ylabel(label)
     ax.set_xscale("log")
     if log:
         ax.set_yscale("log")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+    _legend(ax)
     return save_figure(fig, out, name)
 
 
 def _plot_jacobian(results: Sequence[Result], out: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    colors = _colors(sorted(set(row_labels(results))))
     for ax, metric in zip(axes, ("jacobian_mean", "jacobian_var"), strict=True):
-        _lines(ax, aggregate(results, metric), 1.0)
+        _lines(ax, aggregate(results, metric), 1.0, colors, log=True)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("depth N")
         ax.set_title(metric.replace("_", " ") + " of the Jacobian's singular values (end of training)", fontsize=9)
-    if axes[0].get_legend_handles_labels()[0]:
-        axes[0].legend(fontsize=8)
+    _legend(axes[-1])
     return save_figure(fig, out, "jacobian_vs_depth")
 
 
+#: The series of an after-training method's fine-tuning, beside its dense phase (same colour, dashed).
+_PRUNED = " after pruning"
+
+
 def _plot_curves(curves: Sequence[Mapping[str, Any]], depth: int, out: Path) -> Path:
-    """Test accuracy and the Jacobian's mean singular value after every epoch, per method (± std over seeds)."""
+    """Test accuracy and the Jacobian's mean singular value after every epoch, per method (± std over seeds).
+
+    An after-training method's fine-tuning is its own dashed series (its first point: just pruned),
+    so the pruned network is never averaged with the dense one it came from.
+    """
+    methods = sorted({row["method"] for row in curves})
+    colors = _colors(methods)
+    colors.update({m + _PRUNED: c for m, c in colors.items()})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     for ax, metric, label in zip(axes, ("test_acc", "jacobian_mean"),
                                  ("test accuracy (%)", "Jacobian mean singular value (0: not drawn)"), strict=True):
@@ -358,35 +379,65 @@ def _plot_curves(curves: Sequence[Mapping[str, Any]], depth: int, out: Path) -> 
         for row in curves:
             value = row[metric]
             if value is not None and (metric == "test_acc" or value > 0):
-                cells[row["method"], row["step"]].append(value)
-        _lines(ax, cells, 1.0, sorted({row["method"] for row in curves}))
+                cells[row["method"] + (_PRUNED if row["phase"] == "finetune" else ""), row["step"]].append(value)
+        _lines(ax, cells, 1.0, colors, log=metric == "jacobian_mean")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epochs trained (after-training methods: dense, then pruned and fine-tuned)")
         ax.set_ylabel(label)
         if metric == "jacobian_mean":
             ax.set_yscale("log")
         ax.set_title(f"N = {depth}: {label.split(' (')[0]} after every epoch", fontsize=9)
-    if axes[0].get_legend_handles_labels()[0]:
-        axes[0].legend(fontsize=8)
+    _legend(axes[-1])
     return save_figure(fig, out, "training_curves")
 
 
-def _lines(ax: Any, cells: Mapping[tuple[str, int], list[float]], scale: float,
-           methods: Sequence[str] | None = None) -> None:
-    """Per method: the mean over seeds, a band of ± one std, and every seed's value as a dot.
+def _colors(names: Sequence[str]) -> dict[str, Any]:
+    """A distinct colour per row: the default cycle up to 10 rows, ``tab20`` up to 20, then a spread of ``turbo``."""
+    if len(names) <= 10:
+        return {n: f"C{i}" for i, n in enumerate(names)}
+    cmap = plt.get_cmap("tab20" if len(names) <= 20 else "turbo")
+    return {n: cmap(i if len(names) <= 20 else i / (len(names) - 1)) for i, n in enumerate(names)}
 
-    ``methods`` fixes each method's colour (its position), so panels missing a method still agree.
+
+def _legend(ax: Any) -> None:
+    """The legend inside the axes for a few rows, to their right for many (so it never hides the data)."""
+    handles = ax.get_legend_handles_labels()[0]
+    if len(handles) > 6:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    elif handles:
+        ax.legend(fontsize=8)
+
+
+def _lines(ax: Any, cells: Mapping[tuple[str, int], list[float]], scale: float,
+           colors: Mapping[str, Any] | None = None, *, log: bool = False) -> None:
+    """Per row: the mean over seeds, a band of ± one std, and every seed's value as a dot.
+
+    ``colors`` fixes each row's colour (default :func:`_colors`), so panels missing a row still agree;
+    SAO's rows are drawn thicker, fine-tuning after pruning dashed. With ``log`` (a log axis) the
+    mean and band are geometric (taken over log10 of the positive values), as the axis shows them.
     """
-    for i, method in enumerate(methods or sorted({m for m, _ in cells})):
+    names = sorted({m for m, _ in cells})
+    colors = colors or _colors(names)
+    for method in names:
         depths = sorted(d for m, d in cells if m == method)
-        if not depths:
-            continue
-        stats = [_mean_std([scale * v for v in cells[method, d]]) for d in depths]
-        means, stds = [m for m, _ in stats], [s for _, s in stats]
-        color = f"C{i % 10}"
-        ax.plot(depths, means, marker="o", color=color, label=method, linewidth=2.5 if method == "sao" else 1.2)
-        ax.fill_between(depths, [m - s for m, s in stats], [m + s for m, s in stats], color=color, alpha=0.15,
-                        linewidth=0)
-        seeds = [(d, scale * v) for d in depths for v in cells[method, d]]
-        if any(s > 0 for s in stds):
-            ax.scatter(*zip(*seeds, strict=True), color=color, s=6, alpha=0.5)
+        bands = [_band([scale * v for v in cells[method, d]], log) for d in depths]
+        color = colors[method]
+        ax.plot(depths, [b[0] for b in bands], marker="o", color=color, label=method,
+                linewidth=2.5 if method.split()[0] == "sao" else 1.2,
+                linestyle="--" if method.endswith(_PRUNED) else "-")
+        ax.fill_between(depths, [b[1] for b in bands], [b[2] for b in bands], color=color, alpha=0.15, linewidth=0)
+        if any(len(cells[method, d]) > 1 for d in depths):
+            ax.scatter(*zip(*[(d, scale * v) for d in depths for v in cells[method, d]], strict=True), color=color,
+                       s=6, alpha=0.5)
+
+
+def _band(values: Sequence[float], log: bool) -> tuple[float, float, float]:
+    """``(centre, low, high)``: mean ± std, or for a log axis the same over log10 of the positive values."""
+    if not log:
+        mean, std = _mean_std(values)
+        return mean, mean - std, mean + std
+    logs = [math.log10(v) for v in values if v > 0]
+    if not logs:
+        return math.nan, math.nan, math.nan
+    mean, std = _mean_std(logs)
+    return 10 ** mean, 10 ** (mean - std), 10 ** (mean + std)
