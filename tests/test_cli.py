@@ -127,3 +127,14 @@ def test_a_run_that_fails_at_start_leaves_no_folder(tmp_path: Path, capsys: pyte
                  "--out", str(tmp_path)]) == 2
     assert "degree=3 is not valid" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_reproduce_help_lists_every_preset_with_its_description(capsys: pytest.CaptureFixture[str]) -> None:
+    from sao.experiments import EXPERIMENTS
+
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # descriptions wrap
+    for name in EXPERIMENTS:
+        for preset, p in EXPERIMENTS.get(name).presets.items():
+            assert f"{name} {preset} {' '.join(p.description.split())}" in text

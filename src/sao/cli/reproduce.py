@@ -8,6 +8,7 @@ for; then writes the report (:func:`sao.reports.write_report`).
 from __future__ import annotations
 
 import argparse
+import textwrap
 import time
 from pathlib import Path
 
@@ -35,12 +36,21 @@ SWEEP_FLAGS = ("data.root", "train.device", "train.amp", "train.cudnn_benchmark"
 
 
 def _presets() -> str:
-    return "; ".join(f"{name}: {', '.join(EXPERIMENTS.get(name).presets)}" for name in EXPERIMENTS)
+    """Every experiment's presets with their descriptions, for the end of ``--help``."""
+    lines = ["presets:"]
+    for name in sorted(EXPERIMENTS, key=lambda n: (len(n), n)):  # table7 before table10
+        for preset, p in EXPERIMENTS.get(name).presets.items():
+            lines += textwrap.wrap(p.description, 100, initial_indent=f"  {name:<8}{preset:<7}",
+                                   subsequent_indent=" " * 17)
+    return "\n".join(lines)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = _presets()
     p.add_argument("experiment", choices=EXPERIMENTS.names(), help="which table of the paper")
-    p.add_argument("--preset", default="quick", help=f"the grid to run (default quick). Presets: {_presets()}")
+    p.add_argument("--preset", default="quick", help="the grid to run (default quick; each table's presets are "
+                                                     "listed below)")
     p.add_argument("--out", type=Path, default=None, help="sweep folder (default runs/EXPERIMENT-PRESET)")
     p.add_argument("--workers", type=int, default=1, help="local: runs in parallel (processes; default 1)")
     p.add_argument("--no-wait", dest="wait", action="store_false",

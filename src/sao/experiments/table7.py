@@ -35,7 +35,8 @@ TABLE7 = ExperimentSpec(
                       description="every depth 50-1000 on MNIST-5k, the paper's six methods, 3 seeds, "
                                   "gain 1.02, lr 1e-3, batch 32, 3 epochs (about 75 min with --workers 2)"),
         "paper": Preset(PAPER_METHODS, PAPER_DEPTHS, epochs=100, seeds=(0, 1, 2), dataset="mnist",
-                        description="the paper's grid: full MNIST (--data-root), 100 epochs, 3 seeds (a GPU job)"),
+                        description="the paper's grid and settings: full MNIST (--data-root), gain 1.1, the paper's lr "
+                                    "by depth, batch 128, 100 epochs, 3 seeds (a GPU job)"),
         "study": Preset(("dense", "rg-n", "sao"), (1000,), epochs=3, batch_size=32, gain=1.02, lr=1e-3,
                         seeds=(0, 1, 2),
                         variants=({"model.gain": 1.0}, {}, {"model.gain": 1.05}, {"model.gain": 1.1},
