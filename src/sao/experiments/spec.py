@@ -158,7 +158,7 @@ class ExperimentSpec:
 
         >>> from sao.experiments import EXPERIMENTS
         >>> EXPERIMENTS.get("table7").run_labels("study")[2:4]  # a variant, then the preset itself
-        ['dense-N1000-s2-gain1.0', 'dense-N1000-s0']
+        ['sao-N1000-s2-gain1', 'sao-N1000-s0']
         """
         settings = self.settings(preset)
         return [self._cell(settings, self.preset(preset), *cell).label + _tag(variant)
