@@ -387,7 +387,7 @@ def _plot_curves(curves: Sequence[Mapping[str, Any]], depth: int, out: Path) -> 
         if metric == "jacobian_mean":
             ax.set_yscale("log")
         ax.set_title(f"N = {depth}: {label.split(' (')[0]} after every epoch", fontsize=9)
-    _legend(axes[-1])
+    _legend(axes[0])  # every row has an accuracy; a Jacobian of 0 (a disconnected network) is not drawn
     return save_figure(fig, out, "training_curves")
 
 
