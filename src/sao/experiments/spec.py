@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sao._registry import Registry
-from sao.experiments.config import MethodConfig, RunConfig
+from sao.experiments.config import EXECUTION_ONLY, MethodConfig, RunConfig
 from sao.methods import METHODS
 
 __all__ = ["EXPERIMENTS", "ExperimentSpec", "Preset", "experiment_for_model"]
@@ -69,7 +69,7 @@ class Preset:
 #: The parts of a run config a variant may change (the method, depth and seed are the grid's own axes).
 _VARIED_PARTS = ("model", "data", "train")
 #: Settings a variant may not change: the grid's axes, the model, and where or how a run executes.
-_FIXED = ("model.name", "model.depth", "train.seed", "data.root", "train.fused", "train.device")
+_FIXED = ("model.name", "model.depth", "train.seed", "train.device", *(f"{p}.{k}" for p, k in EXECUTION_ONLY))
 
 
 def _check_variant_key(key: Any) -> None:
@@ -143,9 +143,11 @@ class ExperimentSpec:
         shared = self.settings(preset)
         shared = dataclasses.replace(shared, data=dataclasses.replace(shared.data, root=data_root),
                                      train=dataclasses.replace(shared.train, **(train or {})))
-        runs = [_vary(self._cell(shared, self.preset(preset), *cell), variant) for cell, variant in self._grid(preset)]
+        grid = self._grid(preset)
+        runs = [_vary(self._cell(shared, self.preset(preset), *cell), variant) for cell, variant in grid]
         seen: dict[str, str] = {}
-        for config, label in zip(runs, self.run_labels(preset), strict=True):
+        for config, (_, variant) in zip(runs, grid, strict=True):
+            label = config.label + _tag(variant)  # a variant never changes method, depth or seed
             key = repr(config)
             if key in seen:
                 raise ValueError(f"preset {preset!r} makes the same run twice ({seen[key]} and {label}): "
@@ -225,11 +227,10 @@ def _vary(config: RunConfig, variant: Mapping[str, Any]) -> RunConfig:
     """``config`` with a preset variant's settings (``"part.field" → value``).
 
     Raises:
-        ValueError: a setting a variant may not change, or a value its config refuses (naming it).
+        ValueError: a value its config refuses (naming it).
     """
     changes: dict[str, dict[str, Any]] = {}
-    for key, value in variant.items():
-        _check_variant_key(key)
+    for key, value in variant.items():  # keys were checked when the Preset was made
         part, _, name = str(key).partition(".")
         changes.setdefault(part, {})[name] = value
     try:
