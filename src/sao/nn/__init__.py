@@ -5,8 +5,16 @@ from sao.nn._reparam import reparametrization
 from sao.nn._shape import InputShapeError
 from sao.nn._sparse import BACKENDS
 from sao.nn.activations import MaxMin
-from sao.nn.chain import ELEMENTWISE, FusedSequential, FusedSparseChain, fuse_sparse_chains
+from sao.nn.chain import (
+    ELEMENTWISE,
+    ExecutionPlan,
+    FusedSequential,
+    FusedSparseChain,
+    fusable_container,
+    fuse_sparse_chains,
+)
 from sao.nn.conv import SparseConv2d
+from sao.nn.dispatch import FUSION_MODES, fusion
 from sao.nn.eco import ECOConv2d
 from sao.nn.linear import SparseLinear, blocked_linear
 from sao.nn.masked import MaskedConv2d, MaskedLinear
@@ -15,7 +23,9 @@ from sao.nn.soc import SOCConv2d
 __all__ = [
     "BACKENDS",
     "ELEMENTWISE",
+    "FUSION_MODES",
     "ECOConv2d",
+    "ExecutionPlan",
     "FusedSequential",
     "FusedSparseChain",
     "InputShapeError",
@@ -26,6 +36,8 @@ __all__ = [
     "SparseConv2d",
     "SparseLinear",
     "blocked_linear",
+    "fusable_container",
     "fuse_sparse_chains",
+    "fusion",
     "reparametrization",
 ]

@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["ACTIVATION_CODES", "SparseChainFunction", "chain_indices", "load_chain_kernel", "release_chain_workspace",
-           "sparse_chain"]
+__all__ = ["ACTIVATION_CODES", "SparseChainFunction", "chain_backward_differentiable", "chain_indices", "chain_params",
+           "chain_reference", "load_chain_kernel", "release_chain_workspace", "sparse_chain"]
 
 #: Activations the kernel implements, by name (the codes are the C++ side's ``Act`` enum).
 ACTIVATION_CODES: dict[str, int] = {"identity": 0, "tanh": 1, "relu": 2}
@@ -155,8 +155,10 @@ class SparseChainFunction(torch.autograd.Function):
     - ``final_inverse``: ``row_inverse_{L-1}``;
     - ``blocks_l``: contiguous ``(g, bm, bn)``; ``bias_l``: ``(m_l,)`` in output order, or ``None``.
 
-    Returns ``(B, m_{L-1})``. Gradients: ``x``, every ``blocks_l`` and ``bias_l`` (output order). Not
-    twice differentiable.
+    Returns ``(B, m_{L-1})``. Gradients: ``x``, every ``blocks_l`` and ``bias_l`` (output order). Twice
+    differentiable: a backward that must itself be differentiated (``create_graph=True``: gradient penalties,
+    ``torch.autograd.functional.hessian``/``hvp``) is computed by :func:`chain_backward_differentiable`
+    instead of the kernel.
     """
 
     @staticmethod
@@ -171,12 +173,16 @@ class SparseChainFunction(torch.autograd.Function):
         return y
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
         x, saved, *tensors = ctx.saved_tensors
         depth = len(tensors) // 2
         blocks, biases = tensors[:depth], tensors[depth:]
         gathers, row_perms, final_inverse, codes, tile = ctx.indices
+        if torch.is_grad_enabled():  # create_graph=True: the backward itself must be differentiable
+            params = [p for b, bias in zip(blocks, biases, strict=True) for p in (b, bias if bias.numel() else None)]
+            grads = chain_backward_differentiable(grad_y, x, params, (gathers, row_perms, final_inverse),
+                                                  _names(codes), ctx.needs_input_grad)
+            return (grads[0], None, None, None, None, *grads[1:])
         out = _require_kernel().backward(grad_y.contiguous(), x, saved, tile, blocks, biases, gathers, row_perms,
                                          final_inverse, codes, ctx.needs_input_grad[0])
         grads: list[Tensor | None] = [out[0], None, None, None, None]
@@ -186,10 +192,84 @@ class SparseChainFunction(torch.autograd.Function):
         return tuple(grads)
 
 
+def _names(codes: Sequence[int]) -> tuple[str, ...]:
+    by_code = {code: name for name, code in ACTIVATION_CODES.items()}
+    return tuple(by_code[c] for c in codes)
+
+
+#: The PyTorch function of each kernel activation (for :func:`chain_reference`).
+_TORCH_ACTIVATIONS = {"identity": lambda z: z, "tanh": torch.tanh, "relu": torch.relu}
+
+
+ChainIndices = tuple[Sequence[Tensor], Sequence[Tensor], Tensor]
+
+
+def chain_reference(x: Tensor, params: Sequence[Tensor | None], indices: ChainIndices,
+                    activations: Sequence[Any]) -> Tensor:
+    """The chain in PyTorch ops, feature-major: what the kernels compute, differentiable to any order.
+
+    Args:
+        x: ``(B, n_0)``.
+        params: ``blocks_0, bias_0, blocks_1, bias_1, …`` as :class:`SparseChainFunction` takes them
+            (biases in output order, or ``None``).
+        indices: ``(gathers, row_perms, final_inverse)`` (:func:`chain_indices`).
+        activations: one per layer: a name of :data:`ACTIVATION_CODES` or a callable (a module).
+
+    Returns:
+        ``(B, m_{L-1})``.
+    """
+    gathers, row_perms, final_inverse = indices
+    h = x.t()  # (features, batch)
+    batch = h.shape[1]
+    for blocks, bias, gather, row_perm, act in zip(params[0::2], params[1::2], gathers, row_perms, activations,
+                                                   strict=True):
+        g, bm, bn = blocks.shape
+        xs = h.index_select(0, gather).view(g, bn, batch)
+        z = torch.bmm(blocks, xs) if bias is None else torch.baddbmm(bias.index_select(0, row_perm).view(g, bm, 1),
+                                                                      blocks, xs)
+        h = (_TORCH_ACTIVATIONS[act] if isinstance(act, str) else act)(z.view(g * bm, batch))
+    return h.index_select(0, final_inverse).t()
+
+
+def chain_backward_differentiable(grad_y: Tensor, x: Tensor, params: Sequence[Tensor | None],
+                                  indices: ChainIndices,
+                                  activations: Sequence[str], needs_input_grad: Sequence[bool]) -> list[Tensor | None]:
+    """The chain's backward as a differentiable graph (run under ``create_graph=True``).
+
+    Recomputes the forward with :func:`chain_reference` from the saved inputs (which keep their own
+    graph) and differentiates it with ``create_graph=True``, so second derivatives — double backward,
+    Hessian-vector products — are those of the plain layers. Costs one extra forward.
+
+    Returns:
+        ``[grad_x, grad_blocks_0, grad_bias_0, …]``; ``None`` where ``needs_input_grad`` (the autograd
+        Function's, whose inputs 1-4 are the index arguments) says no.
+    """
+    wanted = [needs_input_grad[0], *needs_input_grad[5:]]
+    inputs = [x, *params]
+    with torch.enable_grad():
+        y = chain_reference(x, params, indices, activations)
+        targets = [t for t, want in zip(inputs, wanted, strict=True) if want and t is not None]
+        found = iter(torch.autograd.grad(y, targets, grad_y, create_graph=True, allow_unused=True))
+    grads = [next(found) if want and t is not None else None for t, want in zip(inputs, wanted, strict=True)]
+    return [torch.zeros_like(t) if g is None and want and t is not None else g
+            for g, t, want in zip(grads, inputs, wanted, strict=True)]
+
+
 def chain_indices(layers: Sequence[Any]) -> tuple[list[Tensor], list[Tensor], Tensor]:
-    """``(gathers, row_perms, final_inverse)`` for blocked ``SparseLinear`` layers (cache it: L index ops)."""
-    gathers = [layers[0].col_perm] + [prev.row_inverse[layer.col_perm] for prev, layer in pairwise(layers)]
-    return gathers, [layer.row_perm for layer in layers], layers[-1].row_inverse
+    """``(gathers, row_perms, final_inverse)`` for blocked ``SparseLinear`` layers (cache it: L index ops).
+
+    Contiguous whatever the buffers' layout (a ``load_state_dict(..., assign=True)`` may leave them strided)."""
+    gathers = [layers[0].col_perm.contiguous()] + [prev.row_inverse[layer.col_perm] for prev, layer in pairwise(layers)]
+    return gathers, [layer.row_perm.contiguous() for layer in layers], layers[-1].row_inverse.contiguous()
+
+
+def chain_params(layers: Sequence[Any]) -> list[Tensor | None]:
+    """``[blocks_0, bias_0, blocks_1, bias_1, …]`` of blocked layers, contiguous (differentiably: a strided
+    parameter, e.g. after ``load_state_dict(..., assign=True)``, is copied and its gradient flows back)."""
+    params: list[Tensor | None] = []
+    for layer in layers:
+        params += [layer.blocks.contiguous(), None if layer.bias is None else layer.bias.contiguous()]
+    return params
 
 
 def sparse_chain(x: Tensor, layers: Sequence[Any], activations: Sequence[str],
@@ -210,9 +290,7 @@ def sparse_chain(x: Tensor, layers: Sequence[Any], activations: Sequence[str],
     gathers, row_perms, final_inverse = indices if indices is not None else chain_indices(layers)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
-    params: list[Tensor | None] = []
-    for layer in layers:
-        params += [layer.blocks, layer.bias]
+    params = chain_params(layers)
     if torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in [x, *params]):
         y = SparseChainFunction.apply(x2, tuple(activations), gathers, row_perms, final_inverse, *params)
     else:  # nothing to differentiate: no saved outputs, two tiles per thread

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sao.nn._chain_kernel import _codes, chain_indices
+from sao.nn._chain_kernel import _codes, _names, chain_backward_differentiable, chain_indices, chain_params
 
 __all__ = ["TritonChainFunction", "chain_indices", "sparse_chain_triton", "triton_chain_available"]
 
@@ -316,7 +316,8 @@ class TritonChainFunction(torch.autograd.Function):
     as :class:`sao.nn._chain_kernel.SparseChainFunction` (``final_inverse`` is accepted for that symmetry; the
     last layer scatters through ``row_perms[-1]``, its inverse). ``x``: ``(B, n_0)``, float32 or float64, on a
     CUDA device (or the CPU under ``TRITON_INTERPRET=1``); ``blocks_l`` contiguous. Gradients: ``x``, every
-    ``blocks_l`` and ``bias_l`` (output order). Not twice differentiable.
+    ``blocks_l`` and ``bias_l`` (output order). Twice differentiable, as the CPU one (a backward under
+    ``create_graph=True`` runs :func:`~sao.nn._chain_kernel.chain_backward_differentiable`).
     """
 
     @staticmethod
@@ -328,16 +329,20 @@ class TritonChainFunction(torch.autograd.Function):
         with _device_guard(x):
             y, outputs = _chain_forward(x, blocks, biases, gathers, row_perms, codes, save=True)
         ctx.save_for_backward(x, *outputs, *blocks, *[b for b in biases if b is not None])  # outputs[-1] is y
-        ctx.meta = (len(blocks), [b is not None for b in biases], list(gathers), list(row_perms), codes)
+        ctx.meta = (len(blocks), [b is not None for b in biases], list(gathers), list(row_perms), codes, final_inverse)
         return y
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
-        depth, has_bias, gathers, row_perms, codes = ctx.meta
+        depth, has_bias, gathers, row_perms, codes, final_inverse = ctx.meta
         x, *rest = ctx.saved_tensors
         outputs, blocks, it = rest[:depth], rest[depth:2 * depth], iter(rest[2 * depth:])
         biases = [next(it) if has else None for has in has_bias]
+        if torch.is_grad_enabled():  # create_graph=True: the backward itself must be differentiable
+            params = [p for pair in zip(blocks, biases, strict=True) for p in pair]
+            grads = chain_backward_differentiable(grad_y, x, params, (gathers, row_perms, final_inverse),
+                                                  _names(codes), ctx.needs_input_grad)
+            return (grads[0], None, None, None, None, *grads[1:])
         with _device_guard(x):
             grads = _chain_backward(grad_y, x, outputs, blocks, biases, gathers, row_perms, codes,
                                     ctx.needs_input_grad[0], ctx.needs_input_grad[5:])
@@ -375,9 +380,7 @@ def sparse_chain_triton(x: Tensor, layers: Sequence[Any], activations: Sequence[
     gathers, row_perms, final_inverse = indices if indices is not None else chain_indices(layers)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    params: list[Tensor | None] = []
-    for layer in layers:
-        params += [layer.blocks, layer.bias]
+    params = chain_params(layers)
     if torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in [x, *params]):
         y = TritonChainFunction.apply(x2, tuple(activations), gathers, row_perms, final_inverse, *params)
     else:  # nothing to differentiate: two ping-pong buffers, nothing saved

@@ -58,7 +58,7 @@ from tqdm import tqdm
 
 from sao._atomic import atomic_write_bytes
 from sao.data import ShardedBatchSampler
-from sao.nn import fuse_sparse_chains
+from sao.nn import fusable_container, fuse_sparse_chains
 from sao.training.checkpoint import CHECKPOINT_FORMAT, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from sao.training.config import AMP_DTYPES, RETIRED_FIELDS, TrainConfig, resolve_device
 from sao.training.distributed import all_reduce_sum, device_for_rank, is_main_process, world
@@ -170,10 +170,13 @@ EXECUTION_ONLY = ("device", "fused")
 def _execution_model(model: nn.Module, config: TrainConfig) -> nn.Module:
     """What runs the forward passes: ``model`` with its sparse chains fused (``config.fused``), else ``model``.
 
-    The fused view shares every module with ``model`` and has its ``state_dict`` keys, so
-    checkpoints, the optimizer and the saved results are the same either way.
+    The fused view (:func:`~sao.nn.fuse_sparse_chains`, ``fusion="auto"``) shares every module and hook
+    with ``model`` and has its ``state_dict`` keys, so checkpoints, the optimizer and the saved results
+    are the same either way; each chain runs on the fastest route that is exact for the call
+    (:mod:`sao.nn.dispatch`), so the default is never slower than ``model`` itself. Models that are not
+    exactly an ``nn.Sequential`` run as they are.
     """
-    if config.fused and type(model) is nn.Sequential:
+    if config.fused and fusable_container(model) is None:
         return fuse_sparse_chains(model)
     return model
 

@@ -1,0 +1,264 @@
+"""Where a sparse chain runs: the one decision point for fused and compiled execution.
+
+A chain of ``(blocked SparseLinear, elementwise activation)`` pairs inside a
+:class:`~sao.nn.FusedSequential` can run three ways, all computing the same function with the same
+parameters (up to float rounding):
+
+- ``"plain"``: the modules one by one, exactly as ``nn.Sequential`` runs them;
+- ``"fused"``: PyTorch ops, feature-major, one composed gather and one ``bmm`` per layer
+  (:func:`sao.nn._chain_kernel.chain_reference`);
+- ``"compiled"``: the compiled chain kernel, one call per pass (CPU: C++; CUDA: Triton).
+
+This module decides which, in three steps, each recorded as a :class:`Decision` with its reason:
+
+1. **What the modules are** (checked at every call, since hooks can be added at any time): a module
+   joins a chain only if the fused routes reimplement exactly what calling it does — its exact type
+   (a subclass or a parametrization, which swaps the class, may compute something else), no forward,
+   pre-forward or backward hooks of its own or global ones, no ``forward`` patched on the instance.
+2. **What the call is**: under autocast, a ``torch.func`` transform, forward-mode AD or
+   ``torch.compile`` the chain runs ``"plain"`` (``"auto"``) — the kernels implement none of them and a
+   cost probe cannot run inside them; ``"compiled"`` also needs float32/float64 parameters of the
+   input's dtype and device, and a kernel for that device. Higher-order autograd needs no decision: the
+   kernels' backward is itself differentiable (it recomputes through PyTorch ops under
+   ``create_graph=True``).
+3. **What is faster** (``"auto"`` only): a cached micro-benchmark (:class:`RouteTimer`) times every
+   route the call allows on a copy of the chain's first :data:`PROBE_LAYERS` layers, forward (and
+   backward when gradients are needed), round-robin, on this machine, for this shape, dtype, device,
+   batch size (rounded up to a power of two), grad mode and thread count, and keeps the fastest. A
+   route other than ``"plain"`` must beat it by :data:`MARGIN`, so the default is never measurably
+   slower than running the modules. A micro-benchmark rather than a cost model, because what is
+   fastest depends on the block shape, the batch, the thread count and the CPU's vector units in ways
+   no small model captures (the compiled kernel is 10x faster than ``"plain"`` for 256-wide degree-4
+   blocks and slower for degree-128 ones on the same machine); it costs a few milliseconds, once per
+   case per model. The probe's copies have no hooks: the model's parameters, gradients and hooks are
+   never touched.
+
+Modes (:data:`FUSION_MODES`): ``"auto"`` (the default), ``"off"`` (always ``"plain"``) and the forced
+routes ``"fused"`` and ``"compiled"``, which raise ``ValueError`` saying why where they cannot run
+exactly. A model's mode is its ``fusion`` attribute; :func:`fusion` overrides it for the calls in a
+``with`` block; ``TrainConfig(fused=False)`` (``--no-fused``) turns it off for a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.autograd import forward_ad
+from torch.nn.modules import module as _module_globals
+
+from sao.nn._chain_kernel import load_chain_kernel
+from sao.nn._chain_triton import triton_chain_available
+
+__all__ = ["FUSION_MODES", "MARGIN", "PROBE_LAYERS", "ROUTES", "Decision", "RouteTimer", "batch_bucket",
+           "call_blocker", "chain_blocker", "check_fusion_mode", "compiled_blocker", "fusion", "global_hook_blocker",
+           "module_blocker", "resolve_fusion_mode"]
+
+#: The execution modes of a fused model, with what each does.
+FUSION_MODES: dict[str, str] = {
+    "auto": "the fastest exact route of each chain, measured on this machine (plain where nothing is faster)",
+    "off": "every module runs by itself, as in nn.Sequential",
+    "fused": "chains run as PyTorch ops, feature-major; ValueError where that cannot be exact",
+    "compiled": "chains run through the compiled kernel; ValueError where that cannot be exact",
+}
+#: The ways a chain can run, from the most to the least general.
+ROUTES = ("plain", "fused", "compiled")
+#: Layers of a chain that the cost probe copies and times.
+PROBE_LAYERS = 16
+#: A route other than ``"plain"`` is chosen only if it takes at most this fraction of ``"plain"``'s time.
+MARGIN = 0.9
+
+_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("sao_fusion_override", default=None)
+
+
+def check_fusion_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`FUSION_MODES`, else ``ValueError`` naming them."""
+    if not isinstance(mode, str) or mode not in FUSION_MODES:
+        raise ValueError(f"fusion={mode!r} is not a fusion mode; choose from {', '.join(FUSION_MODES)}")
+    return mode
+
+
+@contextlib.contextmanager
+def fusion(mode: str) -> Iterator[None]:
+    """Run every fused model called inside the block in ``mode`` (one of :data:`FUSION_MODES`).
+
+    Like ``torch.no_grad``, it applies to the current thread (context) only.
+
+    Example:
+        >>> from sao.nn import FusedSequential, SparseLinear
+        >>> net = FusedSequential(SparseLinear(8, 8, degree=2), nn.Tanh(), SparseLinear(8, 8, degree=2), nn.Tanh())
+        >>> with fusion("off"):
+        ...     y = net(torch.randn(3, 8))     # the modules one by one
+    """
+    token = _override.set(check_fusion_mode(mode))
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def resolve_fusion_mode(mode: str) -> str:
+    """The mode a call runs in: the innermost :func:`fusion` block's, else the model's own ``mode``."""
+    override = _override.get()
+    return override if override is not None else mode
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How one call of a chain runs, and why.
+
+    Attributes:
+        route: one of :data:`ROUTES`.
+        reason: why (the blocker, the forced mode, or the measured comparison).
+        seconds: the probe's time per call of each route it timed (empty if none was timed).
+    """
+
+    route: str
+    reason: str
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.route} ({self.reason})"
+
+
+def global_hook_blocker() -> str | None:
+    """Why no module may be skipped now — global module hooks are registered — or ``None``."""
+    names = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+             "_global_backward_pre_hooks")
+    found = [n.strip("_") for n in names if getattr(_module_globals, n, None)]
+    return f"global module hooks are registered ({', '.join(found)})" if found else None
+
+
+def module_blocker(module: nn.Module, types: Sequence[type]) -> str | None:
+    """Why calling ``module`` may do more than its type's ``forward`` (so no fused route can replace it), or ``None``.
+
+    Args:
+        module: a module a fused route would reimplement.
+        types: the exact types the fused route reimplements.
+    """
+    kind = type(module)
+    if kind not in types:
+        parametrized = getattr(module, "parametrizations", None) is not None
+        return (f"{kind.__name__} is parametrized" if parametrized
+                else f"{kind.__name__} is not one of {', '.join(t.__name__ for t in types)} (exact type)")
+    hooks = [name for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+             if getattr(module, name)]
+    if hooks:
+        return f"{kind.__name__} has {', '.join(h.strip('_').replace('_', ' ') for h in hooks)}"
+    if "forward" in module.__dict__:
+        return f"{kind.__name__} has a forward set on the instance"
+    return None
+
+
+def chain_blocker(modules: Sequence[nn.Module], types: Sequence[Sequence[type]]) -> str | None:
+    """The first reason (:func:`module_blocker`) why ``modules`` cannot run fused, or ``None``.
+
+    ``types[i]`` is what ``modules[i]`` must be; checked at every call, so it is kept to attribute reads.
+    """
+    for i, (module, allowed) in enumerate(zip(modules, types, strict=True)):
+        if type(module) in allowed and not (module._forward_hooks or module._forward_pre_hooks
+                                            or module._backward_hooks or module._backward_pre_hooks
+                                            or "forward" in module.__dict__):
+            continue
+        return f"module {i} of the chain: {module_blocker(module, allowed)}"
+    return None
+
+
+def call_blocker(x: Tensor) -> str | None:
+    """Why this call must run ``"plain"`` under ``"auto"`` (and cannot run ``"compiled"``), or ``None``.
+
+    Autocast, ``torch.func`` transforms, forward-mode AD and ``torch.compile`` tracing: the kernels
+    implement none of them, and the cost probe cannot run inside them.
+    """
+    if torch.is_autocast_enabled(x.device.type):
+        return "autocast is enabled"
+    if torch._C._are_functorch_transforms_active():
+        return "a torch.func transform is active"
+    level = getattr(forward_ad, "_current_level", None)  # -1 outside every dual_level
+    if (level >= 0) if level is not None else forward_ad.unpack_dual(x).tangent is not None:
+        return "forward-mode AD is active"
+    if torch.compiler.is_compiling():
+        return "torch.compile is tracing"
+    return None
+
+
+def compiled_blocker(x: Tensor, params: Sequence[Tensor | None]) -> str | None:
+    """Why the compiled kernel cannot run this call exactly, or ``None`` (may build the CPU kernel once)."""
+    blocker = call_blocker(x)
+    if blocker:
+        return blocker
+    if x.dtype not in (torch.float32, torch.float64):
+        return f"the kernel takes float32/float64, the input is {x.dtype}"
+    if any(p is not None and (p.dtype != x.dtype or p.device != x.device) for p in params):
+        return f"parameters are not all {x.dtype} on {x.device} like the input"
+    if x.device.type == "cpu":
+        return None if load_chain_kernel() is not None else "the compiled CPU kernel is unavailable (see warnings)"
+    if x.device.type == "cuda" and triton_chain_available(x.device):
+        return None
+    return f"no compiled kernel for device {x.device} (CPU: C++; CUDA: triton)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class RouteTimer:
+    """Cached micro-benchmark of a chain's routes: the fastest exact route per case.
+
+    A case is whatever the caller's key says (shapes, dtype, device, batch bucket, grad mode, threads).
+    Each route is run once to warm up, then ``rounds`` times round-robin; its time is the minimum.
+    The fastest route wins if it takes at most :data:`MARGIN` of ``"plain"``'s time, else ``"plain"``.
+
+    Not a submodule and not saved: a copy or an unpickled model measures again (it may be on another
+    machine).
+
+    Args:
+        rounds: timed calls per route (after one warm-up call).
+        clock: seconds now (``time.perf_counter``; tests inject their own).
+    """
+
+    def __init__(self, rounds: int = 3, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.rounds, self.clock = rounds, clock
+        self.decisions: dict[tuple, Decision] = {}
+
+    def choose(self, key: tuple, runs: dict[str, Callable[[], object]], device: torch.device) -> Decision:
+        """The cached decision for ``key``, else time ``runs`` (route → one call; must include ``"plain"``)."""
+        if key in self.decisions:
+            return self.decisions[key]
+        best: dict[str, float] = dict.fromkeys(runs, math.inf)
+        for round_ in range(self.rounds + 1):
+            for route, run in runs.items():
+                _sync(device)
+                began = self.clock()
+                run()
+                _sync(device)
+                if round_:  # round 0 warms up (and may build the kernel)
+                    best[route] = min(best[route], self.clock() - began)
+        fastest = min(best, key=best.__getitem__)
+        plain = best["plain"]
+        summary = ", ".join(f"{r} {best[r] * 1e3:.3g} ms" for r in runs)
+        if fastest != "plain" and best[fastest] <= MARGIN * plain:
+            decision = Decision(fastest, f"measured {plain / best[fastest]:.2f}x plain: {summary}", best)
+        else:
+            decision = Decision("plain", f"measured, nothing {1 / MARGIN:.2f}x faster: {summary}", best)
+        self.decisions[key] = decision
+        return decision
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"rounds": self.rounds, "clock": time.perf_counter, "decisions": {}}
+
+    def __deepcopy__(self, memo: dict) -> RouteTimer:
+        return RouteTimer(self.rounds, self.clock)
+
+
+def batch_bucket(batch: int) -> int:
+    """``batch`` rounded up to a power of two (the timer's cases share a bucket)."""
+    return 1 << max(0, batch - 1).bit_length()
