@@ -6,7 +6,7 @@ sparse ones compute the same function (``max|Δy|`` vs the per-layer blocked sta
 
 - ``dense``: an ``nn.Linear`` stack of the same shape (the baseline);
 - ``masked``: ``SparseLinear(backend="masked")`` layers (dense ``weight_orig * weight_mask``);
-- ``fused``: :class:`sao.nn.FusedSparseChain` with ``compiled=False`` (PyTorch ops: composed gathers, one
+- ``fused``: :class:`sao.nn.FusedSparseChain` with ``fusion="fused"`` (PyTorch ops: composed gathers, one
   ``bmm`` per layer);
 - ``kernel``: :func:`sao.nn._chain_kernel.sparse_chain` (one compiled call per pass);
 - ``sparseprop``: the public CPU peer, SparseProp (Nikdan et al., ICML 2023; sparse backpropagation
@@ -94,7 +94,7 @@ def build_steps(depth: int, width: int, degree: int, batch: int, seed: int,
     blocked = sparse_layers(depth, width, degree, "blocked", seed) if wanted & {"fused", "kernel", "sparseprop"} \
         else []
     per_layer = nn.Sequential(*[m for layer in blocked for m in (layer, nn.Tanh())])
-    fused = FusedSparseChain(blocked, [nn.Tanh() for _ in blocked], compiled=False) if blocked else None
+    fused = FusedSparseChain(blocked, [nn.Tanh() for _ in blocked], fusion="fused") if blocked else None
     acts = ["tanh"] * depth
     indices = ck.chain_indices(blocked) if blocked else None
     if "fused" in wanted:

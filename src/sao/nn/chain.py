@@ -133,10 +133,10 @@ class FusedSparseChain(nn.Module):
             return Decision("plain", blocker)
         if mode == "fused":
             return Decision("fused", "fusion='fused'")
-        params = [p for layer in self.layers for p in (layer.blocks, layer.bias)]
         names = self._kernel_names()
+        # the first layer's parameters stand for all: mixed dtypes or devices fail on every route alike
         no_kernel = ("an activation has no kernel (kernels: tanh, relu, identity)" if names is None
-                     else compiled_blocker(x, params))
+                     else compiled_blocker(x, [self.layers[0].blocks]))
         if mode == "compiled":
             if no_kernel:
                 raise ValueError(f"fusion='compiled' cannot run this call exactly: {no_kernel}; "
@@ -146,8 +146,8 @@ class FusedSparseChain(nn.Module):
         if special:
             return Decision("plain", special)
         routes = ("plain", "fused") if no_kernel else ("plain", "fused", "compiled")
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad
-                                                                         for p in params))
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(
+            p is not None and p.requires_grad for layer in self.layers for p in (layer.blocks, layer.bias)))
         key = (self._signature, x.dtype, x.device, batch_bucket(x.numel() // max(x.shape[-1], 1)), needs_grad,
                torch.get_num_threads(), routes)
         if key not in self.timer.decisions:
