@@ -123,8 +123,11 @@ def structures(draw: st.DrawFn) -> Built:
     return Built(model, dtype, start, kernel_only)
 
 
-def _input(built: Built, lead: tuple[int, ...], requires_grad: bool = True) -> torch.Tensor:
-    x = torch.randn(*lead, built.in_features, dtype=built.dtype, generator=gen(5))
+def _input(built: Built, lead: tuple[int, ...], requires_grad: bool = True, strided: bool = False) -> torch.Tensor:
+    if strided:  # features first in memory: a non-contiguous (*lead, in) view, as nn.Linear accepts
+        x = torch.randn(built.in_features, *lead, dtype=built.dtype, generator=gen(5)).movedim(0, -1)
+    else:
+        x = torch.randn(*lead, built.in_features, dtype=built.dtype, generator=gen(5))
     return x.requires_grad_(requires_grad)
 
 
@@ -163,16 +166,17 @@ def _close(a: torch.Tensor | None, b: torch.Tensor | None, dtype: torch.dtype) -
     torch.testing.assert_close(a, b, **TOL[dtype])
 
 
-@settings(max_examples=60)
+@settings(max_examples=150)
 @given(built=structures(), mode=st.sampled_from(MODES),
-       lead=st.sampled_from([(), (0,), (1,), (3,), (2, 3)]))
-def test_fused_equals_plain_forward_and_gradients(built: Built, mode: str, lead: tuple[int, ...]) -> None:
+       lead=st.sampled_from([(), (0,), (1,), (3,), (2, 3)]), strided=st.booleans())
+def test_fused_equals_plain_forward_and_gradients(built: Built, mode: str, lead: tuple[int, ...],
+                                                  strided: bool) -> None:
     """Forward, first-order gradients and a gradient penalty's second-order gradients, fused vs plain."""
     plain = built.model
     fused = _fused_or_refusal(built, mode)
     if fused is None:
         return
-    x = _input(built, lead)
+    x = _input(built, lead, strided=strided)
     if _chains_need_kernel_error(fused, built, mode):
         with pytest.raises(ValueError, match="no kernel"):
             fused(x)
@@ -200,7 +204,7 @@ def test_fused_equals_plain_forward_and_gradients(built: Built, mode: str, lead:
             _close(a, b, built.dtype)
 
 
-@settings(max_examples=30)
+@settings(max_examples=80)
 @given(built=structures(), mode=st.sampled_from(MODES), frozen=st.booleans())
 def test_fused_equals_plain_hvp_and_forward_mode(built: Built, mode: str, frozen: bool) -> None:
     """``torch.autograd.functional.hvp`` and forward-mode JVPs (with frozen parameters too), fused vs plain."""
@@ -236,7 +240,7 @@ def test_fused_equals_plain_hvp_and_forward_mode(built: Built, mode: str, frozen
     _close(tangents[1], tangents[0], built.dtype)
 
 
-@settings(max_examples=20)
+@settings(max_examples=40)
 @given(built=structures(), mode=st.sampled_from(MODES))
 def test_sgd_steps_fused_equal_plain(built: Built, mode: str) -> None:
     """Three SGD steps (momentum, weight decay) on a fused copy and a plain copy end with the same weights."""
