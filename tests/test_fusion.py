@@ -466,7 +466,7 @@ def test_dispatch_decisions_for_call_kinds() -> None:
                 with pytest.raises(ValueError, match=message or "forward-mode AD"):
                     forced(inp)
         with pytest.raises(ValueError, match="float32/float64"):
-            forced(x.half())
+            fuse_sparse_chains(copy.deepcopy(plain).half(), fusion="compiled")(x.detach().half())
 
 
 def test_dispatch_keeps_unfusable_modules_out_of_chains() -> None:
@@ -535,3 +535,77 @@ def test_route_decisions_are_per_case() -> None:
         assert torch.equal(a, b)
     assert all(torch.equal(p.grad, g) for p, g in zip(plain.parameters(), grads, strict=True))
     assert all(itertools.starmap(torch.equal, zip(plain.state_dict().values(), before.values(), strict=True)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Found by a review that tried to break the fast path
+
+
+@pytest.mark.parametrize("mode", ["auto", "fused"])
+def test_first_call_in_inference_mode_does_not_poison_later_training(mode: str) -> None:
+    """Index tensors cached during an ``inference_mode`` call must still be savable for backward later."""
+    plain = nn.Sequential(*_stack(act=nn.GELU))  # GELU: no kernel, so "auto" may take "fused"
+    fused = fuse_sparse_chains(plain, fusion=mode)
+    x = _x()
+    with torch.inference_mode():
+        fused(x.detach())
+    (g,), (g_ref,) = (torch.autograd.grad(m(x).sum(), [x]) for m in (fused, plain))
+    torch.testing.assert_close(g, g_ref, atol=1e-12, rtol=0)
+
+
+def test_cost_probe_is_invisible_to_saved_tensor_hooks_and_checkpoint() -> None:
+    """The probe runs under identity saved-tensor hooks: non-reentrant checkpoint and save_on_cpu see only the
+    model's own tensors, the same number at the first call (which probes) and later."""
+    from torch.utils.checkpoint import checkpoint
+
+    plain = nn.Sequential(*_stack())
+    x = _x()
+    counts = []
+    for _ in range(2):
+        fused = fuse_sparse_chains(plain)
+        packed: list[int] = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, packed=packed: packed.append(1) or t, lambda t: t):
+            fused(x)
+            fused(x)
+        counts.append(len(packed))
+    assert counts[0] == counts[1] and counts[0] % 2 == 0
+    fresh = fuse_sparse_chains(plain)
+    (g,) = torch.autograd.grad(checkpoint(fresh, x, use_reentrant=False).sum(), x)
+    (g_ref,) = torch.autograd.grad(plain(x).sum(), x)
+    torch.testing.assert_close(g, g_ref, atol=1e-12, rtol=0)
+
+
+def test_global_hooks_see_only_the_models_modules() -> None:
+    """A chain is an execution detail: global forward hooks fire on the model's modules only."""
+    plain = nn.Sequential(*_stack())
+    fused = fuse_sparse_chains(plain)
+    x = _x()
+    seen: list[str] = []
+    handle = nn.modules.module.register_module_forward_hook(
+        lambda m, i, o: seen.append(type(m).__name__) or (o + 1 if isinstance(m, nn.Tanh) else o))
+    try:
+        y_ref, n_ref = plain(x), len(seen)
+        seen_ref, seen[:] = seen[:n_ref], []
+        y = fused(x)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=0)
+    assert seen[:-1] == seen_ref[:-1] and "FusedSparseChain" not in seen
+
+
+def test_meta_device_and_foreign_dtypes() -> None:
+    """Meta tensors run plain under "auto" (a clear error when forced); an input of another dtype than the
+    parameters fails as in the plain model under "auto", with a ValueError when forced."""
+    plain = nn.Sequential(*_stack()).to("meta")
+    x = torch.empty(3, 16, dtype=torch.float64, device="meta")
+    assert fuse_sparse_chains(plain)(x).shape == plain(x).shape
+    with pytest.raises(ValueError, match="device type 'meta'"):
+        fuse_sparse_chains(plain, fusion="compiled")(x)
+    cpu = nn.Sequential(*_stack())
+    with pytest.raises(RuntimeError) as plain_error:
+        cpu(_x().float())
+    with pytest.raises(RuntimeError) as auto_error:
+        fuse_sparse_chains(cpu)(_x().float())
+    assert str(auto_error.value) == str(plain_error.value)
+    with pytest.raises(ValueError, match="give an input like the parameters"):
+        fuse_sparse_chains(cpu, fusion="fused")(_x().float())

@@ -131,12 +131,18 @@ class FusedSparseChain(nn.Module):
                 raise ValueError(f"fusion={mode!r} cannot run this chain exactly: {blocker}; "
                                  "use fusion='auto' (runs it plain) or remove the cause")
             return Decision("plain", blocker)
+        first = self.layers[0].blocks
+        if x.dtype != first.dtype or x.device != first.device:
+            if mode != "auto":
+                raise ValueError(f"fusion={mode!r}: the input is {x.dtype} on {x.device}, the chain's parameters "
+                                 f"{first.dtype} on {first.device}; give an input like the parameters")
+            return Decision("plain", "the input's dtype or device differs from the parameters'")
         if mode == "fused":
             return Decision("fused", "fusion='fused'")
         names = self._kernel_names()
         # the first layer's parameters stand for all: mixed dtypes or devices fail on every route alike
         no_kernel = ("an activation has no kernel (kernels: tanh, relu, identity)" if names is None
-                     else compiled_blocker(x, [self.layers[0].blocks]))
+                     else compiled_blocker(x, [first]))
         if mode == "compiled":
             if no_kernel:
                 raise ValueError(f"fusion='compiled' cannot run this call exactly: {no_kernel}; "
@@ -164,9 +170,12 @@ class FusedSparseChain(nn.Module):
         targets = [t for t in [xp, *probe.parameters()] if t.requires_grad] if needs_grad else []
 
         def once(route: str) -> None:
-            y = probe.run(xp, route)
-            if targets:
-                torch.autograd.grad(y, targets, torch.ones_like(y))
+            # identity saved-tensor hooks on top of the caller's: a non-reentrant checkpoint or save_on_cpu
+            # around the call must not see the probe's tensors
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+                y = probe.run(xp, route)
+                if targets:
+                    torch.autograd.grad(y, targets, torch.ones_like(y))
 
         return {route: (lambda r=route: once(r)) for route in routes}
 
@@ -181,7 +190,8 @@ class FusedSparseChain(nn.Module):
                     for p in (layer.topology, layer.col_perm.data_ptr(), layer.row_inverse.data_ptr()))
         # the Topology objects themselves (compared by identity), not their ids: held here, never reused
         if self._indices is None or self._indices[0] != key:
-            self._indices = (key, chain_indices(list(self.layers)))
+            with torch.inference_mode(False):  # built in inference mode, they could never be saved for backward
+                self._indices = (key, chain_indices(list(self.layers)))
         return self._indices[1]
 
     def run(self, x: Tensor, route: str) -> Tensor:
@@ -388,7 +398,9 @@ class FusedSequential(nn.Sequential):
 
     def forward(self, x: Tensor) -> Tensor:
         for module, _ in self._steps():
-            x = module(x)
+            # a chain is called without Module.__call__: it is not one of the model's modules, so (global)
+            # hooks must not see it; its own modules run through __call__ whenever it runs them plain
+            x = module.forward(x) if isinstance(module, FusedSparseChain) else module(x)
         return x
 
     def __getitem__(self, idx: slice | int) -> nn.Module:

@@ -174,9 +174,12 @@ def chain_blocker(modules: Sequence[nn.Module], types: Sequence[Sequence[type]])
 def call_blocker(x: Tensor) -> str | None:
     """Why this call must run ``"plain"`` under ``"auto"`` (and cannot run ``"compiled"``), or ``None``.
 
-    Autocast, ``torch.func`` transforms, forward-mode AD and ``torch.compile`` tracing: the kernels
-    implement none of them, and the cost probe cannot run inside them.
+    Devices other than CPU and CUDA (``meta``, …), autocast, ``torch.func`` transforms, forward-mode AD
+    and ``torch.compile`` tracing: the kernels implement none of them, and the cost probe cannot run
+    inside them.
     """
+    if x.device.type not in ("cpu", "cuda"):
+        return f"no fast route for device type {x.device.type!r} (cpu, cuda)"
     if torch.is_autocast_enabled(x.device.type):
         return "autocast is enabled"
     if torch._C._are_functorch_transforms_active():
