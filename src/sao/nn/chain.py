@@ -35,8 +35,8 @@ from sao.nn.dispatch import (
     call_blocker,
     chain_blocker,
     check_fusion_mode,
-    compiled_blocker,
     global_hook_blocker,
+    kernel_blocker,
     module_blocker,
     resolve_fusion_mode,
 )
@@ -103,14 +103,13 @@ class FusedSparseChain(nn.Module):
         self.layers, self.activations = nn.ModuleList(layers), nn.ModuleList(activations)
         self._order = [m for pair in zip(layers, activations, strict=True) for m in pair]
         self._types = [_LAYER_TYPES, ELEMENTWISE] * len(layers)
+        names = tuple(KERNEL_ACTIVATIONS.get(type(act)) for act in activations)
+        #: the kernel's activation names, or None if one has no kernel (types are re-checked at every call)
+        self._kernel_names: tuple[str, ...] | None = None if None in names else names  # type: ignore[assignment]
         self._signature = (len(layers), *((tuple(layer.blocks.shape), layer.bias is not None, type(act))
                                           for layer, act in zip(layers[:PROBE_LAYERS], activations, strict=False)))
 
     # ------------------------------------------------------------------ the decision
-
-    def _kernel_names(self) -> tuple[str, ...] | None:
-        names = tuple(KERNEL_ACTIVATIONS.get(type(act)) for act in self.activations)
-        return None if None in names else names  # type: ignore[return-value]
 
     def decide(self, x: Tensor) -> Decision:
         """How a call with input ``x`` runs (:mod:`sao.nn.dispatch`); may time the routes once per case.
@@ -123,15 +122,14 @@ class FusedSparseChain(nn.Module):
             return Decision("plain", "fusion='off'")
         blocker = global_hook_blocker()
         if not blocker:
-            blocker = chain_blocker(self._order, self._types) or ("a layer is not blocked" if any(
-                layer.backend != "blocked" for layer in self.layers) else None)
+            blocker = chain_blocker(self._order, self._types)
             self.stale = blocker is not None  # the plan is rebuilt around the module at the next call
         if blocker:
             if mode != "auto":
                 raise ValueError(f"fusion={mode!r} cannot run this chain exactly: {blocker}; "
                                  "use fusion='auto' (runs it plain) or remove the cause")
             return Decision("plain", blocker)
-        first = self.layers[0].blocks
+        first = self.layers[0].blocks  # stands for all: mixed dtypes or devices fail on every route alike
         if x.dtype != first.dtype or x.device != first.device:
             if mode != "auto":
                 raise ValueError(f"fusion={mode!r}: the input is {x.dtype} on {x.device}, the chain's parameters "
@@ -139,18 +137,16 @@ class FusedSparseChain(nn.Module):
             return Decision("plain", "the input's dtype or device differs from the parameters'")
         if mode == "fused":
             return Decision("fused", "fusion='fused'")
-        names = self._kernel_names()
-        # the first layer's parameters stand for all: mixed dtypes or devices fail on every route alike
-        no_kernel = ("an activation has no kernel (kernels: tanh, relu, identity)" if names is None
-                     else compiled_blocker(x, [first]))
+        special = call_blocker(x)
+        if special and mode == "auto":
+            return Decision("plain", special)
+        no_kernel = ("an activation has no kernel (kernels: tanh, relu, identity)" if self._kernel_names is None
+                     else kernel_blocker(x))
         if mode == "compiled":
-            if no_kernel:
-                raise ValueError(f"fusion='compiled' cannot run this call exactly: {no_kernel}; "
+            if special or no_kernel:
+                raise ValueError(f"fusion='compiled' cannot run this call exactly: {special or no_kernel}; "
                                  "use fusion='auto' or 'fused'")
             return Decision("compiled", "fusion='compiled'")
-        special = call_blocker(x)
-        if special:
-            return Decision("plain", special)
         routes = ("plain", "fused") if no_kernel else ("plain", "fused", "compiled")
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(
             p is not None and p.requires_grad for layer in self.layers for p in (layer.blocks, layer.bias)))
@@ -203,7 +199,7 @@ class FusedSparseChain(nn.Module):
         lead = x.shape[:-1]
         if route == "compiled":
             run = sparse_chain if x.device.type == "cpu" else sparse_chain_triton
-            return run(x, list(self.layers), self._kernel_names(), self._chain_indices())
+            return run(x, list(self.layers), self._kernel_names, self._chain_indices())
         y = chain_reference(x.reshape(-1, x.shape[-1]), chain_params(self.layers), self._chain_indices(),
                             list(self.activations))
         return y.reshape(*lead, y.shape[-1])

@@ -58,8 +58,8 @@ from sao.nn._chain_kernel import load_chain_kernel
 from sao.nn._chain_triton import triton_chain_available
 
 __all__ = ["FUSION_MODES", "MARGIN", "PROBE_LAYERS", "ROUTES", "Decision", "RouteTimer", "batch_bucket",
-           "call_blocker", "chain_blocker", "check_fusion_mode", "compiled_blocker", "fusion", "global_hook_blocker",
-           "module_blocker", "resolve_fusion_mode"]
+           "call_blocker", "chain_blocker", "check_fusion_mode", "fusion", "global_hook_blocker",
+           "kernel_blocker", "module_blocker", "resolve_fusion_mode"]
 
 #: The execution modes of a fused model, with what each does.
 FUSION_MODES: dict[str, str] = {
@@ -144,17 +144,27 @@ def module_blocker(module: nn.Module, types: Sequence[type]) -> str | None:
         types: the exact types the fused route reimplements.
     """
     kind = type(module)
+    if _runs_as_its_type(module, types):
+        return None
     if kind not in types:
         parametrized = getattr(module, "parametrizations", None) is not None
         return (f"{kind.__name__} is parametrized" if parametrized
                 else f"{kind.__name__} is not one of {', '.join(t.__name__ for t in types)} (exact type)")
-    hooks = [name for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-             if getattr(module, name)]
+    hooks = [name for name in _HOOKS if getattr(module, name)]
     if hooks:
         return f"{kind.__name__} has {', '.join(h.strip('_').replace('_', ' ') for h in hooks)}"
-    if "forward" in module.__dict__:
-        return f"{kind.__name__} has a forward set on the instance"
-    return None
+    return f"{kind.__name__} has a forward set on the instance"
+
+
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _runs_as_its_type(module: nn.Module, types: Sequence[type]) -> bool:
+    """Whether calling ``module`` is exactly its type's ``forward``: one of ``types``, no hooks, no instance
+    ``forward`` (attribute reads only: it runs for every module of a chain at every call)."""
+    return type(module) in types and not (module._forward_hooks or module._forward_pre_hooks
+                                          or module._backward_hooks or module._backward_pre_hooks
+                                          or "forward" in module.__dict__)
 
 
 def chain_blocker(modules: Sequence[nn.Module], types: Sequence[Sequence[type]]) -> str | None:
@@ -163,11 +173,8 @@ def chain_blocker(modules: Sequence[nn.Module], types: Sequence[Sequence[type]])
     ``types[i]`` is what ``modules[i]`` must be; checked at every call, so it is kept to attribute reads.
     """
     for i, (module, allowed) in enumerate(zip(modules, types, strict=True)):
-        if type(module) in allowed and not (module._forward_hooks or module._forward_pre_hooks
-                                            or module._backward_hooks or module._backward_pre_hooks
-                                            or "forward" in module.__dict__):
-            continue
-        return f"module {i} of the chain: {module_blocker(module, allowed)}"
+        if not _runs_as_its_type(module, allowed):
+            return f"module {i} of the chain: {module_blocker(module, allowed)}"
     return None
 
 
@@ -192,15 +199,14 @@ def call_blocker(x: Tensor) -> str | None:
     return None
 
 
-def compiled_blocker(x: Tensor, params: Sequence[Tensor | None]) -> str | None:
-    """Why the compiled kernel cannot run this call exactly, or ``None`` (may build the CPU kernel once)."""
-    blocker = call_blocker(x)
-    if blocker:
-        return blocker
+def kernel_blocker(x: Tensor) -> str | None:
+    """Why no compiled kernel takes ``x`` (its dtype, its device, no kernel built), or ``None``.
+
+    Besides this, the compiled route needs :func:`call_blocker` to pass and parameters of ``x``'s dtype
+    and device. May build the CPU kernel (once per process).
+    """
     if x.dtype not in (torch.float32, torch.float64):
         return f"the kernel takes float32/float64, the input is {x.dtype}"
-    if any(p is not None and (p.dtype != x.dtype or p.device != x.device) for p in params):
-        return f"parameters are not all {x.dtype} on {x.device} like the input"
     if x.device.type == "cpu":
         return None if load_chain_kernel() is not None else "the compiled CPU kernel is unavailable (see warnings)"
     if x.device.type == "cuda" and triton_chain_available(x.device):
