@@ -609,3 +609,14 @@ def test_meta_device_and_foreign_dtypes() -> None:
     assert str(auto_error.value) == str(plain_error.value)
     with pytest.raises(ValueError, match="give an input like the parameters"):
         fuse_sparse_chains(cpu, fusion="fused")(_x().float())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_wrong_input_size_gives_the_plain_models_error(mode: str) -> None:
+    plain = nn.Sequential(*_stack())
+    x = torch.randn(2, 10, dtype=torch.float64)
+    with pytest.raises(ValueError) as plain_error:
+        plain(x)
+    with pytest.raises(ValueError) as fused_error:
+        fuse_sparse_chains(plain, fusion=mode)(x)
+    assert str(fused_error.value) == str(plain_error.value)

@@ -205,7 +205,7 @@ class FusedSparseChain(nn.Module):
         return y.reshape(*lead, y.shape[-1])
 
     def forward(self, x: Tensor) -> Tensor:
-        check_features(x, self.layers[0].in_features, "FusedSparseChain")
+        check_features(x, self.layers[0].in_features, "SparseLinear")  # the plain model's error
         self.last_decision = decision = self.decide(x)
         return self.run(x, decision.route)
 
@@ -262,7 +262,8 @@ class ExecutionPlan:
             names = step.names[0] if len(step.names) == 1 else f"{step.names[0]}..{step.names[-1]}"
             rows.append((names, step.what, step.route, step.reason))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
-        lines = [f"fusion={self.fusion!r}: {sum(s.what.startswith('chain') for s in self.steps)} chain(s)"]
+        lines = [f"fusion={self.fusion!r} (the model's setting; a sao.nn.fusion block overrides it per call): "
+                 f"{sum(s.what.startswith('chain') for s in self.steps)} chain(s)"]
         lines += ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3] for r in rows]
         return "\n".join(lines)
 
@@ -305,7 +306,7 @@ def _plan(named: list[tuple[str, nn.Module]], min_layers: int, fusion: str,
         act_name, act = named[i + 1] if i + 1 < len(named) else ("", None)
         if not isinstance(layer, SparseLinear) or fusion == "off":
             flush()
-            single(name, layer)
+            single(name, layer, "fusion='off'" if fusion == "off" and isinstance(layer, SparseLinear) else "")
             i += 1
             continue
         blocker = _fuse_blocker(layer, act, fusion)
