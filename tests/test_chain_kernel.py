@@ -120,7 +120,8 @@ def test_unknown_activation() -> None:
 
 
 def test_fallback_warns_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ck, "_state", {"tried": True, "module": None, "warned": False, "error": "sao: no kernel"})
+    monkeypatch.setattr(ck._EXTENSION, "state",
+                        {"tried": True, "module": None, "warned": False, "error": "sao: no kernel"})
     with pytest.warns(RuntimeWarning, match="no kernel"):
         assert ck.load_chain_kernel() is None
     with warnings.catch_warnings():
@@ -129,7 +130,7 @@ def test_fallback_warns_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_import_is_lazy() -> None:
-    code = "import sao, sao.nn._chain_kernel as ck; assert not ck._state['tried']"
+    code = "import sao, sao.nn._chain_kernel as ck; assert not ck._EXTENSION.state['tried']"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 

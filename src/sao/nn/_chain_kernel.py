@@ -6,13 +6,9 @@ pass, and each thread runs every layer on its samples with the small dense block
 samples. PyTorch's per-op dispatch and autograd bookkeeping (~10 ops per layer), which dominate a chain of
 1000 small layers, are paid once per chain instead.
 
-The extension is compiled on first use with :func:`torch.utils.cpp_extension.load` (``-O3 -march=native
--fopenmp``) and cached in torch's extension directory (``TORCH_EXTENSIONS_DIR``, default
-``~/.cache/torch_extensions``) under a name that hashes the source, the flags and the CPU, so a shared
-cache never serves a binary built for another CPU. Nothing is compiled when ``sao`` is imported. If the
-build fails (no compiler, no ``ninja``) or ``SAO_DISABLE_CHAIN_KERNEL=1`` is set, :func:`load_chain_kernel`
-returns ``None`` and warns once per process; callers then use the PyTorch path
-(:class:`sao.nn.FusedSparseChain`).
+The extension is built on first use (:mod:`sao.nn._extension`); if it cannot be built or
+``SAO_DISABLE_CHAIN_KERNEL=1`` is set, :func:`load_chain_kernel` returns ``None`` and warns once per
+process; callers then use the PyTorch path (:class:`sao.nn.FusedSparseChain`).
 
 Saved for backward: every layer's post-activation output, ``Σ_l m_l · B · itemsize`` bytes (for 1000 ×
 256 features, batch 128, float32: 131 MB); nothing is recomputed. Without grad, only two tiles per
@@ -21,20 +17,15 @@ thread are kept.
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-import platform
-import threading
-import warnings
 from collections.abc import Sequence
 from itertools import pairwise
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from sao.nn._extension import CompiledExtension
 
 __all__ = ["ACTIVATION_CODES", "SparseChainFunction", "chain_backward_differentiable", "chain_indices", "chain_params",
            "chain_reference", "load_chain_kernel", "release_chain_workspace", "sparse_chain"]
@@ -42,96 +33,24 @@ __all__ = ["ACTIVATION_CODES", "SparseChainFunction", "chain_backward_differenti
 #: Activations the kernel implements, by name (the codes are the C++ side's ``Act`` enum).
 ACTIVATION_CODES: dict[str, int] = {"identity": 0, "tanh": 1, "relu": 2}
 
-_SOURCE = Path(__file__).with_name("csrc") / "chain_cpu.cpp"
-_CFLAGS = ("-O3", "-march=native", "-fopenmp")
-_LDFLAGS = ("-fopenmp",)
-_DISABLE_ENV = "SAO_DISABLE_CHAIN_KERNEL"
-
-_lock = threading.Lock()
-_state: dict[str, Any] = {"tried": False, "module": None, "warned": False, "error": None}
-
-
-def _cpu_fingerprint() -> str:
-    """The CPU's model name and feature flags (``-march=native`` binaries are only valid on that CPU)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        keep = [ln for ln in lines if ln.startswith(("model name", "flags"))][:2]
-        return "\n".join(keep)
-    except OSError:
-        return platform.processor() + platform.machine()
-
-
-def _extension_name() -> str:
-    digest = hashlib.sha256()
-    for part in (_SOURCE.read_bytes(), " ".join(_CFLAGS).encode(), _cpu_fingerprint().encode(),
-                 torch.__version__.encode()):
-        digest.update(part)
-    return f"sao_chain_cpu_{digest.hexdigest()[:12]}"
-
-
-def _warn_once(message: str) -> None:
-    if not _state["warned"]:
-        _state["warned"] = True
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-
-def _import_cpp_extension() -> ModuleType:
-    """``torch.utils.cpp_extension``, without its import-time "No CUDA runtime is found" log line on CPU machines."""
-    log = logging.getLogger("torch.utils.cpp_extension")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        from torch.utils import cpp_extension
-    finally:
-        log.setLevel(level)
-    return cpp_extension
+_EXTENSION = CompiledExtension("sao_chain_cpu", "chain_cpu.cpp", ["simd.h"], "SAO_DISABLE_CHAIN_KERNEL",
+                               "chain kernel")
 
 
 def load_chain_kernel(verbose: bool = False) -> ModuleType | None:
-    """The compiled chain kernel, building it on the first call; ``None`` (one warning) if unavailable.
-
-    Args:
-        verbose: show the compiler's output.
-
-    Returns:
-        The extension module (``forward``, ``backward``), or ``None`` when it cannot be built or
-        ``SAO_DISABLE_CHAIN_KERNEL=1`` is set; later calls return the same without retrying.
-    """
-    if _state["tried"]:
-        if _state["module"] is None:
-            _warn_once(_state["error"])
-        return _state["module"]
-    with _lock:
-        if not _state["tried"]:
-            if os.environ.get(_DISABLE_ENV, "") not in ("", "0"):
-                _state["error"] = f"sao: the compiled chain kernel is disabled ({_DISABLE_ENV}); using PyTorch ops"
-            else:
-                try:
-                    cpp_extension = _import_cpp_extension()
-                    _state["module"] = cpp_extension.load(
-                        name=_extension_name(), sources=[str(_SOURCE)], extra_cflags=list(_CFLAGS),
-                        extra_ldflags=list(_LDFLAGS), verbose=verbose)
-                except Exception as exc:  # any build failure means "fall back"
-                    _state["error"] = (f"sao: could not build the compiled chain kernel ({type(exc).__name__}: "
-                                       f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}); "
-                                       "using the slower PyTorch path")
-            _state["tried"] = True
-    if _state["module"] is None:
-        _warn_once(_state["error"])
-    return _state["module"]
+    """The compiled chain kernel (``forward``, ``backward``), built on the first call; ``None`` (one
+    warning) when it cannot be built or ``SAO_DISABLE_CHAIN_KERNEL=1`` is set."""
+    return _EXTENSION.load(verbose)
 
 
 def _require_kernel() -> ModuleType:
-    kernel = load_chain_kernel()
-    if kernel is None:
-        raise RuntimeError(_state["error"])
-    return kernel
+    return _EXTENSION.require()
 
 
 def release_chain_workspace() -> None:
     """Free the pooled buffers that hold saved outputs between steps (kept for reuse, at most two)."""
-    if _state["module"] is not None:
-        _state["module"].clear_workspace()
+    if _EXTENSION.state["module"] is not None:
+        _EXTENSION.state["module"].clear_workspace()
 
 
 def _codes(activations: Sequence[str]) -> list[int]:

@@ -38,6 +38,8 @@ from sao.nn.dispatch import (
     global_hook_blocker,
     kernel_blocker,
     module_blocker,
+    parameter_blocker,
+    probe_isolation,
     resolve_fusion_mode,
 )
 from sao.nn.linear import SparseLinear
@@ -129,11 +131,11 @@ class FusedSparseChain(nn.Module):
                 raise ValueError(f"fusion={mode!r} cannot run this chain exactly: {blocker}; "
                                  "use fusion='auto' (runs it plain) or remove the cause")
             return Decision("plain", blocker)
-        first = self.layers[0].blocks  # stands for all: mixed dtypes or devices fail on every route alike
-        if x.dtype != first.dtype or x.device != first.device:
+        # the first layer's blocks stand for all: mixed dtypes or devices fail on every route alike
+        mismatch = parameter_blocker(x, self.layers[0].blocks)
+        if mismatch:
             if mode != "auto":
-                raise ValueError(f"fusion={mode!r}: the input is {x.dtype} on {x.device}, the chain's parameters "
-                                 f"{first.dtype} on {first.device}; give an input like the parameters")
+                raise ValueError(f"fusion={mode!r}: {mismatch}")
             return Decision("plain", "the input's dtype or device differs from the parameters'")
         if mode == "fused":
             return Decision("fused", "fusion='fused'")
@@ -166,9 +168,7 @@ class FusedSparseChain(nn.Module):
         targets = [t for t in [xp, *probe.parameters()] if t.requires_grad] if needs_grad else []
 
         def once(route: str) -> None:
-            # identity saved-tensor hooks on top of the caller's: a non-reentrant checkpoint or save_on_cpu
-            # around the call must not see the probe's tensors
-            with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            with probe_isolation():
                 y = probe.run(xp, route)
                 if targets:
                     torch.autograd.grad(y, targets, torch.ones_like(y))

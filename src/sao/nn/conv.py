@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sao._validation import as_int, as_int_tuple
 from sao.nn._conv import conv2d_as
+from sao.nn._conv_kernel import sparse_conv
 from sao.nn._shape import check_image
 from sao.nn._sparse import SparseLayerBase
-from sao.topology import Topology
+from sao.nn.dispatch import (
+    Decision,
+    RouteTimer,
+    batch_bucket,
+    call_blocker,
+    check_fusion_mode,
+    kernel_blocker,
+    parameter_blocker,
+    probe_isolation,
+    resolve_fusion_mode,
+)
+from sao.topology import Topology, scatter_blocks
 
 __all__ = ["SparseConv2d"]
 
@@ -31,10 +46,17 @@ class SparseConv2d(SparseLayerBase):
         init: ``"sao-delta"`` (sparse orthogonal centre tap, others zero) or ``"sao-eco"``
             (sparse orthogonal in the Fourier domain; use with :class:`ECOConv2d`'s dilation
             and circular padding for an orthogonal convolution).
-        backend: ``"blocked"`` (channel permutation + grouped convolution with
-            ``groups = num_blocks``: memory and FLOPs scale with the density) or
+        backend: ``"blocked"`` (only the blocks are stored: memory and FLOPs scale with the density) or
             ``"masked"`` (dense ``weight_orig`` times a fixed kernel mask).
         activation, gain, topology, generator, device, dtype: as in :class:`SparseLinear`.
+        fusion: how the blocked backend runs (keyword only; one of :data:`sao.nn.FUSION_MODES`, also the
+            ``fusion`` attribute): ``"auto"`` (default) takes, per call, the fastest of the routes in
+            :data:`sao.nn.dispatch.CONV_ROUTES` measured on this machine for this input shape, dtype,
+            device, batch size, grad mode and thread count — ``"plain"`` (channel gathers around a grouped
+            convolution), ``"dense"`` (one dense convolution with the scattered weight) or ``"compiled"``
+            (the compiled SAO convolution: permutations folded into its loads and stores); all compute the
+            same function (to float rounding). ``"off"`` and ``"fused"`` run ``"plain"``; ``"compiled"``
+            forces the kernel (``ValueError`` where it cannot run the call). See ``docs/sparse-convolutions.md``.
 
     Attributes:
         blocks: (``"blocked"``) the parameter ``(g·bm, bn, kh, kw)``, the weight of the grouped
@@ -57,14 +79,19 @@ class SparseConv2d(SparseLayerBase):
         (torch.Size([2, 16, 8, 8]), [4])
     """
 
+    last_decision: Decision | None = None
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
                  dilation: int | tuple[int, int] = 1, bias: bool = True, padding_mode: str = "zeros",
                  degree: int | None = None, sparsity: float | None = None, init: str = "sao-delta",
                  backend: str = "blocked", activation: str = "tanh", gain: float = 1.0,
                  topology: Topology | None = None, generator: torch.Generator | None = None,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None, *,
+                 fusion: str = "auto") -> None:
         super().__init__()
+        self.fusion = check_fusion_mode(fusion)
+        self.timer = RouteTimer()
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode={padding_mode!r} is not supported; choose from {', '.join(PADDING_MODES)}")
         self.in_channels = as_int(in_channels, "in_channels", minimum=1)
@@ -90,9 +117,80 @@ class SparseConv2d(SparseLayerBase):
         check_image(x, self.in_channels, "SparseConv2d")
         if self.backend == "masked":
             return conv2d_as(self, x, self.weight, self.bias)
-        bias = None if self.bias is None else self.bias.index_select(0, self.row_perm)
-        z = conv2d_as(self, x.index_select(-3, self.col_perm), self.blocks, bias, self.num_blocks)
+        self.last_decision = decision = self.decide(x)
+        return self.run(x, decision.route, self.blocks, self.bias)
+
+    # ------------------------------------------------------------------ the blocked backend's routes
+
+    def decide(self, x: Tensor) -> Decision:
+        """How the blocked backend runs a call with input ``x`` (:mod:`sao.nn.dispatch`); may time the
+        routes of :data:`~sao.nn.dispatch.CONV_ROUTES` once per case.
+
+        Raises:
+            ValueError: under ``fusion="compiled"`` where the kernel cannot run this call exactly.
+        """
+        mode = resolve_fusion_mode(self.fusion)
+        if mode in ("off", "fused"):
+            return Decision("plain", f"fusion={mode!r}")
+        blocks = self.blocks
+        blocker = parameter_blocker(x, blocks) or call_blocker(x) or kernel_blocker(x, "conv")
+        if mode == "compiled":
+            if blocker:
+                raise ValueError(f"fusion='compiled' cannot run this call exactly: {blocker}; use fusion='auto'")
+            return Decision("compiled", "fusion='compiled'")
+        if parameter_blocker(x, blocks) or call_blocker(x):
+            return Decision("plain", blocker)
+        routes = ("plain", "dense") if blocker else ("plain", "dense", "compiled")
+        bias = self.bias
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or blocks.requires_grad
+                                                  or (bias is not None and bias.requires_grad))
+        batch = x.shape[0] if x.dim() == 4 else 1
+        key = (tuple(x.shape[-3:]), batch_bucket(batch), x.dtype, x.device, needs_grad, torch.get_num_threads(),
+               x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(), routes)
+        if key not in self.timer.decisions:
+            return self.timer.choose(key, self._probe_runs(x, routes, needs_grad), x.device)
+        return self.timer.decisions[key]
+
+    def _probe_runs(self, x: Tensor, routes: tuple[str, ...], needs_grad: bool) -> dict[str, Callable[[], object]]:
+        """One call of each route on detached copies of the input and parameters (the layer's gradients and
+        hooks are never touched)."""
+        def leaf(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.detach().requires_grad_(needs_grad and t.requires_grad)
+
+        xp, blocks, bias = leaf(x), leaf(self.blocks), leaf(self.bias)
+        targets = [t for t in (xp, blocks, bias) if t is not None and t.requires_grad]
+
+        def once(route: str) -> None:
+            with probe_isolation():
+                y = self.run(xp, route, blocks, bias)
+                if targets:
+                    torch.autograd.grad(y, targets, torch.ones_like(y))
+
+        return {route: (lambda r=route: once(r)) for route in routes}
+
+    def run(self, x: Tensor, route: str, blocks: Tensor, bias: Tensor | None) -> Tensor:
+        """The blocked convolution of ``x`` with ``blocks`` (``self.blocks``' shape) and ``bias`` on ``route``
+        (one of :data:`~sao.nn.dispatch.CONV_ROUTES`), without deciding or checking."""
+        if route == "dense":
+            g = self.num_blocks
+            weight = scatter_blocks(blocks.unflatten(0, (g, blocks.shape[0] // g)), self.row_perm, self.col_perm)
+            return conv2d_as(self, x, weight, bias)
+        if route == "compiled":
+            return self._compiled(x, blocks, bias)
+        z = conv2d_as(self, x.index_select(-3, self.col_perm), blocks,
+                      None if bias is None else bias.index_select(0, self.row_perm), self.num_blocks)
         return z.index_select(-3, self.row_inverse)
+
+    def _compiled(self, x: Tensor, blocks: Tensor, bias: Tensor | None) -> Tensor:
+        batched = x.dim() == 4
+        x = x if batched else x.unsqueeze(0)
+        padding = self.padding
+        if self.padding_mode != "zeros" or isinstance(padding, str):  # "same"/"valid" and the other modes
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            x, padding = F.pad(x, self._reversed_padding_repeated_twice, mode=mode), (0, 0)
+        y = sparse_conv(x, blocks, bias, self.row_perm, self.col_perm, (self.stride, padding, self.dilation),
+                        self.num_blocks)
+        return y if batched else y.squeeze(0)
 
     def to_dense(self) -> nn.Conv2d:
         """A plain :class:`torch.nn.Conv2d` computing the same function (a copy)."""
@@ -104,4 +202,4 @@ class SparseConv2d(SparseLayerBase):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, padding_mode={self.padding_mode!r}, "
-                f"{self._sparse_repr()}")
+                f"{self._sparse_repr()}" + ("" if self.fusion == "auto" else f", fusion={self.fusion!r}"))

@@ -56,10 +56,12 @@ from torch.nn.modules import module as _module_globals
 
 from sao.nn._chain_kernel import load_chain_kernel
 from sao.nn._chain_triton import triton_chain_available
+from sao.nn._conv_kernel import load_conv_kernel
+from sao.nn._conv_triton import triton_conv_available
 
-__all__ = ["FUSION_MODES", "MARGIN", "PROBE_LAYERS", "ROUTES", "Decision", "RouteTimer", "batch_bucket",
-           "call_blocker", "chain_blocker", "check_fusion_mode", "fusion", "global_hook_blocker",
-           "kernel_blocker", "module_blocker", "resolve_fusion_mode"]
+__all__ = ["CONV_ROUTES", "FUSION_MODES", "KERNELS", "MARGIN", "PROBE_LAYERS", "ROUTES", "Decision", "RouteTimer",
+           "batch_bucket", "call_blocker", "chain_blocker", "check_fusion_mode", "fusion", "global_hook_blocker",
+           "kernel_blocker", "module_blocker", "parameter_blocker", "probe_isolation", "resolve_fusion_mode"]
 
 #: The execution modes of a fused model, with what each does.
 FUSION_MODES: dict[str, str] = {
@@ -70,6 +72,14 @@ FUSION_MODES: dict[str, str] = {
 }
 #: The ways a chain can run, from the most to the least general.
 ROUTES = ("plain", "fused", "compiled")
+#: The ways a blocked :class:`~sao.nn.SparseConv2d` can run: its own PyTorch ops (channel gathers around a
+#: grouped convolution), one dense convolution with the scattered weight, or the compiled kernel.
+CONV_ROUTES = ("plain", "dense", "compiled")
+#: The compiled kernels, by name: ``(builds the CPU kernel (None if unavailable), triton available on a device)``.
+KERNELS: dict[str, tuple[Callable[[], object], Callable[[torch.device], bool]]] = {
+    "chain": (load_chain_kernel, triton_chain_available),
+    "conv": (load_conv_kernel, triton_conv_available),
+}
 #: Layers of a chain that the cost probe copies and times.
 PROBE_LAYERS = 16
 #: A route other than ``"plain"`` is chosen only if it takes at most this fraction of ``"plain"``'s time.
@@ -181,9 +191,9 @@ def chain_blocker(modules: Sequence[nn.Module], types: Sequence[Sequence[type]])
 def call_blocker(x: Tensor) -> str | None:
     """Why this call must run ``"plain"`` under ``"auto"`` (and cannot run ``"compiled"``), or ``None``.
 
-    Devices other than CPU and CUDA (``meta``, …), autocast, ``torch.func`` transforms, forward-mode AD
-    and ``torch.compile`` tracing: the kernels implement none of them, and the cost probe cannot run
-    inside them.
+    Devices other than CPU and CUDA (``meta``, …), autocast, ``torch.func`` transforms, forward-mode AD,
+    ``torch.compile`` and ``torch.jit.trace`` (and the ONNX export built on it): the kernels implement none
+    of them, and the cost probe cannot run inside them.
     """
     if x.device.type not in ("cpu", "cuda"):
         return f"no fast route for device type {x.device.type!r} (cpu, cuda)"
@@ -196,22 +206,45 @@ def call_blocker(x: Tensor) -> str | None:
         return "forward-mode AD is active"
     if torch.compiler.is_compiling():
         return "torch.compile is tracing"
+    if torch.jit.is_tracing():  # torch.jit.trace and the ONNX exporter record PyTorch ops, not the kernels
+        return "torch.jit tracing (export) is active"
     return None
 
 
-def kernel_blocker(x: Tensor) -> str | None:
-    """Why no compiled kernel takes ``x`` (its dtype, its device, no kernel built), or ``None``.
+def kernel_blocker(x: Tensor, kernel: str = "chain") -> str | None:
+    """Why the compiled ``kernel`` (a name in :data:`KERNELS`) cannot take ``x`` (its dtype, its device, no
+    kernel built), or ``None``.
 
     Besides this, the compiled route needs :func:`call_blocker` to pass and parameters of ``x``'s dtype
     and device. May build the CPU kernel (once per process).
     """
+    build, triton_available = KERNELS[kernel]
     if x.dtype not in (torch.float32, torch.float64):
         return f"the kernel takes float32/float64, the input is {x.dtype}"
     if x.device.type == "cpu":
-        return None if load_chain_kernel() is not None else "the compiled CPU kernel is unavailable (see warnings)"
-    if x.device.type == "cuda" and triton_chain_available(x.device):
+        return None if build() is not None else "the compiled CPU kernel is unavailable (see warnings)"
+    if x.device.type == "cuda" and triton_available(x.device):
         return None
     return f"no compiled kernel for device {x.device} (CPU: C++; CUDA: triton)"
+
+
+def parameter_blocker(x: Tensor, parameter: Tensor) -> str | None:
+    """Why ``x`` cannot meet ``parameter`` on a fused or compiled route (another dtype or device), or ``None``.
+
+    Every route fails alike on such a call, so it runs ``"plain"`` (which raises PyTorch's own error).
+    """
+    if x.dtype != parameter.dtype or x.device != parameter.device:
+        return (f"the input is {x.dtype} on {x.device}, the parameters {parameter.dtype} on {parameter.device}; "
+                "give an input like the parameters")
+    return None
+
+
+@contextlib.contextmanager
+def probe_isolation() -> Iterator[None]:
+    """Run a cost probe out of the caller's sight: identity saved-tensor hooks on top of the caller's (a
+    non-reentrant checkpoint or ``save_on_cpu`` around the call must not see the probe's tensors)."""
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        yield
 
 
 def _sync(device: torch.device) -> None:
