@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -70,3 +72,16 @@ def tiny_run(table: str, method: str, *, depth: int, sparsity: float | None = No
         method=target, data=dataclasses.replace(base.data, batch_size=batch_size),
         train=dataclasses.replace(base.train, epochs=epochs, seed=seed)).resolved()
     return Run(config.label, config.to_dict())
+
+
+@contextlib.contextmanager
+def deterministic() -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(True)`` inside the block: sparse layers take a fixed route instead
+    of a measured one (:func:`sao.nn.dispatch.deterministic_route`), so two copies of a model compute bit for bit
+    alike."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)

@@ -141,6 +141,26 @@ def test_gradcheck_and_gradgradcheck() -> None:
 
 
 @needs_kernel
+def test_vmap_batched_gradients_through_the_kernels() -> None:
+    """Vectorized Jacobians pass vmap-batched gradients into a kernel's backward (which then runs PyTorch
+    ops): the compiled conv and the compiled chain give the plain Jacobian."""
+    from sao.nn import SparseLinear, fuse_sparse_chains
+    from sao.nn._chain_kernel import load_chain_kernel
+
+    conv = _layer(8, 8, (3, 3), degree=2, padding=1, stride=2, fusion="compiled")
+    models = [(conv, torch.randn(1, 8, 5, 5, dtype=torch.float64, generator=gen(11)))]
+    if load_chain_kernel() is not None:
+        chain = fuse_sparse_chains(nn.Sequential(
+            SparseLinear(8, 8, degree=2, dtype=torch.float64, generator=gen(12)), nn.Tanh(),
+            SparseLinear(8, 8, degree=2, dtype=torch.float64, generator=gen(13)), nn.Tanh()), fusion="compiled")
+        models.append((chain, torch.randn(3, 8, dtype=torch.float64, generator=gen(14))))
+    for model, x in models:
+        jac = torch.autograd.functional.jacobian(model, x, vectorize=True)
+        with fusion("off"):
+            torch.testing.assert_close(jac, torch.autograd.functional.jacobian(model, x), **TOL64)
+
+
+@needs_kernel
 def test_layer_compiled_mode_matches_off_and_trains_the_same() -> None:
     """Through the module: fusion="compiled" vs "off", forward, backward and two SGD steps."""
     torch.manual_seed(0)
@@ -266,6 +286,21 @@ def test_hooks_and_parametrizations_are_honoured() -> None:
         m.register_forward_hook(lambda mod, args, out: out + 1)
     x = torch.randn(2, 8, 5, 5, dtype=torch.float64, generator=gen(10))
     torch.testing.assert_close(layer(x), twin(x), **TOL64)
+
+
+@needs_kernel
+def test_deterministic_algorithms_fix_the_route() -> None:
+    """A measured route depends on timing noise; deterministic mode takes a fixed one and measures nothing."""
+    from helpers import deterministic
+
+    layer = _layer(8, 8, (3, 3), degree=2, padding=1)
+    layer.timer = FakeTimer({"plain": 0.1, "dense": 0.1, "compiled": 1.0})  # measuring would pick plain
+    with deterministic():
+        layer(torch.randn(2, 8, 5, 5, dtype=torch.float64))
+    assert layer.last_decision.route == "compiled" and not layer.timer.decisions
+    assert "deterministic" in layer.last_decision.reason
+    layer(torch.randn(2, 8, 5, 5, dtype=torch.float64))
+    assert layer.last_decision.route == "plain" and layer.timer.decisions
 
 
 def test_state_round_trips_keep_the_mode_and_measure_again() -> None:

@@ -473,8 +473,9 @@ def test_eco_backends_agree(c_in: int, c_out: int, k: int, size: int, stride: in
     blocked(xb).square().sum().backward()
     masked(xm).square().sum().backward()
     torch.testing.assert_close(xb.grad, xm.grad, atol=F32_ATOL, rtol=0)
+    # weight gradients sum N·H·W products (magnitude ~50 here): the routes' summation orders differ by ulps
     torch.testing.assert_close(dense_weight_grad(blocked.conv), dense_weight_grad(masked.conv), atol=F32_ATOL,
-                               rtol=0)
+                               rtol=1e-6)
 
 
 # --------------------------------------------------------------------------- 8. reproducibility

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 import sao
-from helpers import gen
+from helpers import deterministic, gen
 from sao.methods import METHODS, SparsifySummary, connection_mask
 from sao.nn import MaskedConv2d, MaskedLinear, SparseConv2d, SparseLinear
 
@@ -127,7 +127,7 @@ def test_every_method_on_real_models(model: str, method: str) -> None:
     assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
     net.zero_grad(set_to_none=True)
 
-    with torch.no_grad():
+    with torch.no_grad(), deterministic():  # bit for bit: every copy on the same route
         expected = net(x)
         other, _, _ = run(model, method, seed=1)  # another topology/mask: the state_dict must bring its own
         other.load_state_dict(net.state_dict())

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sao.nn._extension import CompiledExtension
+from sao.nn._extension import CompiledExtension, kernel_readable
 
 __all__ = ["ACTIVATION_CODES", "SparseChainFunction", "chain_backward_differentiable", "chain_indices", "chain_params",
            "chain_reference", "load_chain_kernel", "release_chain_workspace", "sparse_chain"]
@@ -97,7 +97,8 @@ class SparseChainFunction(torch.autograd.Function):
         depth = len(tensors) // 2
         blocks, biases = tensors[:depth], tensors[depth:]
         gathers, row_perms, final_inverse, codes, tile = ctx.indices
-        if torch.is_grad_enabled():  # create_graph=True: the backward itself must be differentiable
+        # create_graph=True (the backward itself must be differentiable), or vmap-batched gradients
+        if torch.is_grad_enabled() or not kernel_readable(grad_y):
             params = [p for b, bias in zip(blocks, biases, strict=True) for p in (b, bias if bias.numel() else None)]
             grads = chain_backward_differentiable(grad_y, x, params, (gathers, row_perms, final_inverse),
                                                   _names(codes), ctx.needs_input_grad)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from sao.nn._chain_kernel import _codes, _names, chain_backward_differentiable, chain_indices, chain_params
+from sao.nn._extension import kernel_readable
 
 __all__ = ["TritonChainFunction", "chain_indices", "sparse_chain_triton", "triton_chain_available"]
 
@@ -338,7 +339,8 @@ class TritonChainFunction(torch.autograd.Function):
         x, *rest = ctx.saved_tensors
         outputs, blocks, it = rest[:depth], rest[depth:2 * depth], iter(rest[2 * depth:])
         biases = [next(it) if has else None for has in has_bias]
-        if torch.is_grad_enabled():  # create_graph=True: the backward itself must be differentiable
+        # create_graph=True (the backward itself must be differentiable), or vmap-batched gradients
+        if torch.is_grad_enabled() or not kernel_readable(grad_y):
             params = [p for pair in zip(blocks, biases, strict=True) for p in pair]
             grads = chain_backward_differentiable(grad_y, x, params, (gathers, row_perms, final_inverse),
                                                   _names(codes), ctx.needs_input_grad)

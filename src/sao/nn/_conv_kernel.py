@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sao.nn._extension import CompiledExtension
+from sao.nn._extension import CompiledExtension, kernel_readable
 
 __all__ = ["SparseConvFunction", "load_conv_kernel", "sparse_conv", "sparse_conv_reference"]
 
@@ -121,7 +121,8 @@ class SparseConvFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
         x, blocks, bias, row_perm, col_perm = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():  # create_graph=True: the backward itself must be differentiable
+        # create_graph=True (the backward itself must be differentiable), or vmap-batched gradients
+        if torch.is_grad_enabled() or not kernel_readable(grad_y):
             grads = _differentiable_backward(grad_y, (x, blocks, bias), (row_perm, col_perm), ctx)
             return (*grads, None, None, None, None)
         grad_x, grad_w = _ops(x.device).backward(grad_y, x, blocks, (row_perm, col_perm), ctx.geometry,
@@ -153,5 +154,8 @@ def sparse_conv(x: Tensor, blocks: Tensor, bias: Tensor | None, row_perm: Tensor
     blocks = blocks if blocks.is_contiguous() else blocks.contiguous()
     if bias is not None and not bias.is_contiguous():
         bias = bias.contiguous()
-    return SparseConvFunction.apply(x, blocks, bias, row_perm.contiguous(), col_perm.contiguous(), geometry,
-                                    num_blocks)
+    perms = (row_perm if row_perm.is_contiguous() else row_perm.contiguous(),
+             col_perm if col_perm.is_contiguous() else col_perm.contiguous())
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, blocks, bias)):
+        return SparseConvFunction.apply(x, blocks, bias, *perms, geometry, num_blocks)
+    return _ops(x.device).forward(x, blocks, bias, perms, geometry, num_blocks)  # nothing to differentiate

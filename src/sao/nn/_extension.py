@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CSRC", "CompiledExtension"]
+__all__ = ["CSRC", "CompiledExtension", "kernel_readable"]
 
 #: The directory of the C++ sources.
 CSRC = Path(__file__).with_name("csrc")
@@ -123,3 +123,12 @@ class CompiledExtension:
         if module is None:
             raise RuntimeError(self.state["error"])
         return module
+
+
+def kernel_readable(t: torch.Tensor) -> bool:
+    """Whether a compiled kernel can read ``t``'s memory: a strided tensor with storage, not one batched by
+    ``vmap`` (as ``autograd.grad(..., is_grads_batched=True)`` and vectorized Jacobians pass gradients) or
+    wrapped by ``torch.func``. Kernels' backwards fall back to PyTorch ops for the others."""
+    functorch = torch._C._functorch
+    return not (functorch.is_legacy_batchedtensor(t) or functorch.is_batchedtensor(t)
+                or functorch.is_functorch_wrapped_tensor(t) or t.layout != torch.strided)

@@ -35,6 +35,7 @@ from sao.nn.dispatch import (
     call_blocker,
     chain_blocker,
     check_fusion_mode,
+    deterministic_route,
     global_hook_blocker,
     kernel_blocker,
     module_blocker,
@@ -154,9 +155,10 @@ class FusedSparseChain(nn.Module):
             p is not None and p.requires_grad for layer in self.layers for p in (layer.blocks, layer.bias)))
         key = (self._signature, x.dtype, x.device, batch_bucket(x.numel() // max(x.shape[-1], 1)), needs_grad,
                torch.get_num_threads(), routes)
-        if key not in self.timer.decisions:
-            return self.timer.choose(key, self._probe_runs(x, routes, needs_grad), x.device)
-        return self.timer.decisions[key]
+        if key in self.timer.decisions:
+            return self.timer.decisions[key]
+        fixed = deterministic_route(routes, ("compiled", "fused"))
+        return fixed or self.timer.choose(key, self._probe_runs(x, routes, needs_grad), x.device)
 
     def _probe_runs(self, x: Tensor, routes: tuple[str, ...], needs_grad: bool) -> dict[str, Callable[[], object]]:
         """One call of each route on a copy of the first :data:`~sao.nn.dispatch.PROBE_LAYERS` layers

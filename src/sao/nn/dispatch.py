@@ -59,9 +59,28 @@ from sao.nn._chain_triton import triton_chain_available
 from sao.nn._conv_kernel import load_conv_kernel
 from sao.nn._conv_triton import triton_conv_available
 
-__all__ = ["CONV_ROUTES", "FUSION_MODES", "KERNELS", "MARGIN", "PROBE_LAYERS", "ROUTES", "Decision", "RouteTimer",
-           "batch_bucket", "call_blocker", "chain_blocker", "check_fusion_mode", "fusion", "global_hook_blocker",
-           "kernel_blocker", "module_blocker", "parameter_blocker", "probe_isolation", "resolve_fusion_mode"]
+__all__ = [
+    "CONV_ROUTES",
+    "FUSION_MODES",
+    "KERNELS",
+    "MARGIN",
+    "PROBE_LAYERS",
+    "ROUTES",
+    "Decision",
+    "RouteTimer",
+    "batch_bucket",
+    "call_blocker",
+    "chain_blocker",
+    "check_fusion_mode",
+    "deterministic_route",
+    "fusion",
+    "global_hook_blocker",
+    "kernel_blocker",
+    "module_blocker",
+    "parameter_blocker",
+    "probe_isolation",
+    "resolve_fusion_mode",
+]
 
 #: The execution modes of a fused model, with what each does.
 FUSION_MODES: dict[str, str] = {
@@ -195,9 +214,13 @@ def call_blocker(x: Tensor) -> str | None:
     ``torch.compile`` and ``torch.jit.trace`` (and the ONNX export built on it): the kernels implement none
     of them, and the cost probe cannot run inside them.
     """
-    if x.device.type not in ("cpu", "cuda"):
+    if x.is_cpu:  # attribute reads: this runs at every call of every fast-path module
+        device_type = "cpu"
+    elif x.is_cuda:
+        device_type = "cuda"
+    else:
         return f"no fast route for device type {x.device.type!r} (cpu, cuda)"
-    if torch.is_autocast_enabled(x.device.type):
+    if torch.is_autocast_enabled(device_type):
         return "autocast is enabled"
     if torch._C._are_functorch_transforms_active():
         return "a torch.func transform is active"
@@ -226,6 +249,20 @@ def kernel_blocker(x: Tensor, kernel: str = "chain") -> str | None:
     if x.device.type == "cuda" and triton_available(x.device):
         return None
     return f"no compiled kernel for device {x.device} (CPU: C++; CUDA: triton)"
+
+
+def deterministic_route(routes: Sequence[str], preferred: Sequence[str]) -> Decision | None:
+    """Under ``torch.use_deterministic_algorithms(True)``, the first of ``preferred`` among ``routes``, unmeasured;
+    else ``None`` (measure).
+
+    A measured choice depends on timing noise, so two runs (or two copies of a model) could take routes that
+    differ in float rounding; deterministic mode fixes the route instead, as PyTorch turns off
+    ``cudnn.benchmark``'s timing-based choice there. Every route is itself deterministic for a fixed thread count.
+    """
+    if not torch.are_deterministic_algorithms_enabled():
+        return None
+    route = next(r for r in preferred if r in routes)
+    return Decision(route, "deterministic algorithms are enabled: a fixed route, not measured")
 
 
 def parameter_blocker(x: Tensor, parameter: Tensor) -> str | None:

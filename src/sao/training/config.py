@@ -67,8 +67,9 @@ class TrainConfig:
     cudnn_benchmark: bool = field(default=False, metadata=_help(
         "let cuDNN pick the fastest conv algorithms (CUDA only; not bit-reproducible)"))
     fused: bool = field(default=True, metadata=_help(
-        "run chains of blocked SparseLinear layers on their fastest exact route (fused or compiled where measured "
-        "faster, else plain; sao.nn.dispatch): same function, an execution detail"))
+        "run chains of blocked SparseLinear layers and blocked SparseConv2d layers on their fastest exact route "
+        "(fused, dense or compiled where measured faster, else plain; sao.nn.dispatch): same function, an "
+        "execution detail"))
 
     def __post_init__(self) -> None:
         def check(name: str, checker: Any, **bounds: Any) -> None:

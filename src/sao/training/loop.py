@@ -58,7 +58,7 @@ from tqdm import tqdm
 
 from sao._atomic import atomic_write_bytes
 from sao.data import ShardedBatchSampler
-from sao.nn import fusable_container, fuse_sparse_chains
+from sao.nn import fusable_container, fuse_sparse_chains, fusion
 from sao.training.checkpoint import CHECKPOINT_FORMAT, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from sao.training.config import AMP_DTYPES, RETIRED_FIELDS, TrainConfig, resolve_device
 from sao.training.distributed import all_reduce_sum, device_for_rank, is_main_process, world
@@ -168,17 +168,33 @@ EXECUTION_ONLY = ("device", "fused")
 
 
 def _execution_model(model: nn.Module, config: TrainConfig) -> nn.Module:
-    """What runs the forward passes: ``model`` with its sparse chains fused (``config.fused``), else ``model``.
+    """What runs the forward passes: ``model`` on its sparse layers' fastest exact routes (``config.fused``),
+    else ``model`` with every sparse layer on its plain route.
 
-    The fused view (:func:`~sao.nn.fuse_sparse_chains`, ``fusion="auto"``) shares every module and hook
-    with ``model`` and has its ``state_dict`` keys, so checkpoints, the optimizer and the saved results
-    are the same either way; each chain runs on the fastest route that is exact for the call
-    (:mod:`sao.nn.dispatch`), so the default is never slower than ``model`` itself. Models that are not
-    exactly an ``nn.Sequential`` run as they are.
+    With ``config.fused``: the fused view (:func:`~sao.nn.fuse_sparse_chains`, ``fusion="auto"``) of an exact
+    ``nn.Sequential`` shares every module and hook with ``model`` and has its ``state_dict`` keys, so
+    checkpoints, the optimizer and the saved results are the same either way; each chain runs on the fastest
+    route that is exact for the call (:mod:`sao.nn.dispatch`), as does each blocked ``SparseConv2d`` in any
+    model, so the default is never slower than the plain modules. Without it, calls run under
+    ``sao.nn.fusion("off")``.
     """
-    if config.fused and fusable_container(model) is None:
+    if not config.fused:
+        return _Unfused(model)
+    if fusable_container(model) is None:
         return fuse_sparse_chains(model)
     return model
+
+
+class _Unfused(nn.Module):
+    """``model`` called under ``fusion("off")``: every sparse chain and layer on its plain route."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with fusion("off"):
+            return self.model(*args, **kwargs)
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:

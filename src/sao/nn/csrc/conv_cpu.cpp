@@ -34,6 +34,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include "simd.h"
@@ -42,11 +43,24 @@ namespace {
 
 using namespace sao_simd;
 
-constexpr int kNV = 2;  // vectors per output tile (32 floats, 16 doubles)
+constexpr int kNV = 4;  // vectors per output tile (64 floats, 32 doubles)
 constexpr int64_t kUnitElements = 1024;  // flat outputs per unit of work at least (when the batch allows)
 constexpr int64_t kChunk = 256;  // elements of the weight gradient's inner products kept in L1 at a time
 
 template <typename T> constexpr int64_t kTile = kNV * kW<T>;
+
+// A std::vector whose storage starts on a 64-byte line (rows are tile multiples, so every row does too).
+template <typename U>
+struct LineAllocator {
+  using value_type = U;
+  LineAllocator() = default;
+  template <typename O> LineAllocator(const LineAllocator<O>&) {}
+  U* allocate(std::size_t n) { return static_cast<U*>(::operator new(n * sizeof(U), std::align_val_t(64))); }
+  void deallocate(U* p, std::size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <typename O> bool operator==(const LineAllocator<O>&) const { return true; }
+  template <typename O> bool operator!=(const LineAllocator<O>&) const { return false; }
+};
+template <typename U> using Buffer = std::vector<U, LineAllocator<U>>;
 
 inline int64_t round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
 
@@ -99,21 +113,23 @@ struct Geometry {
 };
 
 // Copy channel c of sample n (strided) into its phase planes: `dst` is the sample's segment of the
-// channel's first plane (planes `plane` apart), zero-initialised.
+// channel's first plane (planes `plane` apart), zero-initialised. Padded column c2 = j + pw goes to phase
+// c2 % sw at column c2 / sw; walking each phase's columns avoids a division per element.
 template <typename T>
 void pack_input(const T* x, const int64_t* xs, int64_t n, int64_t c, const Geometry& G, T* dst) {
   const T* src = x + n * xs[0] + c * xs[1];
   for (int64_t i = 0; i < G.H; ++i) {
     const int64_t r = i + G.ph;
-    T* rowbase = dst + ((r % G.sh) * G.sw) * G.plane + (r / G.sh) * G.Ws;
-    const T* srow = src + i * xs[2];
-    if (G.phases == 1 && xs[3] == 1) {
+    T* __restrict rowbase = dst + ((r % G.sh) * G.sw) * G.plane + (r / G.sh) * G.Ws;
+    const T* __restrict srow = src + i * xs[2];
+    if (G.sw == 1 && xs[3] == 1) {
       std::memcpy(rowbase + G.pw, srow, G.W * sizeof(T));
       continue;
     }
-    for (int64_t j = 0; j < G.W; ++j) {
-      const int64_t c2 = j + G.pw;
-      rowbase[(c2 % G.sw) * G.plane + c2 / G.sw] = srow[j * xs[3]];
+    for (int64_t rw = 0; rw < G.sw; ++rw) {
+      T* __restrict d = rowbase + rw * G.plane;
+      const int64_t first = (G.pw - rw + G.sw - 1) / G.sw;  // first k with rw + k*sw >= pw
+      for (int64_t k = first, j = rw + first * G.sw - G.pw; j < G.W; ++k, j += G.sw) d[k] = srow[j * xs[3]];
     }
   }
 }
@@ -124,44 +140,77 @@ void unpack_input(const T* src, const Geometry& G, T* gx, const int64_t* gs, int
   T* dst = gx + n * gs[0] + c * gs[1];
   for (int64_t i = 0; i < G.H; ++i) {
     const int64_t r = i + G.ph;
-    const T* rowbase = src + ((r % G.sh) * G.sw) * G.plane + (r / G.sh) * G.Ws;
-    T* d = dst + i * gs[2];
-    if (G.phases == 1 && gs[3] == 1) {
+    const T* __restrict rowbase = src + ((r % G.sh) * G.sw) * G.plane + (r / G.sh) * G.Ws;
+    T* __restrict d = dst + i * gs[2];
+    if (G.sw == 1 && gs[3] == 1) {
       std::memcpy(d, rowbase + G.pw, G.W * sizeof(T));
       continue;
     }
-    for (int64_t j = 0; j < G.W; ++j) {
-      const int64_t c2 = j + G.pw;
-      d[j * gs[3]] = rowbase[(c2 % G.sw) * G.plane + c2 / G.sw];
+    for (int64_t rw = 0; rw < G.sw; ++rw) {
+      const T* __restrict s = rowbase + rw * G.plane;
+      const int64_t first = (G.pw - rw + G.sw - 1) / G.sw;
+      for (int64_t k = first, j = rw + first * G.sw - G.pw; j < G.W; ++k, j += G.sw) d[j * gs[3]] = s[k];
     }
   }
 }
 
+// dst[i*ds + j*dj] = src[i*ss + j] + add for i < rows, j < cols (a contiguous inner loop when dj == 1).
+template <typename T>
+inline void copy_rows(T* __restrict dst, int64_t ds, int64_t dj, const T* __restrict src, int64_t ss, int64_t rows,
+                      int64_t cols, T add) {
+  for (int64_t i = 0; i < rows; ++i) {
+    T* __restrict d = dst + i * ds;
+    const T* __restrict s = src + i * ss;
+    if (dj == 1)
+      for (int64_t j = 0; j < cols; ++j) d[j] = s[j] + add;
+    else
+      for (int64_t j = 0; j < cols; ++j) d[j * dj] = s[j] + add;
+  }
+}
+
+// dst[i*ds + j] = src[i*ss + j*sj] for i < rows, j < cols.
+template <typename T>
+inline void gather_rows(T* __restrict dst, int64_t ds, const T* __restrict src, int64_t ss, int64_t sj, int64_t rows,
+                        int64_t cols) {
+  for (int64_t i = 0; i < rows; ++i) {
+    T* __restrict d = dst + i * ds;
+    const T* __restrict s = src + i * ss;
+    if (sj == 1)
+      std::memcpy(d, s, cols * sizeof(T));
+    else
+      for (int64_t j = 0; j < cols; ++j) d[j] = s[j * sj];
+  }
+}
+
 // out[r][0 .. len) = sum_k coef[r + k*cs] * src[k][0 .. len) for `rows` rows; len a multiple of the tile.
+// Register tiles of 8 rows x 2 vectors, 4 x 4, 2 x 4 and 1 x 4 (at most 16 accumulators; narrow row tiles
+// take longer vectors, so each broadcast weight feeds several FMAs when the blocks are small).
 template <typename T>
 void correlate(int64_t rows, const T* coef, int64_t cs, const std::vector<const T*>& src, T* const* out,
                int64_t len, std::vector<const T*>& moved) {
   const int64_t K = static_cast<int64_t>(src.size());
   moved.resize(K);
-  for (int64_t q0 = 0; q0 < len; q0 += kTile<T>) {
-    for (int64_t k = 0; k < K; ++k) moved[k] = src[k] + q0;
-    T* dst[8];
-    int64_t r = 0;
-    auto run = [&](auto rb) {
-      constexpr int RB = decltype(rb)::value;
-      for (; r + RB <= rows; r += RB) {
+  T* dst[8];
+  auto pass = [&](auto rb, auto nv, int64_t r0, int64_t r1) {  // rows [r0, r1) in tiles of RB x NV vectors
+    constexpr int RB = decltype(rb)::value, NV = decltype(nv)::value;
+    for (int64_t q0 = 0; q0 < len; q0 += NV * kW<T>) {
+      for (int64_t k = 0; k < K; ++k) moved[k] = src[k] + q0;
+      for (int64_t r = r0; r + RB <= r1; r += RB) {
         for (int i = 0; i < RB; ++i) dst[i] = out[r + i] + q0;
-        rows_kernel<T, kNV, RB, kIdentity>(coef + r, 1, cs, K, moved.data(), nullptr, dst);
+        rows_kernel<T, NV, RB, kIdentity>(coef + r, 1, cs, K, moved.data(), nullptr, dst);
       }
-    };
-    run(std::integral_constant<int, 8>{});
-    run(std::integral_constant<int, 4>{});
-    run(std::integral_constant<int, 2>{});
-    run(std::integral_constant<int, 1>{});
-  }
+    }
+  };
+  using I1 = std::integral_constant<int, 1>;
+  using I2 = std::integral_constant<int, 2>;
+  using I4 = std::integral_constant<int, 4>;
+  const int64_t r8 = rows / 8 * 8, r4 = r8 + (rows - r8) / 4 * 4, r2 = r4 + (rows - r4) / 2 * 2;
+  if (r8) pass(std::integral_constant<int, 8>{}, I2{}, 0, r8);
+  if (r4 > r8) pass(I4{}, I4{}, r8, r4);
+  if (r2 > r4) pass(I2{}, I4{}, r4, r2);
+  if (rows > r2) pass(I1{}, I4{}, r2, rows);
 }
 
-// acc[r * ldc + k] += a[r][q0 .. q1) * b[k][q0 .. q1) lane by lane, for RB x KB rows (vector accumulators).
 template <typename T, int RB, int KB>
 inline void dot_tile(const T* const* a, const T* const* b, int64_t q0, int64_t q1, V<T>* acc, int64_t ldc) {
   V<T> sum[RB][KB];
@@ -178,24 +227,32 @@ inline void dot_tile(const T* const* a, const T* const* b, int64_t q0, int64_t q
     for (int k = 0; k < KB; ++k) acc[r * ldc + k] = sum[r][k];
 }
 
+template <typename T, int RB, int KB>
+void dot_rows(int64_t r, int64_t R, const T* const* a, int64_t K, const T* const* b, int64_t q0, int64_t q1,
+              V<T>* acc) {
+  for (; r + RB <= R; r += RB) {
+    int64_t k = 0;
+    for (; k + KB <= K; k += KB) dot_tile<T, RB, KB>(a + r, b + k, q0, q1, acc + r * K + k, K);
+    for (; k < K; ++k) dot_tile<T, RB, 1>(a + r, b + k, q0, q1, acc + r * K + k, K);
+  }
+}
+
 // C[r * K + k] += sum_{q < len} a[r][q] * b[k][q] for r < R, k < K; len a multiple of the vector. The sum
 // runs in chunks of kChunk elements (rows stay in L1 across the tiles) with vector accumulators `acc`.
+// Tiles of 8 x 2 rows (16 accumulators, 10 loads per 16 FMAs: the a rows are aligned, the b rows, shifted
+// by a tap, are not), narrower where R is small.
 template <typename T>
-void dot_all(int64_t R, const T* const* a, int64_t K, const T* const* b, int64_t len, T* C, std::vector<V<T>>& acc) {
+void dot_all(int64_t R, const T* const* a, int64_t K, const T* const* b, int64_t len, T* C, Buffer<V<T>>& acc) {
   acc.assign(R * K, splat<T>(0));
   for (int64_t q0 = 0; q0 < len; q0 += kChunk) {
     const int64_t q1 = std::min(len, q0 + kChunk);
-    int64_t r = 0;
-    for (; r + 4 <= R; r += 4) {
-      int64_t k = 0;
-      for (; k + 4 <= K; k += 4) dot_tile<T, 4, 4>(a + r, b + k, q0, q1, acc.data() + r * K + k, K);
-      for (; k < K; ++k) dot_tile<T, 4, 1>(a + r, b + k, q0, q1, acc.data() + r * K + k, K);
-    }
-    for (; r < R; ++r) {
-      int64_t k = 0;
-      for (; k + 4 <= K; k += 4) dot_tile<T, 1, 4>(a + r, b + k, q0, q1, acc.data() + r * K + k, K);
-      for (; k < K; ++k) dot_tile<T, 1, 1>(a + r, b + k, q0, q1, acc.data() + r * K + k, K);
-    }
+    dot_rows<T, 8, 2>(0, R, a, K, b, q0, q1, acc.data());
+    const int64_t r8 = R / 8 * 8;
+    dot_rows<T, 4, 4>(r8, R, a, K, b, q0, q1, acc.data());
+    const int64_t r4 = r8 + (R - r8) / 4 * 4;
+    dot_rows<T, 2, 8>(r4, R, a, K, b, q0, q1, acc.data());
+    const int64_t r2 = r4 + (R - r4) / 2 * 2;
+    dot_rows<T, 1, 8>(r2, R, a, K, b, q0, q1, acc.data());
   }
   for (int64_t i = 0; i < R * K; ++i) C[i] += hsum<T>(acc[i]);
 }
@@ -203,10 +260,10 @@ void dot_all(int64_t R, const T* const* a, int64_t K, const T* const* b, int64_t
 // Per-thread scratch of one unit of work (a chunk of samples, a block).
 template <typename T>
 struct Scratch {
-  std::vector<T> planes, rows, grad_planes;
+  Buffer<T> planes, rows, grad_planes;
   std::vector<const T*> src, moved, gsrc, gsrc_t;
   std::vector<T*> out;
-  std::vector<V<T>> acc;
+  Buffer<V<T>> acc;
 };
 
 // The unit's samples [n0, n1) of its block's input channels as phase planes (scratch.planes, bn * phases *
@@ -254,12 +311,8 @@ at::Tensor forward_impl(const at::Tensor& x, const at::Tensor& blocks, const at:
       for (int64_t o = 0; o < G.bm; ++o) {  // the store is the scatter through row_perm
         const int64_t c = rp[b * G.bm + o];
         const T add = bp ? bp[c] : T(0);
-        for (int64_t n = n0; n < n1; ++n) {
-          T* dst = yp + n * ys[0] + c * ys[1];
-          const T* row = s.out[o] + (n - n0) * G.seg;
-          for (int64_t i = 0; i < G.OH; ++i)
-            for (int64_t j = 0; j < G.OW; ++j) dst[i * ys[2] + j * ys[3]] = row[i * G.Ws + j] + add;
-        }
+        for (int64_t n = n0; n < n1; ++n)
+          copy_rows(yp + n * ys[0] + c * ys[1], ys[2], ys[3], s.out[o] + (n - n0) * G.seg, G.Ws, G.OH, G.OW, add);
       }
     }
   });
@@ -310,7 +363,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_y, const at::Tensor
       if (!mine.defined()) mine = at::zeros({blocks.numel()}, blocks.options());
       acc = mine.data_ptr<T>();
     }
-    std::vector<T> grows(G.bm * glen);
+    Buffer<T> grows(G.bm * glen);
     s.gsrc.resize(G.bm);
     const int64_t per = G.phases * G.plane;
     for (int64_t unit = begin; unit < end; ++unit) {
@@ -319,12 +372,9 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_y, const at::Tensor
       for (int64_t o = 0; o < G.bm; ++o) {  // dL/dy of the unit, flat rows of width Ws (gather via row_perm)
         T* row = grows.data() + o * glen + margin;
         s.gsrc[o] = row;
-        for (int64_t n = n0; n < n1; ++n) {
-          const T* src = gyp + n * gys[0] + rp[b * G.bm + o] * gys[1];
-          T* dst = row + (n - n0) * G.seg;
-          for (int64_t i = 0; i < G.OH; ++i)
-            for (int64_t j = 0; j < G.OW; ++j) dst[i * G.Ws + j] = src[i * gys[2] + j * gys[3]];
-        }
+        for (int64_t n = n0; n < n1; ++n)
+          gather_rows(row + (n - n0) * G.seg, G.Ws, gyp + n * gys[0] + rp[b * G.bm + o] * gys[1], gys[2], gys[3],
+                      G.OH, G.OW);
       }
       if (need_x) {
         s.grad_planes.assign(G.bn * per, T(0));
