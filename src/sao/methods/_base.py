@@ -85,6 +85,7 @@ from sao.methods._layers import (
 )
 from sao.methods._summary import LayerReport, SparsifySummary
 from sao.nn import BACKENDS, ECOConv2d
+from sao.nn.dispatch import share_timer
 from sao.nn.masked import kernel_connections
 from sao.topology import nearest_degree, resolve_degree
 
@@ -486,6 +487,7 @@ def sparsify(model: M, method: str = "sao", degree: int | None = None, sparsity:
             module.train(slot.module.training)
         for name in slot.names:
             model.set_submodule(name, module)
+    share_timer(model)  # layers of one shape measure their routes once (sao.nn.dispatch)
     rows = []
     for slot in slots:
         now, shape = model.get_submodule(slot.name), shapes[id(slot.module)]

@@ -280,5 +280,7 @@ class SparseLayerBase(nn.Module):
         g = self.num_blocks
         bm, bn = self._topology.block_shape
         mirrored = ", mirrored" if self.mirrored else ""
+        fusion = getattr(self, "fusion", "auto")
         return (f"degree={self.degree}, sparsity={self.sparsity:.4%}, blocks={g}x({bm}x{bn}){mirrored}, "
-                f"init={self.init!r}, backend={self.backend!r}, bias={self.bias is not None}")
+                f"init={self.init!r}, backend={self.backend!r}, bias={self.bias is not None}"
+                + ("" if fusion == "auto" else f", fusion={fusion!r}"))

@@ -155,10 +155,10 @@ class FusedSparseChain(nn.Module):
             p is not None and p.requires_grad for layer in self.layers for p in (layer.blocks, layer.bias)))
         key = (self._signature, x.dtype, x.device, batch_bucket(x.numel() // max(x.shape[-1], 1)), needs_grad,
                torch.get_num_threads(), routes)
-        if key in self.timer.decisions:
-            return self.timer.decisions[key]
-        fixed = deterministic_route(routes, ("compiled", "fused"))
-        return fixed or self.timer.choose(key, self._probe_runs(x, routes, needs_grad), x.device)
+        fixed = deterministic_route(routes, ("compiled", "fused"))  # before the cache: it may hold measured ones
+        if fixed or key in self.timer.decisions:
+            return fixed or self.timer.decisions[key]
+        return self.timer.choose(key, self._probe_runs(x, routes, needs_grad), x.device)
 
     def _probe_runs(self, x: Tensor, routes: tuple[str, ...], needs_grad: bool) -> dict[str, Callable[[], object]]:
         """One call of each route on a copy of the first :data:`~sao.nn.dispatch.PROBE_LAYERS` layers

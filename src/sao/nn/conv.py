@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -13,19 +11,7 @@ from sao.nn._conv import conv2d_as
 from sao.nn._conv_kernel import sparse_conv
 from sao.nn._shape import check_image
 from sao.nn._sparse import SparseLayerBase
-from sao.nn.dispatch import (
-    CONV_ROUTES,
-    Decision,
-    RouteTimer,
-    batch_bucket,
-    call_blocker,
-    check_fusion_mode,
-    deterministic_route,
-    kernel_blocker,
-    parameter_blocker,
-    probe_isolation,
-    resolve_fusion_mode,
-)
+from sao.nn.dispatch import CONV_ROUTES, RoutedLayer, RouteTimer, check_fusion_mode
 from sao.topology import Topology, scatter_blocks
 
 __all__ = ["SparseConv2d"]
@@ -33,7 +19,7 @@ __all__ = ["SparseConv2d"]
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
-class SparseConv2d(SparseLayerBase):
+class SparseConv2d(RoutedLayer, SparseLayerBase):
     """A convolution whose ``(out_channels, in_channels)`` matrix of kernels has an SAO topology.
 
     Whole ``kh x kw`` kernels are absent (kernel-level sparsity): out-channel ``o`` reads
@@ -81,8 +67,9 @@ class SparseConv2d(SparseLayerBase):
         (torch.Size([2, 16, 8, 8]), [4])
     """
 
-    last_decision: Decision | None = None
-    _last_case: tuple | None = None  # (the last call's kind, its decision): skips the timer's key when repeated
+    ROUTE_NAMES = CONV_ROUTES
+    KERNEL = "conv"
+    FEATURE_DIMS = 3
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
@@ -120,64 +107,13 @@ class SparseConv2d(SparseLayerBase):
         check_image(x, self.in_channels, "SparseConv2d")
         if self.backend == "masked":
             return conv2d_as(self, x, self.weight, self.bias)
-        self.last_decision = decision = self.decide(x)
-        return self.run(x, decision.route, self.blocks, self.bias)
+        return self._routed_forward(x)
 
     # ------------------------------------------------------------------ the blocked backend's routes
 
-    def decide(self, x: Tensor) -> Decision:
-        """How the blocked backend runs a call with input ``x`` (:mod:`sao.nn.dispatch`); may time the
-        routes of :data:`~sao.nn.dispatch.CONV_ROUTES` once per case.
-
-        Raises:
-            ValueError: under ``fusion="compiled"`` where the kernel cannot run this call exactly.
-        """
-        mode = resolve_fusion_mode(self.fusion)
-        if mode in ("off", "fused"):
-            return Decision("plain", f"fusion={mode!r}")
-        blocks = self.blocks
-        unfit = parameter_blocker(x, blocks) or call_blocker(x)
-        if mode == "compiled":
-            blocker = unfit or kernel_blocker(x, "conv")
-            if blocker:
-                raise ValueError(f"fusion='compiled' cannot run this call exactly: {blocker}; use fusion='auto'")
-            return Decision("compiled", "fusion='compiled'")
-        if unfit:
-            return Decision("plain", unfit)
-        bias = self.bias
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or blocks.requires_grad
-                                                  or (bias is not None and bias.requires_grad))
-        key = (x.shape, x.dtype, x.device, needs_grad, torch.get_num_threads(), x.stride(),
-               torch.are_deterministic_algorithms_enabled())
-        cached, timer = self._last_case, self.timer
-        if cached is not None and cached[0] == key and cached[2] is timer:  # the same kind of call as the last one
-            return cached[1]
-        routes = ("plain", "dense") if kernel_blocker(x, "conv") else CONV_ROUTES
-        batch = x.shape[0] if x.dim() == 4 else 1
-        case = (tuple(x.shape[-3:]), batch_bucket(batch), x.dtype, x.device, needs_grad, torch.get_num_threads(),
-                x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(), routes)
-        decision = timer.decisions.get(case) or deterministic_route(routes, ("compiled", "plain"))
-        if decision is None:
-            decision = timer.choose(case, self._probe_runs(x, routes, needs_grad), x.device)
-        self._last_case = (key, decision, timer)
-        return decision
-
-    def _probe_runs(self, x: Tensor, routes: tuple[str, ...], needs_grad: bool) -> dict[str, Callable[[], object]]:
-        """One call of each route on detached copies of the input and parameters (the layer's gradients and
-        hooks are never touched)."""
-        def leaf(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.detach().requires_grad_(needs_grad and t.requires_grad)
-
-        xp, blocks, bias = leaf(x), leaf(self.blocks), leaf(self.bias)
-        targets = [t for t in (xp, blocks, bias) if t is not None and t.requires_grad]
-
-        def once(route: str) -> None:
-            with probe_isolation():
-                y = self.run(xp, route, blocks, bias)
-                if targets:
-                    torch.autograd.grad(y, targets, torch.ones_like(y))
-
-        return {route: (lambda r=route: once(r)) for route in routes}
+    def route_signature(self) -> tuple:
+        return (self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
+                self.padding_mode, self.num_blocks, self.bias is not None)
 
     def run(self, x: Tensor, route: str, blocks: Tensor, bias: Tensor | None) -> Tensor:
         """The blocked convolution of ``x`` with ``blocks`` (``self.blocks``' shape) and ``bias`` on ``route``
@@ -203,11 +139,6 @@ class SparseConv2d(SparseLayerBase):
                         self.num_blocks)
         return y if batched else y.squeeze(0)
 
-    def __getstate__(self) -> dict:
-        state = dict(super().__getstate__())
-        state.pop("_last_case", None)  # a copy (maybe on another machine) measures again
-        return state
-
     def to_dense(self) -> nn.Conv2d:
         """A plain :class:`torch.nn.Conv2d` computing the same function (a copy)."""
         device, dtype = self._factory()
@@ -218,4 +149,4 @@ class SparseConv2d(SparseLayerBase):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, padding_mode={self.padding_mode!r}, "
-                f"{self._sparse_repr()}" + ("" if self.fusion == "auto" else f", fusion={self.fusion!r}"))
+                f"{self._sparse_repr()}")

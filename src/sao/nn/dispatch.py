@@ -65,9 +65,11 @@ __all__ = [
     "KERNELS",
     "MARGIN",
     "PROBE_LAYERS",
+    "PRUNE",
     "ROUTES",
     "Decision",
     "RouteTimer",
+    "RoutedLayer",
     "batch_bucket",
     "call_blocker",
     "chain_blocker",
@@ -80,6 +82,7 @@ __all__ = [
     "parameter_blocker",
     "probe_isolation",
     "resolve_fusion_mode",
+    "share_timer",
 ]
 
 #: The execution modes of a fused model, with what each does.
@@ -103,6 +106,8 @@ KERNELS: dict[str, tuple[Callable[[], object], Callable[[torch.device], bool]]] 
 PROBE_LAYERS = 16
 #: A route other than ``"plain"`` is chosen only if it takes at most this fraction of ``"plain"``'s time.
 MARGIN = 0.9
+#: A route whose warm-up takes more than this many times the fastest warm-up is not timed further.
+PRUNE = 3.0
 
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("sao_fusion_override", default=None)
 
@@ -290,21 +295,23 @@ def _sync(device: torch.device) -> None:
 
 
 class RouteTimer:
-    """Cached micro-benchmark of a chain's routes: the fastest exact route per case.
+    """Cached micro-benchmark of a chain's or a layer's routes: the fastest exact route per case.
 
     A case is whatever the caller's key says (shapes, dtype, device, batch bucket, grad mode, threads).
-    Each route is run once to warm up, then ``rounds`` times round-robin; its time is the minimum.
-    The fastest route wins if it takes at most :data:`MARGIN` of ``"plain"``'s time, else ``"plain"``.
+    Each route is run once to warm up (timed: a route other than ``"plain"`` that takes more than :data:`PRUNE`
+    times the fastest warm-up is not run again — a warm-up only overestimates), then ``rounds`` times
+    round-robin; its time is the minimum. The fastest route wins if it takes at most :data:`MARGIN` of
+    ``"plain"``'s time, else ``"plain"``.
 
     Not a submodule and not saved: a copy or an unpickled model measures again (it may be on another
-    machine).
+    machine). One timer may serve several modules (:func:`share_timer`) if their keys say what differs.
 
     Args:
         rounds: timed calls per route (after one warm-up call).
         clock: seconds now (``time.perf_counter``; tests inject their own).
     """
 
-    def __init__(self, rounds: int = 3, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, rounds: int = 2, clock: Callable[[], float] = time.perf_counter) -> None:
         self.rounds, self.clock = rounds, clock
         self.decisions: dict[tuple, Decision] = {}
 
@@ -312,15 +319,12 @@ class RouteTimer:
         """The cached decision for ``key``, else time ``runs`` (route → one call; must include ``"plain"``)."""
         if key in self.decisions:
             return self.decisions[key]
-        best: dict[str, float] = dict.fromkeys(runs, math.inf)
-        for round_ in range(self.rounds + 1):
-            for route, run in runs.items():
-                _sync(device)
-                began = self.clock()
-                run()
-                _sync(device)
-                if round_:  # round 0 warms up (and may build the kernel)
-                    best[route] = min(best[route], self.clock() - began)
+        warm = {route: self._time(run, device) for route, run in runs.items()}  # may build a kernel
+        live = {r: run for r, run in runs.items() if r == "plain" or warm[r] <= PRUNE * min(warm.values())}
+        best = {r: (math.inf if r in live else warm[r]) for r in runs}
+        for _ in range(self.rounds):
+            for route, run in live.items():
+                best[route] = min(best[route], self._time(run, device))
         fastest = min(best, key=best.__getitem__)
         plain = best["plain"]
         summary = ", ".join(f"{r} {best[r] * 1e3:.3g} ms" for r in runs)
@@ -331,6 +335,13 @@ class RouteTimer:
         self.decisions[key] = decision
         return decision
 
+    def _time(self, run: Callable[[], object], device: torch.device) -> float:
+        _sync(device)
+        began = self.clock()
+        run()
+        _sync(device)
+        return self.clock() - began
+
     def __getstate__(self) -> dict[str, Any]:
         return {"rounds": self.rounds, "clock": time.perf_counter, "decisions": {}}
 
@@ -338,6 +349,117 @@ class RouteTimer:
         return RouteTimer(self.rounds, self.clock)
 
 
+def share_timer(model: nn.Module, timer: RouteTimer | None = None) -> RouteTimer:
+    """Give every module of ``model`` that measures its routes (it has a ``timer``: blocked
+    :class:`~sao.nn.SparseConv2d`, :class:`~sao.nn.FusedSequential`) one timer, so layers of the same shape
+    are measured once (their cases name their shapes); returns it. :func:`sao.sparsify` does this."""
+    timer = timer if timer is not None else RouteTimer()
+    for module in model.modules():
+        if isinstance(getattr(module, "timer", None), RouteTimer):
+            module.timer = timer
+    return timer
+
+
 def batch_bucket(batch: int) -> int:
     """``batch`` rounded up to a power of two (the timer's cases share a bucket)."""
     return 1 << max(0, batch - 1).bit_length()
+
+
+class RoutedLayer:
+    """Per-call route choice for one sparse layer (mixed into blocked :class:`~sao.nn.SparseConv2d` and
+    :class:`~sao.nn.SparseLinear`): the same three steps as a chain's, for a single layer.
+
+    The layer's ``fusion`` attribute (one of :data:`FUSION_MODES`) and ``timer`` (a :class:`RouteTimer`)
+    drive :meth:`decide`; ``last_decision`` keeps the last call's. Subclasses set :attr:`ROUTE_NAMES` (all
+    routes, ``"plain"`` first), :attr:`KERNEL` (the name in :data:`KERNELS` behind ``"compiled"``, or
+    ``None``), :attr:`FEATURE_DIMS` (trailing input dims of one sample) and implement :meth:`run` and
+    :meth:`route_signature`. The routes run inside the layer's ``forward``, so its hooks and
+    parametrizations apply on every route.
+    """
+
+    ROUTE_NAMES: tuple[str, ...] = ("plain",)
+    KERNEL: str | None = None
+    FEATURE_DIMS = 1
+    #: Deterministic mode's route order (:func:`deterministic_route`).
+    DETERMINISTIC: tuple[str, ...] = ("compiled", "plain")
+    last_decision: Decision | None = None
+    _last_case: tuple | None = None  # (the last call's kind, its decision, the timer): repeated calls skip the rest
+
+    fusion: str
+    timer: RouteTimer
+    blocks: Tensor
+    bias: Tensor | None
+
+    def run(self, x: Tensor, route: str, blocks: Tensor, bias: Tensor | None) -> Tensor:
+        """The layer on ``route`` with these ``blocks`` and ``bias``, without deciding or checking."""
+        raise NotImplementedError
+
+    def route_signature(self) -> tuple:
+        """What distinguishes this layer's cases from another's in a shared timer (its shape and settings)."""
+        raise NotImplementedError
+
+    def decide(self, x: Tensor) -> Decision:
+        """How a call with input ``x`` runs; may time the routes once per case.
+
+        Raises:
+            ValueError: under ``fusion="compiled"`` where the kernel cannot run this call exactly.
+        """
+        mode = resolve_fusion_mode(self.fusion)
+        if mode in ("off", "fused") or (mode == "compiled" and self.KERNEL is None):
+            return Decision("plain", f"fusion={mode!r}")
+        blocks = self.blocks
+        unfit = parameter_blocker(x, blocks) or call_blocker(x)
+        if mode == "compiled":
+            blocker = unfit or kernel_blocker(x, self.KERNEL)
+            if blocker:
+                raise ValueError(f"fusion='compiled' cannot run this call exactly: {blocker}; use fusion='auto'")
+            return Decision("compiled", "fusion='compiled'")
+        if unfit:
+            return Decision("plain", unfit)
+        bias = self.bias
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or blocks.requires_grad
+                                                  or (bias is not None and bias.requires_grad))
+        kind = (x.shape, x.dtype, x.device, needs_grad, torch.get_num_threads(), x.stride(),
+                torch.are_deterministic_algorithms_enabled())
+        cached, timer = self._last_case, self.timer
+        if cached is not None and cached[0] == kind and cached[2] is timer:  # the same kind of call as the last
+            return cached[1]
+        routes = self.ROUTE_NAMES
+        if "compiled" in routes and (self.KERNEL is None or kernel_blocker(x, self.KERNEL)):
+            routes = tuple(r for r in routes if r != "compiled")
+        sample = math.prod(x.shape[-self.FEATURE_DIMS:])
+        case = (self.route_signature(), tuple(x.shape[-self.FEATURE_DIMS:]), batch_bucket(x.numel() // max(sample, 1)),
+                x.dtype, x.device, needs_grad, torch.get_num_threads(),
+                x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(), routes)
+        # deterministic mode first: the cache may hold measured decisions
+        decision = deterministic_route(routes, self.DETERMINISTIC) or timer.decisions.get(case)
+        if decision is None:
+            decision = timer.choose(case, self._probe_runs(x, routes, needs_grad), x.device)
+        self._last_case = (kind, decision, timer)
+        return decision
+
+    def _probe_runs(self, x: Tensor, routes: tuple[str, ...], needs_grad: bool) -> dict[str, Callable[[], object]]:
+        """One call of each route on detached copies of the input and parameters (the layer's gradients and
+        hooks are never touched)."""
+        def leaf(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.detach().requires_grad_(needs_grad and t.requires_grad)
+
+        xp, blocks, bias = leaf(x), leaf(self.blocks), leaf(self.bias)
+        targets = [t for t in (xp, blocks, bias) if t is not None and t.requires_grad]
+
+        def once(route: str) -> None:
+            with probe_isolation():
+                y = self.run(xp, route, blocks, bias)
+                if targets:
+                    torch.autograd.grad(y, targets, torch.ones_like(y))
+
+        return {route: (lambda r=route: once(r)) for route in routes}
+
+    def _routed_forward(self, x: Tensor) -> Tensor:
+        self.last_decision = decision = self.decide(x)
+        return self.run(x, decision.route, self.blocks, self.bias)
+
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())  # type: ignore[misc]
+        state.pop("_last_case", None)  # a copy (maybe on another machine) measures again
+        return state

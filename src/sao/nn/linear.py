@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from sao._validation import as_int
 from sao.nn._shape import check_features
 from sao.nn._sparse import SparseLayerBase
-from sao.topology import Topology
+from sao.nn.dispatch import RoutedLayer, RouteTimer, check_fusion_mode
+from sao.topology import Topology, scatter_blocks
 
 __all__ = ["SparseLinear", "blocked_linear"]
 
@@ -80,7 +81,7 @@ def blocked_linear(x: Tensor, blocks: Tensor, col_perm: Tensor, row_perm: Tensor
     return z.transpose(0, 1).reshape(-1, g * bm).index_select(1, row_inverse).view(*lead, g * bm)
 
 
-class SparseLinear(SparseLayerBase):
+class SparseLinear(RoutedLayer, SparseLayerBase):
     """A linear layer ``y = x Wᵀ + b`` whose ``W`` has a fixed sparse SAO topology.
 
     ``W`` is ``(out_features, in_features)``; every node on the smaller side has exactly
@@ -103,6 +104,13 @@ class SparseLinear(SparseLayerBase):
         topology: use this topology instead of drawing one.
         generator: source of randomness for the topology and the values.
         device, dtype: where and how to allocate the parameters.
+        fusion: how the blocked backend runs (keyword only; one of :data:`sao.nn.FUSION_MODES`, also the
+            ``fusion`` attribute): ``"auto"`` (default) takes, per call, the faster of ``"plain"`` (the
+            batched block matmul, :func:`blocked_linear`) and ``"dense"`` (one ``F.linear`` with the
+            scattered weight: faster at low sparsity), measured on this machine per input shape, dtype,
+            device, batch size, grad mode and thread count (:mod:`sao.nn.dispatch`); both compute the same
+            function (to float rounding). Every other mode runs ``"plain"``. Chains of these layers are
+            fused by :class:`~sao.nn.FusedSequential`.
 
     Attributes:
         weight: the dense ``(out, in)`` weight (a differentiable view; zero off the mask).
@@ -133,8 +141,10 @@ class SparseLinear(SparseLayerBase):
                  sparsity: float | None = None, bias: bool = True, init: str = "sao", backend: str = "blocked",
                  activation: str = "tanh", gain: float = 1.0, topology: Topology | None = None,
                  generator: torch.Generator | None = None, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, *, fusion: str = "auto") -> None:
         super().__init__()
+        self.fusion = check_fusion_mode(fusion)
+        self.timer = RouteTimer()
         in_features, out_features = as_int(in_features, "in_features", minimum=1), as_int(out_features, "out_features",
                                                                                           minimum=1)
         self.in_features, self.out_features = in_features, out_features
@@ -148,7 +158,20 @@ class SparseLinear(SparseLayerBase):
         check_features(x, self.in_features, "SparseLinear")
         if self.backend == "masked":
             return F.linear(x, self.weight, self.bias)
-        return blocked_linear(x, self.blocks, self.col_perm, self.row_perm, self.row_inverse, self.bias)
+        return self._routed_forward(x)
+
+    ROUTE_NAMES = ("plain", "dense")
+    DETERMINISTIC = ("plain",)
+
+    def route_signature(self) -> tuple:
+        return (self.in_features, self.out_features, self.num_blocks, self.bias is not None)
+
+    def run(self, x: Tensor, route: str, blocks: Tensor, bias: Tensor | None) -> Tensor:
+        """The blocked layer on ``route`` (``"plain"`` or ``"dense"``) with these ``blocks`` and ``bias``,
+        without deciding or checking."""
+        if route == "dense":
+            return F.linear(x, scatter_blocks(blocks, self.row_perm, self.col_perm), bias)
+        return blocked_linear(x, blocks, self.col_perm, self.row_perm, self.row_inverse, bias)
 
     def to_dense(self) -> nn.Linear:
         """A plain :class:`torch.nn.Linear` computing the same function (a copy)."""

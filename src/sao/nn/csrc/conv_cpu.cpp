@@ -112,6 +112,16 @@ struct Geometry {
   }
 };
 
+// dst[0 .. n) = src[0 .. n), inline: rows are short (4-64 elements) and copied by the hundred thousand, so a
+// library call per row costs more than the copy.
+// (Whole vectors, then lanes: a plain loop is turned back into a memcpy call by the compiler.)
+template <typename T>
+inline void copy_n(const T* __restrict src, int64_t n, T* __restrict dst) {
+  int64_t j = 0;
+  for (; j + kW<T> <= n; j += kW<T>) store(dst + j, load(src + j));
+  for (; j < n; ++j) dst[j] = src[j];
+}
+
 // Copy channel c of sample n (strided) into its phase planes: `dst` is the sample's segment of the
 // channel's first plane (planes `plane` apart), zero-initialised. Padded column c2 = j + pw goes to phase
 // c2 % sw at column c2 / sw; walking each phase's columns avoids a division per element.
@@ -123,7 +133,7 @@ void pack_input(const T* x, const int64_t* xs, int64_t n, int64_t c, const Geome
     T* __restrict rowbase = dst + ((r % G.sh) * G.sw) * G.plane + (r / G.sh) * G.Ws;
     const T* __restrict srow = src + i * xs[2];
     if (G.sw == 1 && xs[3] == 1) {
-      std::memcpy(rowbase + G.pw, srow, G.W * sizeof(T));
+      copy_n(srow, G.W, rowbase + G.pw);
       continue;
     }
     for (int64_t rw = 0; rw < G.sw; ++rw) {
@@ -143,7 +153,7 @@ void unpack_input(const T* src, const Geometry& G, T* gx, const int64_t* gs, int
     const T* __restrict rowbase = src + ((r % G.sh) * G.sw) * G.plane + (r / G.sh) * G.Ws;
     T* __restrict d = dst + i * gs[2];
     if (G.sw == 1 && gs[3] == 1) {
-      std::memcpy(d, rowbase + G.pw, G.W * sizeof(T));
+      copy_n(rowbase + G.pw, G.W, d);
       continue;
     }
     for (int64_t rw = 0; rw < G.sw; ++rw) {
@@ -176,7 +186,7 @@ inline void gather_rows(T* __restrict dst, int64_t ds, const T* __restrict src, 
     T* __restrict d = dst + i * ds;
     const T* __restrict s = src + i * ss;
     if (sj == 1)
-      std::memcpy(d, s, cols * sizeof(T));
+      copy_n(s, cols, d);
     else
       for (int64_t j = 0; j < cols; ++j) d[j] = s[j * sj];
   }
