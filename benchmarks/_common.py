@@ -318,7 +318,8 @@ def add_timing_args(parser: argparse.ArgumentParser, repeats: int, warmup: int, 
                         help="re-measure a case up to this many times while other processes interfere")
     parser.add_argument("--retry-wait-s", type=float, default=20.0, help="pause before such a retry")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: the script's, else torch's)")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
 
 

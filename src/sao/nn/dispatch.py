@@ -1,4 +1,4 @@
-"""Where a sparse chain runs: the one decision point for fused and compiled execution.
+"""Where a sparse chain or layer runs: the one decision point for fused and compiled execution.
 
 A chain of ``(blocked SparseLinear, elementwise activation)`` pairs inside a
 :class:`~sao.nn.FusedSequential` can run three ways, all computing the same function with the same
@@ -32,6 +32,14 @@ This module decides which, in three steps, each recorded as a :class:`Decision` 
    blocks and slower for degree-128 ones on the same machine); it costs a few milliseconds, once per
    case per model. The probe's copies have no hooks: the model's parameters, gradients and hooks are
    never touched.
+
+Single sparse layers decide the same way (:class:`RoutedLayer`): a blocked :class:`~sao.nn.SparseConv2d`
+between :data:`CONV_ROUTES` (``"plain"`` grouped convolution, ``"dense"`` convolution with the scattered weight,
+``"compiled"`` SAO convolution kernel), a blocked :class:`~sao.nn.SparseLinear` between ``"plain"`` and
+``"dense"``; they run inside the layer's ``forward``, so its hooks and parametrizations apply on every route.
+``"dense"`` multiplies the absent connections' zeros too: for an input holding ±inf or NaN it gives NaN where
+the blocked routes do not (as ``to_dense()`` does). Under ``torch.use_deterministic_algorithms(True)`` nothing is
+measured (:func:`deterministic_route`). See ``docs/sparse-convolutions.md``.
 
 Modes (:data:`FUSION_MODES`): ``"auto"`` (the default), ``"off"`` (always ``"plain"``) and the forced
 routes ``"fused"`` and ``"compiled"``, which raise ``ValueError`` saying why where they cannot run
