@@ -303,6 +303,55 @@ def test_deterministic_algorithms_fix_the_route() -> None:
     assert layer.last_decision.route == "plain" and layer.timer.decisions
 
 
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_dense_route_reuses_its_weight_only_while_nothing_changed(kind: str) -> None:
+    """Without gradients the "dense" route keeps the scattered weight; any change to the blocks or the
+    topology (an optimizer step, load_state_dict, an in-place edit) rebuilds it; never with gradients."""
+    from sao.nn import SparseLinear
+
+    def make(seed: int) -> nn.Module:
+        if kind == "conv":
+            return _layer(8, 8, (3, 3), degree=2, padding=1, seed=seed, fusion="off")
+        return SparseLinear(8, 8, degree=2, dtype=torch.float64, generator=gen(seed), fusion="off")
+
+    layer, other = make(0), make(5)
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64) if kind == "conv" else torch.randn(3, 8, dtype=torch.float64)
+
+    def dense() -> torch.Tensor:
+        return layer.run(x, "dense", layer.blocks, layer.bias)
+
+    def expected() -> torch.Tensor:
+        with fusion("off"):
+            return layer(x)
+
+    with torch.no_grad():
+        dense()
+        kept = layer._dense_cache[1]
+        dense()
+        assert layer._dense_cache[1] is kept  # reused
+        layer.blocks.mul_(2)  # in place: rebuilt
+        torch.testing.assert_close(dense(), expected(), **TOL64)
+        assert layer._dense_cache[1] is not kept
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    layer.run(x, "dense", layer.blocks, layer.bias).square().sum().backward()  # with grad: nothing kept
+    opt.step()
+    with torch.no_grad():
+        torch.testing.assert_close(dense(), expected(), **TOL64)
+        layer.load_state_dict(other.state_dict())  # another topology and values
+        torch.testing.assert_close(dense(), expected(), **TOL64)
+    assert "_dense_cache" not in pickle.loads(pickle.dumps(layer)).__dict__
+
+
+def test_fusion_attribute_is_checked() -> None:
+    from sao.nn import SparseLinear
+
+    for layer in (SparseConv2d(8, 8, 3, degree=2), SparseLinear(8, 8, degree=2)):
+        layer.fusion = "off"
+        assert layer.fusion == "off" and "fusion='off'" in repr(layer)
+        with pytest.raises(ValueError, match="choose from auto, off, fused, compiled"):
+            layer.fusion = "fast"
+
+
 def test_state_round_trips_keep_the_mode_and_measure_again() -> None:
     layer = _layer(8, 8, (3, 3), degree=2, padding=1, fusion="off")
     layer(torch.randn(1, 8, 4, 4, dtype=torch.float64))

@@ -11,7 +11,7 @@ from sao.nn._conv import conv2d_as
 from sao.nn._conv_kernel import sparse_conv
 from sao.nn._shape import check_image
 from sao.nn._sparse import SparseLayerBase
-from sao.nn.dispatch import CONV_ROUTES, RoutedLayer, RouteTimer, check_fusion_mode
+from sao.nn.dispatch import CONV_ROUTES, RoutedLayer, RouteTimer
 from sao.topology import Topology, scatter_blocks
 
 __all__ = ["SparseConv2d"]
@@ -80,7 +80,7 @@ class SparseConv2d(RoutedLayer, SparseLayerBase):
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None, *,
                  fusion: str = "auto") -> None:
         super().__init__()
-        self.fusion = check_fusion_mode(fusion)
+        self.fusion = fusion
         self.timer = RouteTimer()
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode={padding_mode!r} is not supported; choose from {', '.join(PADDING_MODES)}")
@@ -111,6 +111,10 @@ class SparseConv2d(RoutedLayer, SparseLayerBase):
 
     # ------------------------------------------------------------------ the blocked backend's routes
 
+    def _scatter(self, blocks: Tensor) -> Tensor:
+        g = self.num_blocks
+        return scatter_blocks(blocks.unflatten(0, (g, blocks.shape[0] // g)), self.row_perm, self.col_perm)
+
     def route_signature(self) -> tuple:
         return (self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
                 self.padding_mode, self.num_blocks, self.bias is not None)
@@ -119,9 +123,7 @@ class SparseConv2d(RoutedLayer, SparseLayerBase):
         """The blocked convolution of ``x`` with ``blocks`` (``self.blocks``' shape) and ``bias`` on ``route``
         (one of :data:`~sao.nn.dispatch.CONV_ROUTES`), without deciding or checking."""
         if route == "dense":
-            g = self.num_blocks
-            weight = scatter_blocks(blocks.unflatten(0, (g, blocks.shape[0] // g)), self.row_perm, self.col_perm)
-            return conv2d_as(self, x, weight, bias)
+            return conv2d_as(self, x, self.dense_weight(blocks), bias)
         if route == "compiled":
             return self._compiled(x, blocks, bias)
         z = conv2d_as(self, x.index_select(-3, self.col_perm), blocks,

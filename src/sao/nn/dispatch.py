@@ -114,7 +114,7 @@ KERNELS: dict[str, tuple[Callable[[], object], Callable[[torch.device], bool]]] 
 PROBE_LAYERS = 16
 #: A route other than ``"plain"`` is chosen only if it takes at most this fraction of ``"plain"``'s time.
 MARGIN = 0.9
-#: A route whose warm-up takes more than this many times the fastest warm-up is not timed further.
+#: A route whose first timed call takes more than this many times the fastest one is not timed further.
 PRUNE = 3.0
 
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("sao_fusion_override", default=None)
@@ -306,9 +306,9 @@ class RouteTimer:
     """Cached micro-benchmark of a chain's or a layer's routes: the fastest exact route per case.
 
     A case is whatever the caller's key says (shapes, dtype, device, batch bucket, grad mode, threads).
-    Each route is run once to warm up (timed: a route other than ``"plain"`` that takes more than :data:`PRUNE`
-    times the fastest warm-up is not run again — a warm-up only overestimates), then ``rounds`` times
-    round-robin; its time is the minimum. The fastest route wins if it takes at most :data:`MARGIN` of
+    Each route is run once to warm up, then timed ``rounds`` times round-robin; its time is the minimum. A route
+    other than ``"plain"`` whose first timed call takes more than :data:`PRUNE` times the fastest one is not
+    timed again. The fastest route wins if it takes at most :data:`MARGIN` of
     ``"plain"``'s time, else ``"plain"``.
 
     Not a submodule and not saved: a copy or an unpickled model measures again (it may be on another
@@ -327,10 +327,11 @@ class RouteTimer:
         """The cached decision for ``key``, else time ``runs`` (route → one call; must include ``"plain"``)."""
         if key in self.decisions:
             return self.decisions[key]
-        warm = {route: self._time(run, device) for route, run in runs.items()}  # may build a kernel
-        live = {r: run for r, run in runs.items() if r == "plain" or warm[r] <= PRUNE * min(warm.values())}
-        best = {r: (math.inf if r in live else warm[r]) for r in runs}
-        for _ in range(self.rounds):
+        for run in runs.values():  # warm-up: may build a kernel, a cache, oneDNN's primitives
+            self._time(run, device)
+        best = {route: self._time(run, device) for route, run in runs.items()}
+        live = {r: run for r, run in runs.items() if r == "plain" or best[r] <= PRUNE * min(best.values())}
+        for _ in range(self.rounds - 1):
             for route, run in live.items():
                 best[route] = min(best[route], self._time(run, device))
         fastest = min(best, key=best.__getitem__)
@@ -393,10 +394,47 @@ class RoutedLayer:
     last_decision: Decision | None = None
     _last_case: tuple | None = None  # (the last call's kind, its decision, the timer): repeated calls skip the rest
 
-    fusion: str
     timer: RouteTimer
     blocks: Tensor
     bias: Tensor | None
+    row_perm: Tensor
+    col_perm: Tensor
+    _dense_cache: tuple | None = None  # (blocks, its version, row_perm, col_perm, their versions, dense weight)
+
+    @property
+    def fusion(self) -> str:
+        """The layer's mode, one of :data:`FUSION_MODES` (``ValueError`` on assignment of anything else)."""
+        return self._fusion
+
+    @fusion.setter
+    def fusion(self, mode: str) -> None:
+        self._fusion = check_fusion_mode(mode)
+
+    def dense_weight(self, blocks: Tensor) -> Tensor:
+        """The dense weight of ``blocks`` (the ``"dense"`` route's), scattered by the layer's permutations.
+
+        Where nothing is differentiated through it and ``blocks`` is the layer's own parameter, the weight is
+        kept and reused while ``blocks`` and the permutations are unchanged (same tensors, same version
+        counters: an optimizer step, ``load_state_dict`` or any in-place change rebuilds it), so inference on
+        the ``"dense"`` route costs one dense call, as :meth:`to_dense`'s layer would. Kept only while
+        ``"dense"`` is the route measured fastest.
+        """
+        rows, cols = self.row_perm, self.col_perm
+        if ((torch.is_grad_enabled() and blocks.requires_grad) or blocks is not self._parameters.get("blocks")
+                or blocks.is_inference() or rows.is_inference() or cols.is_inference()):  # no version counters
+            return self._scatter(blocks)
+        key = (blocks, blocks._version, rows, rows._version, cols, cols._version)
+        cached = self._dense_cache
+        if cached is not None and len(cached[0]) == len(key) and all(
+                a is b if isinstance(a, Tensor) else a == b for a, b in zip(cached[0], key, strict=True)):
+            return cached[1]
+        with torch.inference_mode(False), torch.no_grad():  # a normal tensor: it may meet autograd later
+            weight = self._scatter(blocks)
+        self._dense_cache = (key, weight)
+        return weight
+
+    def _scatter(self, blocks: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def run(self, x: Tensor, route: str, blocks: Tensor, bias: Tensor | None) -> Tensor:
         """The layer on ``route`` with these ``blocks`` and ``bias``, without deciding or checking."""
@@ -443,17 +481,21 @@ class RoutedLayer:
         decision = deterministic_route(routes, self.DETERMINISTIC) or timer.decisions.get(case)
         if decision is None:
             decision = timer.choose(case, self._probe_runs(x, routes, needs_grad), x.device)
+        if decision.route != "dense":
+            self._dense_cache = None  # built while probing: not kept for a route that is not taken
         self._last_case = (kind, decision, timer)
         return decision
 
     def _probe_runs(self, x: Tensor, routes: tuple[str, ...], needs_grad: bool) -> dict[str, Callable[[], object]]:
         """One call of each route on detached copies of the input and parameters (the layer's gradients and
         hooks are never touched)."""
-        def leaf(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.detach().requires_grad_(needs_grad and t.requires_grad)
+        def leaf(t: Tensor | None) -> Tensor | None:  # without gradients the layer's own tensors are safe to use
+            if t is None or not needs_grad:
+                return t
+            return t.detach().requires_grad_(t.requires_grad)
 
         xp, blocks, bias = leaf(x), leaf(self.blocks), leaf(self.bias)
-        targets = [t for t in (xp, blocks, bias) if t is not None and t.requires_grad]
+        targets = [t for t in (xp, blocks, bias) if t is not None and t.requires_grad] if needs_grad else []
 
         def once(route: str) -> None:
             with probe_isolation():
@@ -470,4 +512,5 @@ class RoutedLayer:
     def __getstate__(self) -> dict:
         state = dict(super().__getstate__())  # type: ignore[misc]
         state.pop("_last_case", None)  # a copy (maybe on another machine) measures again
+        state.pop("_dense_cache", None)
         return state

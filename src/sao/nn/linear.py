@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from sao._validation import as_int
 from sao.nn._shape import check_features
 from sao.nn._sparse import SparseLayerBase
-from sao.nn.dispatch import RoutedLayer, RouteTimer, check_fusion_mode
+from sao.nn.dispatch import RoutedLayer, RouteTimer
 from sao.topology import Topology, scatter_blocks
 
 __all__ = ["SparseLinear", "blocked_linear"]
@@ -143,7 +143,7 @@ class SparseLinear(RoutedLayer, SparseLayerBase):
                  generator: torch.Generator | None = None, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None, *, fusion: str = "auto") -> None:
         super().__init__()
-        self.fusion = check_fusion_mode(fusion)
+        self.fusion = fusion
         self.timer = RouteTimer()
         in_features, out_features = as_int(in_features, "in_features", minimum=1), as_int(out_features, "out_features",
                                                                                           minimum=1)
@@ -163,6 +163,9 @@ class SparseLinear(RoutedLayer, SparseLayerBase):
     ROUTE_NAMES = ("plain", "dense")
     DETERMINISTIC = ("plain",)
 
+    def _scatter(self, blocks: Tensor) -> Tensor:
+        return scatter_blocks(blocks, self.row_perm, self.col_perm)
+
     def route_signature(self) -> tuple:
         return (self.in_features, self.out_features, self.num_blocks, self.bias is not None)
 
@@ -170,7 +173,7 @@ class SparseLinear(RoutedLayer, SparseLayerBase):
         """The blocked layer on ``route`` (``"plain"`` or ``"dense"``) with these ``blocks`` and ``bias``,
         without deciding or checking."""
         if route == "dense":
-            return F.linear(x, scatter_blocks(blocks, self.row_perm, self.col_perm), bias)
+            return F.linear(x, self.dense_weight(blocks), bias)
         return blocked_linear(x, blocks, self.col_perm, self.row_perm, self.row_inverse, bias)
 
     def to_dense(self) -> nn.Linear:
