@@ -23,3 +23,13 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def deterministic_routes() -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(True)`` for one test: sparse chains and layers take fixed routes
+    instead of measured ones, so separate runs (a resumed one, a copy) compute bit for bit alike."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before)

@@ -340,6 +340,11 @@ def test_dense_route_reuses_its_weight_only_while_nothing_changed(kind: str) -> 
         torch.testing.assert_close(dense(), expected(), **TOL64)
         layer.load_state_dict(other.state_dict())  # another topology and values
         torch.testing.assert_close(dense(), expected(), **TOL64)
+        layer.blocks.data = layer.blocks.data * 3  # a new storage, no version bump
+        torch.testing.assert_close(dense(), expected(), **TOL64)
+        layer.float()  # .to(): the parameters' data swapped
+        x = x.float()
+        torch.testing.assert_close(dense(), expected(), **TOL32)
     assert "_dense_cache" not in pickle.loads(pickle.dumps(layer)).__dict__
 
 

@@ -65,6 +65,7 @@ class Killed(KeyboardInterrupt):
     """Stands for the process being killed after an epoch's checkpoint was written."""
 
 
+@pytest.mark.usefixtures("deterministic_routes")  # the same result across runs: fixed routes
 def test_killed_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = tiny_run("table7", "gmp-t", depth=3, epochs=2)
     full = run_one(run, run_experiment, tmp_path / "full")

@@ -92,6 +92,7 @@ def test_learns_and_logs(tmp_path: Path) -> None:
                                                          "metrics.jsonl"]  # no temporary files left
 
 
+@pytest.mark.usefixtures("deterministic_routes")  # bit for bit across runs: fixed routes
 def test_resume_is_exact(tmp_path: Path) -> None:
     model_a = _model()
     train(model_a, _loaders(), CFG, tmp_path / "a", progress=False)

@@ -401,7 +401,7 @@ class RoutedLayer:
     bias: Tensor | None
     row_perm: Tensor
     col_perm: Tensor
-    _dense_cache: tuple | None = None  # (blocks, its version, row_perm, col_perm, their versions, dense weight)
+    _dense_cache: tuple | None = None  # (identities/versions/pointers, dense weight, the tensors kept alive)
 
     @property
     def fusion(self) -> str:
@@ -425,14 +425,16 @@ class RoutedLayer:
         if ((torch.is_grad_enabled() and blocks.requires_grad) or blocks is not self._parameters.get("blocks")
                 or blocks.is_inference() or rows.is_inference() or cols.is_inference()):  # no version counters
             return self._scatter(blocks)
-        key = (blocks, blocks._version, rows, rows._version, cols, cols._version)
+        # the tensors' identities, version counters and data pointers: an in-place change bumps the version, a
+        # `.data` swap (`.to()`, `.double()`, manual) moves the pointer; the cache holds the old storages, so a
+        # new one cannot reuse their addresses
+        key = tuple((id(t), t._version, t.data_ptr()) for t in (blocks, rows, cols))
         cached = self._dense_cache
-        if cached is not None and len(cached[0]) == len(key) and all(
-                a is b if isinstance(a, Tensor) else a == b for a, b in zip(cached[0], key, strict=True)):
+        if cached is not None and cached[0] == key:
             return cached[1]
         with torch.inference_mode(False), torch.no_grad():  # a normal tensor: it may meet autograd later
             weight = self._scatter(blocks)
-        self._dense_cache = (key, weight)
+        self._dense_cache = (key, weight, (blocks, rows, cols, blocks.detach(), rows.detach(), cols.detach()))
         return weight
 
     def _scatter(self, blocks: Tensor) -> Tensor:
