@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -85,3 +90,35 @@ def deterministic() -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(before)
+
+
+def run_interpreted(script: str) -> dict[str, Any]:
+    """Run the test file ``script`` as a script under ``TRITON_INTERPRET=1`` (the interpreter is chosen when a
+    kernel is decorated, so it never runs in the pytest process); its :func:`report_checks` line as a dict."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"the interpreter run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def report_checks(checks: dict[str, Callable[[], object]]) -> None:
+    """Script mode of a Triton test file: run every check, print ``{name: error or null}`` as one JSON line
+    (``{"unavailable": why}`` if triton cannot be imported)."""
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # any import failure means "skip"
+        print(json.dumps({"unavailable": f"triton cannot be imported: {type(exc).__name__}: {exc}"}))
+        return
+    torch.set_num_threads(1)
+    results: dict[str, str | None] = {}
+    for name, check in checks.items():
+        try:
+            check()
+            results[name] = None
+        except Exception as exc:  # reported per check, asserted in pytest
+            results[name] = f"{type(exc).__name__}: {exc}"
+    print(json.dumps(results))

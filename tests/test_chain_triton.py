@@ -9,17 +9,12 @@ same cases run in-process against the unfused layers on the GPU.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from helpers import CHAIN_MODULES, gen, make_chain
+from helpers import CHAIN_MODULES, gen, make_chain, report_checks, run_interpreted
 from sao.nn import SparseLinear
 from sao.nn import _chain_triton as ct
 
@@ -113,21 +108,9 @@ CHECKS = {**{f"case:{name}": (lambda case=case, device="cpu": check_case(case, d
           "gradcheck": check_gradcheck}
 
 
-def _run_interpreted() -> dict[str, Any]:
-    """Run every check under ``TRITON_INTERPRET=1`` (this file as a script); ``{name: error or None}``."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"the interpreter run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1])
-
-
 @pytest.fixture(scope="module")
 def interpreted() -> dict[str, Any]:
-    results = _run_interpreted()
+    results = run_interpreted(__file__)
     if "unavailable" in results:
         pytest.skip(results["unavailable"])
     return results
@@ -173,23 +156,5 @@ def test_cuda_benchmark_shapes(depth: int, width: int, degree: int, batch: int) 
     check_case(([width] * (depth + 1), [degree] * depth, ["tanh"] * depth, True, "float32", batch), "cuda")
 
 
-def _main() -> None:
-    """Script mode (``TRITON_INTERPRET=1``): run every check, print ``{name: error or null}`` as one JSON line."""
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:  # any import failure means "skip"
-        print(json.dumps({"unavailable": f"triton cannot be imported: {type(exc).__name__}: {exc}"}))
-        return
-    torch.set_num_threads(1)
-    results: dict[str, str | None] = {}
-    for name, check in CHECKS.items():
-        try:
-            check()
-            results[name] = None
-        except Exception as exc:  # reported per check, asserted in pytest
-            results[name] = f"{type(exc).__name__}: {exc}"
-    print(json.dumps(results))
-
-
 if __name__ == "__main__":
-    _main()
+    report_checks(CHECKS)

@@ -14,18 +14,13 @@ same cases run in-process. The argument checks run in-process (they come before 
 from __future__ import annotations
 
 import copy
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import gen
+from helpers import gen, report_checks, run_interpreted
 from sao.nn import SparseConv2d
 from sao.nn import _conv_triton as ct
 
@@ -204,21 +199,9 @@ CHECKS = {**{f"case:{name}": (lambda case=case, device="cpu": check_case(case, d
           "layer": check_layer, "gradcheck": check_gradcheck}
 
 
-def _run_interpreted() -> dict[str, Any]:
-    """Run every check under ``TRITON_INTERPRET=1`` (this file as a script); ``{name: error or None}``."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"the interpreter run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1])
-
-
 @pytest.fixture(scope="module")
 def interpreted() -> dict[str, Any]:
-    results = _run_interpreted()
+    results = run_interpreted(__file__)
     if "unavailable" in results:
         pytest.skip(results["unavailable"])
     return results
@@ -343,23 +326,5 @@ def test_cuda_realistic_shapes(case: Case) -> None:
     check_case(case, "cuda")
 
 
-def _main() -> None:
-    """Script mode (``TRITON_INTERPRET=1``): run every check, print ``{name: error or null}`` as one JSON line."""
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:  # any import failure means "skip"
-        print(json.dumps({"unavailable": f"triton cannot be imported: {type(exc).__name__}: {exc}"}))
-        return
-    torch.set_num_threads(1)
-    results: dict[str, str | None] = {}
-    for name, check in CHECKS.items():
-        try:
-            check()
-            results[name] = None
-        except Exception as exc:  # reported per check, asserted in pytest
-            results[name] = f"{type(exc).__name__}: {exc}"
-    print(json.dumps(results))
-
-
 if __name__ == "__main__":
-    _main()
+    report_checks(CHECKS)

@@ -11,8 +11,6 @@ them). Grids, precision and memory: ``docs/fused-chains.md``.
 from __future__ import annotations
 
 import contextlib
-import os
-import threading
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -22,41 +20,17 @@ from torch import Tensor
 
 from sao.nn._chain_kernel import _codes, _names, chain_backward_differentiable, chain_indices, chain_params
 from sao.nn._extension import kernel_readable
+from sao.nn._triton import TritonKernels
 
 __all__ = ["TritonChainFunction", "chain_indices", "sparse_chain_triton", "triton_chain_available"]
 
-_lock = threading.Lock()
-_state: dict[str, Any] = {"tried": False, "kernels": None, "error": None}
 tl: Any = None  # triton.language, bound by _load (the jit functions look it up in this module's globals)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
-
-
-def _load() -> SimpleNamespace | None:
-    """Import triton and define the kernels, once; ``None`` if triton cannot be imported."""
-    if _state["tried"]:
-        return _state["kernels"]
-    with _lock:
-        if not _state["tried"]:
-            try:
-                _state["kernels"] = _define_kernels()
-            except ImportError as exc:
-                _state["error"] = f"sao: triton is not importable ({exc})"
-            _state["tried"] = True
-    return _state["kernels"]
 
 
 def triton_chain_available(device: torch.device | str) -> bool:
     """Whether :func:`sparse_chain_triton` can run on ``device``: CUDA with triton importable, or any
     device while Triton's interpreter is active (``TRITON_INTERPRET=1``, CPU tensors)."""
-    device = torch.device(device)
-    if device.type != "cuda" and not (_interpreting() and device.type == "cpu"):
-        return False
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return False
-    return _load() is not None
+    return _TRITON.available(device)
 
 
 def _define_kernels() -> SimpleNamespace:
@@ -213,11 +187,11 @@ def _define_kernels() -> SimpleNamespace:
                            cdiv=triton.cdiv)
 
 
+_TRITON = TritonKernels(_define_kernels)
+
+
 def _kernels() -> SimpleNamespace:
-    kernels = _load()
-    if kernels is None:
-        raise RuntimeError(_state["error"])
-    return kernels
+    return _TRITON.require()
 
 
 def _tiles(k: SimpleNamespace, bm: int, bn: int, dtype: torch.dtype) -> dict[str, Any]:

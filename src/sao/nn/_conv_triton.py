@@ -50,8 +50,6 @@ from __future__ import annotations
 
 import contextlib
 import operator
-import os
-import threading
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -59,10 +57,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sao.nn._triton import TritonKernels
+
 __all__ = ["conv_forward_triton", "conv_input_grad_triton", "conv_weight_grad_triton", "triton_conv_available"]
 
-_lock = threading.Lock()
-_state: dict[str, Any] = {"tried": False, "kernels": None, "error": None}
 tl: Any = None  # triton.language, bound by _load (the jit functions look it up in this module's globals)
 
 #: dtypes the kernels take.
@@ -74,33 +72,10 @@ _TARGET_PROGRAMS = 512
 _MIN_TILES_PER_SPLIT = 4
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
-
-
-def _load() -> SimpleNamespace | None:
-    """Import triton and define the kernels, once; ``None`` if triton cannot be imported."""
-    if _state["tried"]:
-        return _state["kernels"]
-    with _lock:
-        if not _state["tried"]:
-            try:
-                _state["kernels"] = _define_kernels()
-            except ImportError as exc:
-                _state["error"] = f"sao: triton is not importable ({exc})"
-            _state["tried"] = True
-    return _state["kernels"]
-
-
 def triton_conv_available(device: torch.device | str) -> bool:
     """Whether the Triton convolution kernels can run on ``device``: CUDA with triton importable, or the
     CPU while Triton's interpreter is active (``TRITON_INTERPRET=1``)."""
-    device = torch.device(device)
-    if device.type != "cuda" and not (_interpreting() and device.type == "cpu"):
-        return False
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return False
-    return _load() is not None
+    return _TRITON.available(device)
 
 
 def _define_kernels() -> SimpleNamespace:
@@ -258,15 +233,15 @@ def _define_kernels() -> SimpleNamespace:
     return SimpleNamespace(fwd=_fwd, bwd_input=_bwd_input, bwd_weight=_bwd_weight, cdiv=triton.cdiv)
 
 
+_TRITON = TritonKernels(_define_kernels)
+
+
 def _kernels(device: torch.device) -> SimpleNamespace:
     """The kernels, after checking that they can run on ``device``."""
-    if device.type != "cuda" and not (_interpreting() and device.type == "cpu"):
+    if not _TRITON.runs_on(device):
         raise ValueError(f"the Triton conv kernels run on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), "
                          f"got tensors on {device}")
-    kernels = _load()
-    if kernels is None:
-        raise RuntimeError(_state["error"])
-    return kernels
+    return _TRITON.require()
 
 
 # ---------------------------------------------------------------------------------------------- tiles
