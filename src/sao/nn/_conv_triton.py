@@ -359,6 +359,12 @@ def _geometry(stride: object, padding: object, dilation: object, kernel: tuple[i
     return st, pad, dil, out  # type: ignore[return-value]
 
 
+def _check_out_size(grad_y: Tensor, out: tuple[int, int], source: str) -> None:
+    """``ValueError`` unless ``grad_y``'s spatial size is the forward's output size ``out`` (of ``source``)."""
+    if tuple(grad_y.shape[2:]) != out:
+        raise ValueError(f"grad_y: expected spatial size {out} (the output of {source}), got {tuple(grad_y.shape[2:])}")
+
+
 def _like(t: Tensor, shape: Sequence[int]) -> Tensor:
     """An empty tensor of ``shape`` in ``t``'s memory format (channels-last if ``t`` is, else contiguous)."""
     channels_last = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
@@ -464,9 +470,7 @@ def conv_input_grad_triton(grad_y: Tensor, blocks: Tensor, row_perm: Tensor, col
     g = _check_num_blocks(num_blocks, c_out)
     c_in = g * bn
     (sh, sw), (ph, pw), (dh, dw), (oh, ow) = _geometry(stride, padding, dilation, (kh, kw), (h, w))
-    if tuple(grad_y.shape[2:]) != (oh, ow):
-        raise ValueError(f"grad_y: expected spatial size {(oh, ow)} (the output of input_size {(h, w)}), got "
-                         f"{tuple(grad_y.shape[2:])}")
+    _check_out_size(grad_y, (oh, ow), f"input_size {(h, w)}")
     row_perm = _check_perm(row_perm, "row_perm", c_out, grad_y.device)
     col_perm = _check_perm(col_perm, "col_perm", c_in, grad_y.device)
     k = _kernels(grad_y.device)
@@ -525,9 +529,7 @@ def _weight_grad(grad_y: Tensor, x: Tensor, row_perm: Tensor, col_perm: Tensor, 
     g = _check_num_blocks(num_blocks, c_out, c_in)
     kh, kw = _pair(kernel_size, "kernel_size", 1)
     (sh, sw), (ph, pw), (dh, dw), (oh, ow) = _geometry(stride, padding, dilation, (kh, kw), (h, w))
-    if tuple(grad_y.shape[2:]) != (oh, ow):
-        raise ValueError(f"grad_y: expected spatial size {(oh, ow)} (the output of x's {(h, w)}), got "
-                         f"{tuple(grad_y.shape[2:])}")
+    _check_out_size(grad_y, (oh, ow), f"x's {(h, w)}")
     row_perm = _check_perm(row_perm, "row_perm", c_out, x.device)
     col_perm = _check_perm(col_perm, "col_perm", c_in, x.device)
     k = _kernels(x.device)
