@@ -159,16 +159,22 @@ class SparseLayerBase(nn.Module):
         if self.bias is not None:
             self.bias.zero_()
 
-    def block_view(self) -> Tensor:
-        """The blocked backend's ``blocks`` as ``(g, bm, bn, *kernel)`` (a view; differentiable)."""
+    def block_view(self, blocks: Tensor | None = None) -> Tensor:
+        """``blocks`` (default: the blocked backend's parameter) as ``(g, bm, bn, *kernel)`` (a view;
+        differentiable)."""
+        blocks = self.blocks if blocks is None else blocks
         g = self.num_blocks
-        return self.blocks.unflatten(0, (g, self.blocks.shape[0] // g)) if self.kernel_size else self.blocks
+        return blocks.unflatten(0, (g, blocks.shape[0] // g)) if self.kernel_size else blocks
+
+    def _scatter(self, blocks: Tensor) -> Tensor:
+        """The dense ``(out, in, *kernel)`` weight of ``blocks`` (differentiable; zero off the mask)."""
+        return scatter_blocks(self.block_view(blocks), self.row_perm, self.col_perm)
 
     @property
     def weight(self) -> Tensor:
         """The dense ``(out, in, *kernel)`` weight (differentiable; zero off the mask)."""
         if self.backend == "blocked":
-            return scatter_blocks(self.block_view(), self.row_perm, self.col_perm)
+            return self._scatter(self.blocks)
         return self.weight_orig * self.weight_mask
 
     def _factory(self) -> tuple[torch.device, torch.dtype]:

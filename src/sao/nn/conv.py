@@ -12,7 +12,7 @@ from sao.nn._conv_kernel import sparse_conv
 from sao.nn._shape import check_image
 from sao.nn._sparse import SparseLayerBase
 from sao.nn.dispatch import CONV_ROUTES, RoutedLayer, RouteTimer
-from sao.topology import Topology, scatter_blocks
+from sao.topology import Topology
 
 __all__ = ["SparseConv2d"]
 
@@ -110,10 +110,6 @@ class SparseConv2d(RoutedLayer, SparseLayerBase):
         return self._routed_forward(x)
 
     # ------------------------------------------------------------------ the blocked backend's routes
-
-    def _scatter(self, blocks: Tensor) -> Tensor:
-        g = self.num_blocks
-        return scatter_blocks(blocks.unflatten(0, (g, blocks.shape[0] // g)), self.row_perm, self.col_perm)
 
     def route_signature(self) -> tuple:
         return (self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,

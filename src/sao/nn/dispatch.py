@@ -402,6 +402,7 @@ class RoutedLayer:
     row_perm: Tensor
     col_perm: Tensor
     _dense_cache: tuple | None = None  # (identities/versions/pointers, dense weight, the tensors kept alive)
+    _scatter: Callable[[Tensor], Tensor]  # the dense weight of given blocks (SparseLayerBase)
 
     @property
     def fusion(self) -> str:
@@ -437,8 +438,6 @@ class RoutedLayer:
         self._dense_cache = (key, weight, (blocks, rows, cols, blocks.detach(), rows.detach(), cols.detach()))
         return weight
 
-    def _scatter(self, blocks: Tensor) -> Tensor:
-        raise NotImplementedError
 
     def run(self, x: Tensor, route: str, blocks: Tensor, bias: Tensor | None) -> Tensor:
         """The layer on ``route`` with these ``blocks`` and ``bias``, without deciding or checking."""

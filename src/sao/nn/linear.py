@@ -12,7 +12,7 @@ from sao._validation import as_int
 from sao.nn._shape import check_features
 from sao.nn._sparse import SparseLayerBase
 from sao.nn.dispatch import RoutedLayer, RouteTimer
-from sao.topology import Topology, scatter_blocks
+from sao.topology import Topology
 
 __all__ = ["SparseLinear", "blocked_linear"]
 
@@ -162,9 +162,6 @@ class SparseLinear(RoutedLayer, SparseLayerBase):
 
     ROUTE_NAMES = ("plain", "dense")
     DETERMINISTIC = ("plain",)
-
-    def _scatter(self, blocks: Tensor) -> Tensor:
-        return scatter_blocks(blocks, self.row_perm, self.col_perm)
 
     def route_signature(self) -> tuple:
         return (self.in_features, self.out_features, self.num_blocks, self.bias is not None)
