@@ -1,5 +1,6 @@
 """Sparse layers with a fixed SAO topology (``SparseLinear``, ``SparseConv2d``, ``ECOConv2d``, ``FusedSparseChain``),
-the skew orthogonal convolution ``SOCConv2d`` and the ``MaxMin`` activation."""
+the skew orthogonal convolution ``SOCConv2d``, the ``MaxMin`` activation, and the kernel backends behind the
+compiled routes (:mod:`sao.nn.kernels`)."""
 
 from sao.nn._reparam import reparametrization
 from sao.nn._shape import InputShapeError
@@ -16,19 +17,25 @@ from sao.nn.chain import (
 from sao.nn.conv import SparseConv2d
 from sao.nn.dispatch import FUSION_MODES, fusion
 from sao.nn.eco import ECOConv2d
+from sao.nn.kernels import CHAIN_KERNELS, CONV_KERNELS, ChainKernel, ConvKernel, KernelBackend
 from sao.nn.linear import SparseLinear, blocked_linear
 from sao.nn.masked import MaskedConv2d, MaskedLinear
 from sao.nn.soc import SOCConv2d
 
 __all__ = [
     "BACKENDS",
+    "CHAIN_KERNELS",
+    "CONV_KERNELS",
     "ELEMENTWISE",
     "FUSION_MODES",
+    "ChainKernel",
+    "ConvKernel",
     "ECOConv2d",
     "ExecutionPlan",
     "FusedSequential",
     "FusedSparseChain",
     "InputShapeError",
+    "KernelBackend",
     "MaskedConv2d",
     "MaskedLinear",
     "MaxMin",

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from sao.nn._extension import CompiledExtension, kernel_readable
+from sao.nn.kernels import CHAIN_KERNELS, ChainKernel
 
 __all__ = ["ACTIVATION_CODES", "SparseChainFunction", "chain_backward_differentiable", "chain_indices", "chain_params",
            "chain_reference", "load_chain_kernel", "release_chain_workspace", "sparse_chain"]
@@ -222,3 +223,17 @@ def sparse_chain(x: Tensor, layers: Sequence[Any], activations: Sequence[str],
         y = _require_kernel().forward(x2, [b.detach() for b in params[0::2]], biases, list(gathers),
                                       list(row_perms), final_inverse, _codes(activations), False)[0]
     return y.view(*lead, y.shape[-1])
+
+
+class _CpuChain(ChainKernel):
+    """The compiled CPU chain kernel (``csrc/chain_cpu.cpp``), built on first use."""
+
+    def unavailable(self, device: torch.device) -> str | None:
+        return None if load_chain_kernel() is not None else "the compiled CPU kernel is unavailable (see warnings)"
+
+    def run(self, x: Tensor, layers: Sequence[Any], activations: Sequence[str],
+            indices: tuple[list[Tensor], list[Tensor], Tensor] | None = None) -> Tensor:
+        return sparse_chain(x, layers, activations, indices)
+
+
+CHAIN_KERNELS.register("cpu", _CpuChain())

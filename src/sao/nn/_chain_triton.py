@@ -21,6 +21,7 @@ from torch import Tensor
 from sao.nn._chain_kernel import _codes, _names, chain_backward_differentiable, chain_indices, chain_params
 from sao.nn._extension import kernel_readable
 from sao.nn._triton import TritonKernels
+from sao.nn.kernels import CHAIN_KERNELS, ChainKernel
 
 __all__ = ["TritonChainFunction", "chain_indices", "sparse_chain_triton", "triton_chain_available"]
 
@@ -366,3 +367,17 @@ def sparse_chain_triton(x: Tensor, layers: Sequence[Any], activations: Sequence[
         with _device_guard(x2):
             y = _chain_forward(x2, blocks, biases, gathers, row_perms, _codes(activations), save=False)[0]
     return y.view(*lead, y.shape[-1])
+
+
+class _TritonChain(ChainKernel):
+    """The Triton chain kernels, on CUDA."""
+
+    def unavailable(self, device: torch.device) -> str | None:
+        return None if triton_chain_available(device) else "triton is not available"
+
+    def run(self, x: Tensor, layers: Sequence[Any], activations: Sequence[str],
+            indices: tuple[list[Tensor], list[Tensor], Tensor] | None = None) -> Tensor:
+        return sparse_chain_triton(x, layers, activations, indices)
+
+
+CHAIN_KERNELS.register("cuda", _TritonChain())

@@ -17,12 +17,12 @@ from types import ModuleType
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from sao.nn._extension import CompiledExtension, kernel_readable
+from sao.nn.kernels import CONV_KERNELS, ConvKernel, sparse_conv_reference
 
-__all__ = ["SparseConvFunction", "load_conv_kernel", "sparse_conv", "sparse_conv_reference"]
+__all__ = ["SparseConvFunction", "load_conv_kernel", "sparse_conv"]
 
 _EXTENSION = CompiledExtension("sao_conv_cpu", "conv_cpu.cpp", ["simd.h"], "SAO_DISABLE_CONV_KERNEL",
                                "convolution kernel")
@@ -36,56 +36,40 @@ def load_conv_kernel(verbose: bool = False) -> ModuleType | None:
     return _EXTENSION.load(verbose)
 
 
-def sparse_conv_reference(x: Tensor, blocks: Tensor, bias: Tensor | None, row_perm: Tensor, col_perm: Tensor,
-                          geometry: tuple[Pair, Pair, Pair], num_blocks: int) -> Tensor:
-    """What the kernel computes, in PyTorch ops (differentiable to any order).
+class _CpuConv(ConvKernel):
+    """The compiled CPU kernel (``csrc/conv_cpu.cpp``), built on first use."""
 
-    Args:
-        x: ``(N, C_in, H, W)``, already padded for a non-``"zeros"`` padding mode.
-        blocks: ``(g·bm, bn, kh, kw)``; ``bias``: ``(C_out,)`` in output order, or ``None``.
-        row_perm, col_perm: the layer's permutations (``(C_out,)``, ``(C_in,)``).
-        geometry: ``(stride, padding, dilation)`` pairs (zero padding).
-        num_blocks: ``g``.
+    def unavailable(self, device: torch.device) -> str | None:
+        return None if load_conv_kernel() is not None else "the compiled CPU kernel is unavailable (see warnings)"
 
-    Returns:
-        ``(N, C_out, OH, OW)``.
-    """
-    stride, padding, dilation = geometry
-    z = F.conv2d(x.index_select(1, col_perm), blocks, None if bias is None else bias.index_select(0, row_perm),
-                 stride, padding, dilation, num_blocks)
-    return z.index_select(1, torch.argsort(row_perm))
-
-
-class _CpuOps:
-    """The compiled CPU kernel behind :class:`SparseConvFunction`."""
-
-    @staticmethod
-    def forward(x: Tensor, blocks: Tensor, bias: Tensor | None, perms: tuple[Tensor, Tensor],
+    def forward(self, x: Tensor, blocks: Tensor, bias: Tensor | None, perms: tuple[Tensor, Tensor],
                 geometry: tuple[Pair, Pair, Pair], num_blocks: int) -> Tensor:
         stride, padding, dilation = geometry
         return _EXTENSION.require().forward(x, blocks, x.new_empty(0) if bias is None else bias, *perms,
                                             list(stride), list(padding), list(dilation), num_blocks)
 
-    @staticmethod
-    def backward(grad_y: Tensor, x: Tensor, blocks: Tensor, perms: tuple[Tensor, Tensor],
+    def backward(self, grad_y: Tensor, x: Tensor, blocks: Tensor, perms: tuple[Tensor, Tensor],
                  geometry: tuple[Pair, Pair, Pair], num_blocks: int, needs: tuple[bool, bool]) -> list[Tensor]:
         stride, padding, dilation = geometry
         return _EXTENSION.require().backward(grad_y, x, blocks, *perms, list(stride), list(padding), list(dilation),
                                              num_blocks, *needs)
 
 
-class _TritonOps:
-    """The Triton kernels (:mod:`sao.nn._conv_triton`) behind :class:`SparseConvFunction` on CUDA."""
+class _TritonConv(ConvKernel):
+    """The Triton kernels (:mod:`sao.nn._conv_triton`), on CUDA."""
 
-    @staticmethod
-    def forward(x: Tensor, blocks: Tensor, bias: Tensor | None, perms: tuple[Tensor, Tensor],
+    def unavailable(self, device: torch.device) -> str | None:
+        from sao.nn._conv_triton import triton_conv_available
+
+        return None if triton_conv_available(device) else "triton is not available"
+
+    def forward(self, x: Tensor, blocks: Tensor, bias: Tensor | None, perms: tuple[Tensor, Tensor],
                 geometry: tuple[Pair, Pair, Pair], num_blocks: int) -> Tensor:
         from sao.nn._conv_triton import conv_forward_triton
 
         return conv_forward_triton(x, blocks, bias, *perms, *geometry, num_blocks)
 
-    @staticmethod
-    def backward(grad_y: Tensor, x: Tensor, blocks: Tensor, perms: tuple[Tensor, Tensor],
+    def backward(self, grad_y: Tensor, x: Tensor, blocks: Tensor, perms: tuple[Tensor, Tensor],
                  geometry: tuple[Pair, Pair, Pair], num_blocks: int, needs: tuple[bool, bool]) -> list[Tensor | None]:
         from sao.nn._conv_triton import conv_input_grad_triton, conv_weight_grad_triton
 
@@ -96,12 +80,16 @@ class _TritonOps:
         return [gx, gw]
 
 
-def _ops(device: torch.device) -> type[_CpuOps] | type[_TritonOps]:
-    return _TritonOps if device.type == "cuda" else _CpuOps
+CONV_KERNELS.register("cpu", _CpuConv())
+CONV_KERNELS.register("cuda", _TritonConv())
+
+
+def _ops(device: torch.device) -> ConvKernel:
+    return CONV_KERNELS.get(device.type)
 
 
 class SparseConvFunction(torch.autograd.Function):
-    """``y = sparse_conv(x)`` through the compiled kernel (CPU: C++; CUDA: Triton), forward and backward.
+    """``y = sparse_conv(x)`` through the kernel backend of ``x``'s device (:data:`sao.nn.CONV_KERNELS`), both ways.
 
     ``apply(x, blocks, bias, row_perm, col_perm, geometry, num_blocks)`` with the arguments of
     :func:`sparse_conv_reference` (``blocks``, ``bias`` and the permutations contiguous). Gradients: ``x``,
@@ -146,7 +134,7 @@ def _differentiable_backward(grad_y: Tensor, inputs: tuple[Tensor, Tensor, Tenso
 
 def sparse_conv(x: Tensor, blocks: Tensor, bias: Tensor | None, row_perm: Tensor, col_perm: Tensor,
                 geometry: tuple[Pair, Pair, Pair], num_blocks: int) -> Tensor:
-    """:func:`sparse_conv_reference` through the compiled kernel (CPU: C++; CUDA: Triton).
+    """:func:`sparse_conv_reference` through the kernel backend of ``x``'s device (:data:`sao.nn.CONV_KERNELS`).
 
     ``x`` is 4-D, float32/float64, on the parameters' device; ``blocks`` and the permutations are made
     contiguous here (differentiably). Raises ``RuntimeError`` if no kernel is available for the device.

@@ -24,8 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from sao._validation import as_int
-from sao.nn._chain_kernel import chain_indices, chain_params, chain_reference, sparse_chain
-from sao.nn._chain_triton import sparse_chain_triton
+from sao.nn._chain_kernel import chain_indices, chain_params, chain_reference
 from sao.nn._shape import check_features
 from sao.nn.dispatch import (
     PROBE_LAYERS,
@@ -43,6 +42,7 @@ from sao.nn.dispatch import (
     probe_isolation,
     resolve_fusion_mode,
 )
+from sao.nn.kernels import CHAIN_KERNELS
 from sao.nn.linear import SparseLinear
 
 __all__ = ["ELEMENTWISE", "KERNEL_ACTIVATIONS", "ExecutionPlan", "FusedSequential", "FusedSparseChain",
@@ -200,8 +200,8 @@ class FusedSparseChain(nn.Module):
             return x
         lead = x.shape[:-1]
         if route == "compiled":
-            run = sparse_chain if x.device.type == "cpu" else sparse_chain_triton
-            return run(x, list(self.layers), self._kernel_names, self._chain_indices())
+            backend = CHAIN_KERNELS.get(x.device.type)
+            return backend.run(x, list(self.layers), self._kernel_names, self._chain_indices())
         y = chain_reference(x.reshape(-1, x.shape[-1]), chain_params(self.layers), self._chain_indices(),
                             list(self.activations))
         return y.reshape(*lead, y.shape[-1])

@@ -62,10 +62,9 @@ from torch import Tensor, nn
 from torch.autograd import forward_ad
 from torch.nn.modules import module as _module_globals
 
-from sao.nn._chain_kernel import load_chain_kernel
-from sao.nn._chain_triton import triton_chain_available
-from sao.nn._conv_kernel import load_conv_kernel
-from sao.nn._conv_triton import triton_conv_available
+from sao._registry import Registry
+from sao.nn import _chain_kernel, _chain_triton, _conv_kernel  # noqa: F401  (they register the built-in backends)
+from sao.nn.kernels import CHAIN_KERNELS, CONV_KERNELS, KernelBackend
 
 __all__ = [
     "CONV_ROUTES",
@@ -105,11 +104,8 @@ ROUTES = ("plain", "fused", "compiled")
 #: The ways a blocked :class:`~sao.nn.SparseConv2d` can run: its own PyTorch ops (channel gathers around a
 #: grouped convolution), one dense convolution with the scattered weight, or the compiled kernel.
 CONV_ROUTES = ("plain", "dense", "compiled")
-#: The compiled kernels, by name: ``(builds the CPU kernel (None if unavailable), triton available on a device)``.
-KERNELS: dict[str, tuple[Callable[[], object], Callable[[torch.device], bool]]] = {
-    "chain": (load_chain_kernel, triton_chain_available),
-    "conv": (load_conv_kernel, triton_conv_available),
-}
+#: The kernel backends behind each ``"compiled"`` route, by kernel name (:mod:`sao.nn.kernels`).
+KERNELS: dict[str, Registry[KernelBackend]] = {"chain": CHAIN_KERNELS, "conv": CONV_KERNELS}
 #: Layers of a chain that the cost probe copies and times.
 PROBE_LAYERS = 16
 #: A route other than ``"plain"`` is chosen only if it takes at most this fraction of ``"plain"``'s time.
@@ -248,20 +244,20 @@ def call_blocker(x: Tensor) -> str | None:
 
 
 def kernel_blocker(x: Tensor, kernel: str = "chain") -> str | None:
-    """Why the compiled ``kernel`` (a name in :data:`KERNELS`) cannot take ``x`` (its dtype, its device, no
-    kernel built), or ``None``.
+    """Why the compiled ``kernel`` (a name in :data:`KERNELS`) cannot take ``x`` (its dtype, no backend for its
+    device type, the backend unavailable), or ``None``.
 
     Besides this, the compiled route needs :func:`call_blocker` to pass and parameters of ``x``'s dtype
-    and device. May build the CPU kernel (once per process).
+    and device. May build the backend's kernel (once per process).
     """
-    build, triton_available = KERNELS[kernel]
+    backends = KERNELS[kernel]
     if x.dtype not in (torch.float32, torch.float64):
         return f"the kernel takes float32/float64, the input is {x.dtype}"
-    if x.device.type == "cpu":
-        return None if build() is not None else "the compiled CPU kernel is unavailable (see warnings)"
-    if x.device.type == "cuda" and triton_available(x.device):
-        return None
-    return f"no compiled kernel for device {x.device} (CPU: C++; CUDA: triton)"
+    if x.device.type not in backends:
+        return (f"no {kernel} kernel backend for device type {x.device.type!r} (registered: "
+                f"{', '.join(backends.names())}; sao.nn.kernels)")
+    why = backends.get(x.device.type).unavailable(x.device)
+    return None if why is None else f"the {x.device.type} {kernel} kernel backend is unavailable: {why}"
 
 
 def deterministic_route(routes: Sequence[str], preferred: Sequence[str]) -> Decision | None:
