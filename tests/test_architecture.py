@@ -2,10 +2,14 @@
 
 The contracts live in ``pyproject.toml`` (``[tool.importlinter]``): the layers ``sao.cli`` → ... →
 ``sao.topology`` → the ground floor of top-level private modules, no subpackage imported by the
-ground floor, no private module (``sao.x._y``) imported from outside its package, no cycles.
+ground floor, no private module (``sao.x._y``) imported from outside its package, no cycles; and
+the cut between the two products (issue 20): the library (sao.topology, sao.spectral, sao.init,
+sao.nn, sao.methods, sao.models, the ground floor, and ``import sao``) imports no module of the
+harness and none of the extras' packages (matplotlib, scipy, ...).
 CI runs only ``pytest``, so :func:`test_import_contracts` runs ``lint-imports`` on them; the other
-tests make sure the contracts can fail (mutated copies of the package) and check, with grimp
-directly, that the package-level import graph has no cycle. TYPE_CHECKING imports count throughout.
+tests make sure the contracts can fail (mutated copies of the package), that the cut names every
+module of ``sao`` on one side, and check, with grimp directly, that the package-level import graph
+has no cycle. TYPE_CHECKING imports count throughout.
 """
 
 from __future__ import annotations
@@ -59,6 +63,18 @@ _MUTATIONS = {
     "foreign-private-module": ("models/fnn.py", "from sao.nn import _sparse", "private-modules",
                                "sao.models.fnn -> sao.nn._sparse"),
     "cycle": ("topology/__init__.py", "import sao.init", "acyclic", ".topology -> .init"),
+    "library-imports-harness": ("models/fnn.py", "def _data():\n    import sao.data", "library-standalone",
+                                "sao.models.fnn -> sao.data"),
+    "library-imports-harness-floor": ("spectral.py", "import sao._files", "library-standalone",
+                                      "sao.spectral -> sao._files"),
+    "library-imports-extra-package": ("topology/_graph.py", "import scipy.sparse.csgraph", "library-dependencies",
+                                      "sao.topology._graph -> scipy"),
+    "library-imports-extra-package-lazily": ("nn/linear.py", "def _plot():\n    import matplotlib.pyplot",
+                                             "library-dependencies", "sao.nn.linear -> matplotlib"),
+    "root-imports-harness": ("__init__.py", "import sao.analysis.spectrum", "root-is-library",
+                             "sao -> sao.analysis.spectrum"),
+    "root-imports-extra-package": ("__init__.py", "import typing\nif typing.TYPE_CHECKING:\n    import tqdm",
+                                   "root-is-library", "sao -> tqdm"),
 }
 
 
@@ -89,6 +105,34 @@ def test_contracts_catch_bad_imports(mutation: str, package_copy: Path, tmp_path
     assert result.returncode == 1, (f"contract {contract!r} kept with {line!r} added to {relative}:\n"
                                     f"{result.stdout}{result.stderr}")
     assert report in result.stdout, result.stdout + result.stderr  # the added import, not one already there
+
+
+# --- the cut between library and harness names every module of sao ----------------------------------------------
+
+def _contracts() -> dict[str, dict]:
+    import tomllib  # Python 3.11+, as import-linter (this module is skipped without it)
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    return {contract["id"]: contract for contract in config["contracts"]}
+
+
+def test_the_cut_is_exhaustive() -> None:
+    """Every child of ``sao`` is on one side of the cut: library (source) or harness (forbidden); the library's
+    contracts have the same sources; ``import sao`` is held to the same; the extras' packages are all forbidden."""
+    from sao._extras import EXTRAS
+
+    contracts = _contracts()
+    library = set(contracts["library-standalone"]["source_modules"])
+    harness = set(contracts["library-standalone"]["forbidden_modules"])
+    children = {package_of(m) for m in real_graph().modules} - {PACKAGE, f"{PACKAGE}.__main__"}
+    assert not library & harness
+    assert library | harness == children, sorted(children ^ (library | harness))
+    assert set(contracts["library-dependencies"]["source_modules"]) == library
+    externals = set(contracts["library-dependencies"]["forbidden_modules"])
+    assert externals >= {module for packages in EXTRAS.values() for module in packages} | {"ray"}
+    root = set(contracts["root-is-library"]["forbidden_modules"])
+    assert root >= harness | externals
+    assert {f"{module}.**" for module in harness if (ROOT / "src" / Path(*module.split("."))).is_dir()} <= root
 
 
 # --- no cycles between subpackages, with grimp directly ------------------------------------------------------------

@@ -1,4 +1,9 @@
-"""Atomic result files for analyses and reports: CSV + Markdown tables and PNG figures (matplotlib, Agg)."""
+"""Atomic result files for analyses and reports: CSV + Markdown tables and PNG figures (matplotlib, Agg).
+
+Part of the harness, not of the library: it needs matplotlib (the ``experiments`` extra), and only
+sao.analysis and sao.reports import it. Its layer in pyproject.toml lies above sao.models, so no
+library module can import it; the harness packages check the extra (:mod:`sao._extras`) before they do.
+"""
 
 from __future__ import annotations
 

@@ -9,6 +9,10 @@ Each analysis writes PNG + CSV + Markdown into an output folder:
 - :func:`run_jacobian` — end-to-end Jacobian spectrum of FNN-N at initialisation (static Fig. 11).
 """
 
+from sao._extras import require_extra
+
+require_extra(__name__)  # the experiments extra, before any module that needs it
+
 from sao.analysis.jacobian import run_jacobian
 from sao.analysis.reachability import run_reachability
 from sao.analysis.singular_values import run_singular_values

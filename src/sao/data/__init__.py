@@ -12,6 +12,10 @@ decorator on a builder ``(root, download, flatten) -> Splits``, or
 Registered: ``mnist5k`` (embedded, default), ``mnist``, ``cifar10``, ``cifar100``, ``cinic10``.
 """
 
+from sao._extras import require_extra
+
+require_extra(__name__)  # the experiments extra, before any module that needs it
+
 from sao.data._images import (  # registers "cifar10", "cifar100" and "cinic10"
     CIFAR10_MEAN,
     CIFAR10_STD,

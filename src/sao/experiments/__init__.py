@@ -8,6 +8,10 @@ From the ground up: :mod:`~sao.experiments.store` (run folders, config hash, res
 the tables themselves, :mod:`~sao.experiments.table7` and :mod:`~sao.experiments.cnn` (Tables 8–12).
 """
 
+from sao._extras import require_extra
+
+require_extra(__name__)  # the experiments extra, before any module that needs it
+
 from sao.experiments import cnn, table7  # registers the tables
 from sao.experiments.config import DataConfig, MethodConfig, ModelConfig, RunConfig, from_flat, identity
 from sao.experiments.launchers import LAUNCHERS, LaunchOptions

@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
-import scipy.sparse
-import scipy.sparse.csgraph
 import torch
 from torch import Tensor
 
@@ -69,16 +67,36 @@ def spectrum(mask: Tensor) -> Tensor:
 def components(mask: Tensor) -> Components:
     """Connected components of the bipartite graph of one ``(m, n)`` mask.
 
-    Node ids ``0..m-1`` are outputs and ``m..m+n-1`` inputs; labels are reported per side.
+    Node ids ``0..m-1`` are outputs and ``m..m+n-1`` inputs; labels are reported per side. Components are
+    numbered in the order of their lowest node id (as ``scipy.sparse.csgraph.connected_components`` does),
+    found by breadth-first search: each step takes the inputs of the new outputs and the outputs of the new
+    inputs at once, so every row and column of the mask is read once, ``O(m n)`` in all.
+
+    Example:
+        >>> c = components(torch.tensor([[1, 0, 0], [0, 0, 1], [1, 0, 0]]))  # outputs 0, 2 share input 0
+        >>> c.count, c.row_labels.tolist(), c.col_labels.tolist()
+        (3, [0, 1, 0], [0, 2, 1])
     """
-    m = _as_bool_matrix(mask)
-    rows, cols = m.shape
-    biadj = scipy.sparse.coo_matrix(m.numpy().astype(np.int8))
-    adjacency = scipy.sparse.bmat([[None, biadj], [biadj.T, None]], format="csr",
-                                  dtype=np.int8) if rows and cols else scipy.sparse.csr_matrix((rows + cols,) * 2)
-    count, labels = scipy.sparse.csgraph.connected_components(adjacency, directed=False)
-    labels = torch.from_numpy(labels.astype(np.int64))
-    return Components(int(count), labels[:rows], labels[rows:])
+    biadjacency = _as_bool_matrix(mask).numpy()
+    rows, cols = biadjacency.shape
+    labels = np.full(rows + cols, -1, dtype=np.int64)
+    row_labels, col_labels = labels[:rows], labels[rows:]  # views: labelling one side labels ``labels``
+    no_nodes = np.empty(0, dtype=np.int64)
+    count = 0
+    for start in range(rows + cols):
+        if labels[start] >= 0:
+            continue
+        labels[start] = count
+        new_rows, new_cols = (np.array([start]), no_nodes) if start < rows else (no_nodes, np.array([start - rows]))
+        while new_rows.size or new_cols.size:
+            reached_cols = np.flatnonzero(biadjacency[new_rows].any(axis=0) & (col_labels < 0))
+            reached_rows = np.flatnonzero(biadjacency[:, new_cols].any(axis=1) & (row_labels < 0))
+            col_labels[reached_cols] = count
+            row_labels[reached_rows] = count
+            new_rows, new_cols = reached_rows, reached_cols
+        count += 1
+    labels_t = torch.from_numpy(labels)
+    return Components(count, labels_t[:rows], labels_t[rows:])
 
 
 def reachability(masks: Sequence[Tensor], cumulative: bool = False) -> Tensor | list[Tensor]:

@@ -5,6 +5,10 @@ writes ``config.json``, ``metrics.jsonl``/``.csv`` and ``checkpoint.pt`` into ``
 from the checkpoint when called again (see :mod:`sao.training.loop`).
 """
 
+from sao._extras import require_extra
+
+require_extra(__name__)  # the experiments extra, before any module that needs it
+
 from sao.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from sao.training.config import TrainConfig, lr_for_depth, resolve_device
 from sao.training.isometry import jacobian_spectrum, probe_batch
