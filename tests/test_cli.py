@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sao.cli import main
+from sao.experiments.store import Guard
 
 
 def test_demo_prints_verified_properties(capsys: pytest.CaptureFixture[str]) -> None:
@@ -68,7 +69,7 @@ def test_user_errors_are_one_line_and_exit_2(argv: list[str], message: str, tmp_
     assert "\n" not in err and message in err and err.startswith(f"sao {argv[0]}: error: ")
 
 
-def _half_fails(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def _half_fails(config: dict[str, Any], run_dir: Path, guard: Guard) -> dict[str, Any]:
     if config["method"]["name"] == "gmp-s":
         raise RuntimeError("boom")
     return {"status": "completed", "test_acc": 0.5, "val_acc": 0.5}

@@ -1,4 +1,5 @@
-"""Data-parallel training (gloo, 2 CPU processes), sharded batches, mixed precision, torchrun CLI."""
+"""Data-parallel training (gloo, 2 CPU processes), sharded batches, the run store in a process group, mixed
+precision, torchrun CLI."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from helpers import gen
 from sao.data import ShardedBatchSampler, Splits, loaders
-from sao.experiments import Run, RunClaimed, RunStore, run_one
+from sao.experiments import LeaseLost, Run, RunClaimed, RunStore, run_one
+from sao.experiments.store import Guard
 from sao.methods import sparsify
 from sao.models import fnn, orthogonal_init_
 from sao.training import TrainConfig, load_checkpoint, read_metrics, train
@@ -93,7 +96,7 @@ def test_world_size_two_matches_world_size_one(tmp_path: Path, method: str) -> N
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
 
 
-def _ranked_run(config: dict, run_dir: Path) -> dict:
+def _ranked_run(config: dict, run_dir: Path, guard: Guard) -> dict:
     """A run function that notes which rank called it and returns that rank."""
     rank = dist.get_rank()
     with open(run_dir / f"rank-{rank}.txt", "a") as handle:
@@ -132,6 +135,48 @@ def test_run_one_in_a_process_group_claims_on_rank_0_and_every_rank_decides_alik
     assert json.loads((free / "result.json").read_text())["rank"] == 0
     assert [(free / f"rank-{rank}.txt").read_text() for rank in (0, 1)] == ["called\n"] * 2
     assert not (Run("held", {"x": 2}).directory(out) / "config.json").exists()
+
+
+def _losing_run(config: dict, run_dir: Path, guard: Guard) -> dict:
+    """Trains on every rank; after epoch 1 rank 0's claim is taken over (moved away, as by a driver that found it
+    stale)."""
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    train_loader, val, _ = loaders(_splits(), BATCH, seed=11, shard=(rank, world_size))
+
+    def take_over(row: dict) -> None:
+        if row["epoch"] == 1 and rank == 0:
+            (claim,) = (run_dir / ".claim").iterdir()
+            claim.rename(run_dir / "taken")
+
+    return train(_model("sao"), {"train": train_loader, "val": val}, CFG, run_dir / "train", progress=False,
+                 on_epoch_end=take_over, guard=guard)
+
+
+def _lose_the_lease_in_group(rank: int, world_size: int, rendezvous: str, out: str) -> None:
+    """``run_one`` of a run whose lease rank 0 loses while every rank trains; each rank notes how it ended."""
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=60))  # a rank left waiting fails the test instead of hanging
+    try:
+        try:
+            run_one(Run("lost", {"x": 3}), _losing_run, Path(out), log=lambda _: None)
+            outcome = "trained"
+        except LeaseLost as err:
+            outcome = err.why
+        Path(out, f"lost-{rank}.json").write_text(json.dumps(outcome))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_lease_lost_on_rank_0_stops_every_rank_before_the_next_write(tmp_path: Path) -> None:
+    """Only rank 0 holds the lease; its verdict reaches every rank at each write, so none trains on or waits."""
+    out = tmp_path / "out"
+    mp.spawn(_lose_the_lease_in_group, args=(2, str(tmp_path / "rendezvous"), str(out)), nprocs=2, join=True)
+    outcomes = [json.loads((out / f"lost-{rank}.json").read_text()) for rank in (0, 1)]
+    assert outcomes == ["its claim is gone: another driver took it over"] * 2
+    run_dir = Run("lost", {"x": 3}).directory(out)
+    assert [row["epoch"] for row in read_metrics(run_dir / "train" / "metrics.jsonl")] == [0, 1]
+    assert load_checkpoint(run_dir / "train" / "checkpoint.pt")["epoch"] == 1
+    assert not (run_dir / "result.json").exists()
 
 
 def _batches(loader: DataLoader, epochs: int) -> list[list[int]]:

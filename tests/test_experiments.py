@@ -8,15 +8,17 @@ from pathlib import Path
 import pytest
 
 from sao.experiments import FailedRuns, Run, config_hash, finished_results, is_finished, run_grid, run_one
+from sao.experiments.store import Guard
 
 CALLS: list[dict] = []
 
 
-def square(config: dict, run_dir: Path) -> dict:
+def square(config: dict, run_dir: Path, guard: Guard) -> dict:
     """A module-level run function (picklable for worker processes)."""
     CALLS.append(config)
     if config.get("fail"):
         raise RuntimeError("boom")
+    guard()
     (run_dir / "metrics.jsonl").write_text(json.dumps({"x": config["x"]}) + "\n")
     return {"status": "completed", "value": config["x"] ** 2}
 

@@ -17,6 +17,7 @@ import torch
 
 from sao.experiments import Run, RunStore, finished_results, run_grid
 from sao.experiments.launchers import LAUNCHERS, LaunchOptions
+from sao.experiments.store import Guard
 
 # Ray workers cannot import this file (tests/ is not a package on their path): ship its functions by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -36,11 +37,12 @@ def ray_instance() -> Iterator[None]:
     ray.shutdown()
 
 
-def seeded_run(config: dict, run_dir: Path) -> dict:
+def seeded_run(config: dict, run_dir: Path, guard: Guard) -> dict:
     """A small deterministic run: a few SGD steps of a seeded least-squares problem, one metrics line each."""
     g = torch.Generator().manual_seed(config["seed"])
     x, y = torch.randn(64, config["width"], generator=g), torch.randn(64, generator=g)
     w = torch.zeros(config["width"], requires_grad=True)
+    guard()
     with open(run_dir / "metrics.jsonl", "a") as metrics:
         for step in range(5):
             loss = ((x @ w - y) ** 2).mean()
@@ -70,7 +72,7 @@ def test_ray_grid_matches_local_grid(tmp_path: Path, ray_instance: None) -> None
     assert sum(" done " in line for line in lines) == len(runs)
 
 
-def counted_run(config: dict, run_dir: Path) -> dict:
+def counted_run(config: dict, run_dir: Path, guard: Guard) -> dict:
     """Count each call in a file; the run named ``config["kill"]`` SIGKILLs its worker the first time."""
     calls = Path(config["calls"])
     (calls / f"{config['x']}-{uuid.uuid4().hex}").touch()

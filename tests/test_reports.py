@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 
 from sao.experiments import EXPERIMENTS, DataConfig, MethodConfig, ModelConfig, Run, RunConfig, run_one
+from sao.experiments.store import Guard
 from sao.reports import aggregate, table_rows, write_report
 from sao.reports.sweep import deviations_note, load_results, training_curves
 from sao.training import TrainConfig
 
 
-def fake_run(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def fake_run(config: dict[str, Any], run_dir: Path, guard: Guard) -> dict[str, Any]:
     cfg = RunConfig.from_dict(config)
     acc = {"sao": 0.9, "gmp-s": 0.1}[cfg.method.name] + 0.01 * cfg.train.seed
     return {"status": "completed", "test_acc": acc, "val_acc": acc, "jacobian_mean": 1.0 + cfg.train.seed,
@@ -63,7 +64,7 @@ def test_a_sweep_of_version_0_1_is_reported(tmp_path: Path) -> None:
         flat = {"experiment": "table7", "method": method, "depth": 50, "seed": 0, "epochs": 5,
                 "dataset": "mnist5k", "data_root": None, "degree": 4, "gain": 1.1, "batch_size": 32, "lr": 0.01,
                 "device": "auto"}
-        run_one(Run(f"{method}-N50-s0", flat), lambda c, d, acc=acc: {"status": "completed", "test_acc": acc},
+        run_one(Run(f"{method}-N50-s0", flat), lambda c, d, g, acc=acc: {"status": "completed", "test_acc": acc},
                 tmp_path)
     write_report(tmp_path)
     text = (tmp_path / "report.md").read_text()
@@ -82,7 +83,7 @@ def test_runs_that_differ_beyond_the_seed_are_never_averaged(tmp_path: Path) -> 
     """Two folders of one method and depth that differ in a setting (here the device) get a row each."""
     for device, acc in (("cpu", 0.9), ("auto", 0.5)):
         cfg = RunConfig(ModelConfig("fnn", 10), train=TrainConfig(epochs=1, device=device))
-        run_one(Run(cfg.label, cfg.to_dict()), lambda c, d, acc=acc: {"status": "completed", "test_acc": acc},
+        run_one(Run(cfg.label, cfg.to_dict()), lambda c, d, g, acc=acc: {"status": "completed", "test_acc": acc},
                 tmp_path)
     results, _ = load_results(tmp_path)
     rows = {r["method"]: r["N=10"] for r in table_rows(results)}
@@ -101,7 +102,7 @@ def test_configs_with_wrong_types_are_damaged_folders_not_crashes(tmp_path: Path
     assert len(results) == 8 and [p.name for p, _ in damaged] == ["odd-0123456789ab"]
 
 
-def curve_run(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def curve_run(config: dict[str, Any], run_dir: Path, guard: Guard) -> dict[str, Any]:
     """Writes the metrics lines training would: ``train/`` for SAO, ``dense/`` then ``finetune/`` for GMP-T."""
     cfg = RunConfig.from_dict(config)
     phases = ["dense", "finetune"] if cfg.method.name == "gmp-t" else ["train"]
@@ -110,8 +111,7 @@ def curve_run(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         lines = [{"epoch": e, "test_acc": 0.1 * (e + p + 1) + 0.01 * cfg.train.seed, "jacobian_mean": 10.0 ** -e}
                  for e in range(cfg.train.epochs + 1)]
         (run_dir / phase / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return {"status": "completed", "test_acc": 0.5, "val_acc": 0.5, "jacobian_mean": 1.0, "jacobian_var": 0.1,
-            "run_dir": str(run_dir)}
+    return {"status": "completed", "test_acc": 0.5, "val_acc": 0.5, "jacobian_mean": 1.0, "jacobian_var": 0.1}
 
 
 def test_training_curves_follow_every_phase_and_a_moved_sweep(tmp_path: Path) -> None:
@@ -123,7 +123,7 @@ def test_training_curves_follow_every_phase_and_a_moved_sweep(tmp_path: Path) ->
                                 train=TrainConfig(epochs=2, seed=seed), experiment="table7")
                 run_one(Run(cfg.label, cfg.to_dict()), curve_run, sweep)
     moved = tmp_path / "moved"
-    sweep.rename(moved)  # result.json still names the old folder
+    sweep.rename(moved)
     files = write_report(moved)
     assert {"training_curves.md", "training_curves.csv", "training_curves.png"} <= {f.name for f in files}
     rows = training_curves(moved, load_results(moved)[0], 100)

@@ -1,4 +1,5 @@
-"""Tests of the run store: claims (acquire, refuse, stale takeover, races), drivers at once, identity, damage."""
+"""Tests of the run store: claims (acquire, refuse, stale takeover, races), leases (a stalled driver stops
+writing), drivers at once, identity, damage, copied sweeps."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,9 +20,26 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from sao.experiments import Run, RunClaimed, RunStore, config_hash, run_grid, run_one
-from sao.experiments.store import Claim, Owner, RunStatus
+from sao.experiments import run_grid
+from sao.experiments.store import (
+    Guard,
+    Lease,
+    LeaseLost,
+    Owner,
+    Run,
+    RunClaimed,
+    RunStatus,
+    RunStore,
+    attempt,
+    config_hash,
+    read_result,
+    run_one,
+)
+from sao.training import TrainConfig, load_checkpoint, read_metrics, train
 
 FAST = {"stale_after": 0.4, "heartbeat": 0.05}
 SPAWN = multiprocessing.get_context("spawn")
@@ -34,8 +53,9 @@ def store_of(root: Path, **settings: object) -> RunStore:
     return RunStore(root, **{**FAST, **settings})
 
 
-def counted(config: dict, run_dir: Path) -> dict:
+def counted(config: dict, run_dir: Path, guard: Guard) -> dict:
     """Appends one line per call to ``calls.txt``; sleeps ``config["sleep"]``; hangs the first time if ``hang``."""
+    guard()
     with open(run_dir / "calls.txt", "a") as handle:
         handle.write(f"{os.getpid()}\n")
     if config.get("hang") and not (run_dir / "hung").exists():
@@ -81,7 +101,7 @@ def test_claim_is_acquired_and_released(tmp_path: Path) -> None:
     with store.claim(RUN, lines.append) as claim:
         run_dir = store.directory(RUN)
         assert (run_dir / ".claim" / claim.owner.token / "owner.json").is_file()
-        assert store.holder(RUN) == claim.owner and claim.owner.pid == os.getpid() and claim.held()
+        assert store.holder(RUN) == claim.owner and claim.owner.pid == os.getpid() and claim.lost() is None
         assert lines == []  # a routine claim is silent
     assert store.holder(RUN) is None and list(run_dir.iterdir()) == []  # no claim debris is left
     claim.release()  # twice is harmless
@@ -138,11 +158,11 @@ def test_silent_claim_of_another_host_is_taken_over_after_stale_after(tmp_path: 
 def test_racing_claimers_exactly_one_wins(tmp_path: Path, stale: bool) -> None:
     """Four threads claim one run at once (free, or held by a dead process): one claim, three refusals."""
     gone = replace(Owner.me(), pid=dead_pid())
-    for attempt in range(15):
-        run, stores, lines = Run(f"r{attempt}", {"x": attempt}), [store_of(tmp_path) for _ in range(4)], []
+    for trial in range(15):
+        run, stores, lines = Run(f"r{trial}", {"x": trial}), [store_of(tmp_path) for _ in range(4)], []
         if stale:
-            fake_claim(stores[0].directory(run), replace(gone, token=f"dead{attempt}"))
-        outcomes: list[Claim | RunClaimed | None] = [None] * 4
+            fake_claim(stores[0].directory(run), replace(gone, token=f"dead{trial}"))
+        outcomes: list[Lease | RunClaimed | None] = [None] * 4
         gate = threading.Barrier(4)
 
         def claim(i: int, run: Run = run, gate: threading.Barrier = gate, outcomes: list = outcomes,
@@ -158,7 +178,7 @@ def test_racing_claimers_exactly_one_wins(tmp_path: Path, stale: bool) -> None:
             thread.start()
         for thread in threads:
             thread.join()
-        (won,) = [o for o in outcomes if isinstance(o, Claim)]
+        (won,) = [o for o in outcomes if isinstance(o, Lease)]
         assert all(o.holder == won.owner for o in outcomes if isinstance(o, RunClaimed))
         assert sum("took over" in line for line in lines) == stale
         won.release()
@@ -292,27 +312,165 @@ def test_grid_waits_for_a_run_another_driver_finishes(tmp_path: Path) -> None:
     assert lines[-1] == f"x2 was finished by another driver ({socket.gethostname()}:{os.getpid()}); not trained here"
 
 
-def steal_claim(config: dict, run_dir: Path) -> dict:
-    """A run during which another driver takes the claim over (as if this one had stalled)."""
+def steal_claim(config: dict, run_dir: Path, guard: Guard) -> dict:
+    """A run during which another driver takes the claim over (as if this one had stalled), then writes."""
     (claim,) = (run_dir / ".claim").iterdir()
     claim.rename(run_dir / "stolen")
-    time.sleep(0.2)  # the heartbeat notices
+    guard()
+    (run_dir / "written.txt").touch()
     return {"value": config["x"]}
 
 
-def test_a_claim_lost_while_training_writes_no_result(tmp_path: Path) -> None:
+def test_a_claim_taken_over_stops_the_run_before_its_next_write(tmp_path: Path) -> None:
     lines: list[str] = []
-    with pytest.raises(RuntimeError, match="taken over while this driver trained"):
+    with pytest.raises(LeaseLost, match="another driver took it over") as err:
         run_one(RUN, steal_claim, store_of(tmp_path), log=lines.append)
-    assert not (store_of(tmp_path).directory(RUN) / "result.json").exists()
-    assert any("lost the claim" in line for line in lines)
+    run_dir = store_of(tmp_path).directory(RUN)
+    assert not (run_dir / "written.txt").exists() and not (run_dir / "result.json").exists()
+    assert lines == [f"stopped {RUN.label}: {err.value}"]
+    copy = pickle.loads(pickle.dumps(err.value))  # crosses process and Ray boundaries intact
+    assert (copy.run_dir, copy.why, str(copy)) == (err.value.run_dir, err.value.why, str(err.value))
+
+
+def test_a_lease_is_valid_for_a_margin_less_than_stale_after_and_kept_valid_by_its_heartbeat(tmp_path: Path) -> None:
+    with store_of(tmp_path).claim(RUN, quiet) as lease:
+        assert FAST["heartbeat"] < lease.valid_for < FAST["stale_after"]
+        time.sleep(3 * lease.valid_for)
+        lease.check()
+
+
+# --- a driver that stalls (SIGSTOP, a suspended laptop) past stale_after -------------------------------------------
+
+STALL = {"stale_after": 1.0, "heartbeat": 0.1}
+EPOCHS = 4
+STALLING = Run("t", {"epochs": EPOCHS})
+
+
+def stalling_training(config: dict, run_dir: Path, guard: Guard) -> dict:
+    """Trains a tiny classifier with :func:`sao.training.train`; the first driver to finish epoch 1 stops its whole
+    process there (SIGSTOP: every thread, its heartbeat too), as a suspended machine would."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 4, generator=g), torch.randint(0, 2, (32,), generator=g)
+    data = {"train": DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True,
+                                generator=torch.Generator().manual_seed(1)),
+            "val": DataLoader(TensorDataset(x, y), batch_size=16)}
+    torch.manual_seed(0)
+    marker = run_dir.parent.parent / "stalled"
+
+    def stall(row: dict) -> None:
+        if row["epoch"] == 1 and not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    cfg = TrainConfig(epochs=config["epochs"], lr=0.1, device="cpu", isometry_probe=0)
+    result = train(nn.Linear(4, 2), data, cfg, run_dir / "train", progress=False, on_epoch_end=stall, guard=guard)
+    return {k: v for k, v in result.items() if k in ("status", "epochs_run", "val_acc")}
+
+
+def stalling_driver(out: str) -> None:
+    """A driver (a spawned process) that attempts the run, which stalls it; what happened goes to ``stalled.json``."""
+    lines: list[str] = []
+    try:
+        outcome = str(attempt(STALLING, stalling_training, RunStore(out, **STALL), lines.append))
+    except LeaseLost as err:
+        outcome = f"LeaseLost: {err}"
+    (Path(out).parent / "stalled.json").write_text(json.dumps({"outcome": outcome, "log": lines}))
+
+
+def process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def start_stalled_driver(out: Path) -> multiprocessing.process.BaseProcess:
+    """A driver that has trained epoch 1 of the run and is stopped now."""
+    driver = SPAWN.Process(target=stalling_driver, args=(str(out),))
+    driver.start()
+    deadline = time.monotonic() + 120
+    while driver.is_alive() and process_state(driver.pid) != "T" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert driver.is_alive() and process_state(driver.pid) == "T", "the driver did not stall"
+    return driver
+
+
+def wake(driver: multiprocessing.process.BaseProcess, out: Path) -> dict:
+    """Continue the stopped ``driver``; what it reported."""
+    os.kill(driver.pid, signal.SIGCONT)
+    driver.join(timeout=120)
+    assert driver.exitcode == 0
+    return json.loads((out.parent / "stalled.json").read_text())
+
+
+def epochs_written(out: Path) -> list[int]:
+    return [row["epoch"] for row in read_metrics(RunStore(out).directory(STALLING) / "train" / "metrics.jsonl")]
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="watches the driver in /proc")
+
+
+@needs_proc
+def test_a_stalled_driver_whose_run_was_taken_over_writes_nothing_more(tmp_path: Path) -> None:
+    """The stalled driver's claim goes stale, another driver takes the run over and finishes it; the stalled
+    driver wakes and stops at its next write: every epoch is in metrics.jsonl once, the checkpoint is the new
+    driver's."""
+    out = tmp_path / "sweep"
+    driver = start_stalled_driver(out)
+    lines: list[str] = []
+    (result,) = run_grid([STALLING], stalling_training, out, log=lines.append, poll=0.05, store=RunStore(out, **STALL))
+    assert result["epochs_run"] == EPOCHS and any("its claim is stale" in line for line in lines)
+    woken = wake(driver, out)
+    assert woken["outcome"] == "finished"  # by the driver that took it over
+    assert any("lost the lease on t-" in line for line in woken["log"])
+    assert epochs_written(out) == list(range(EPOCHS + 1))
+    run_dir = RunStore(out).directory(STALLING)
+    assert load_checkpoint(run_dir / "train" / "checkpoint.pt")["epoch"] == EPOCHS
+    assert read_result(run_dir)["epochs_run"] == EPOCHS and not (run_dir / ".claim").exists()
+
+
+@needs_proc
+def test_a_lease_that_expired_without_takeover_stops_the_driver_too(tmp_path: Path) -> None:
+    """Nobody took the run over while its driver was stopped, but the lease expired: the driver stops and
+    releases the run unfinished; the next driver resumes it from its last checkpoint."""
+    out = tmp_path / "sweep"
+    driver = start_stalled_driver(out)
+    time.sleep(STALL["stale_after"])  # longer than the lease is valid, (stale_after + heartbeat) / 2
+    woken = wake(driver, out)
+    assert woken["outcome"].startswith("LeaseLost: lost the lease on t-") and "stalled" in woken["outcome"]
+    assert epochs_written(out) == [0, 1]
+    run_dir = RunStore(out).directory(STALLING)
+    assert not (run_dir / "result.json").exists() and not (run_dir / ".claim").exists()
+    assert run_one(STALLING, stalling_training, RunStore(out, **STALL), log=quiet)["epochs_run"] == EPOCHS
+    assert epochs_written(out) == list(range(EPOCHS + 1))
+
+
+# --- a copied sweep folder -----------------------------------------------------------------------------------------
+
+
+def test_a_copied_sweep_reports_the_folders_of_the_copy(tmp_path: Path) -> None:
+    runs = [Run(f"x{x}", {"x": x}) for x in range(3)]
+    run_grid(runs, counted, tmp_path / "sweep", log=quiet)
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "sweep", copy)
+    store = RunStore(copy)
+    results = [*store.finished(), *(store.result(run) for run in runs),
+               *(run_one(run, counted, store, log=quiet) for run in runs), *run_grid(runs, counted, copy, log=quiet),
+               read_result(store.directory(runs[0]))]
+    assert len(results) == 13
+    for result in results:
+        assert Path(result["run_dir"]).parent == copy and Path(result["run_dir"]).is_dir()
+    assert all("run_dir" not in json.loads((folder / "result.json").read_text()) for folder in copy.iterdir())
+    assert [len(calls(store.directory(run))) for run in runs] == [1, 1, 1]  # nothing was trained again
 
 
 def imported_sao_modules(module: str) -> set[str]:
-    tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
-    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    return {name for name in names if name.split(".")[0] == "sao"}
+    """The ``sao`` modules that ``module`` imports; of a package, those its modules import from outside it."""
+    origin = Path(importlib.util.find_spec(module).origin)
+    paths = sorted(origin.parent.glob("*.py")) if origin.name == "__init__.py" else [origin]
+    names: set[str] = set()
+    for path in paths:
+        tree = ast.parse(path.read_text())
+        names |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    return {name for name in names if name.split(".")[0] == "sao" and not name.startswith(f"{module}.")}
 
 
 def test_the_store_is_the_ground_of_the_experiment_layer() -> None:

@@ -19,6 +19,7 @@ from sao.experiments.protocol import measured_sparsity, run_experiment
 from sao.experiments.runner import FailedRuns, run_grid
 from sao.experiments.spec import EXPERIMENTS, ExperimentSpec, Preset, experiment_for_model
 from sao.experiments.store import (
+    LeaseLost,
     Run,
     RunClaimed,
     RunStore,
@@ -36,6 +37,7 @@ __all__ = [
     "ExperimentSpec",
     "FailedRuns",
     "LaunchOptions",
+    "LeaseLost",
     "MethodConfig",
     "ModelConfig",
     "Preset",

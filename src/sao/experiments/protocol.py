@@ -17,7 +17,7 @@ the last phase and the sparsity measured from the weights (:func:`measured_spars
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -157,8 +157,9 @@ def _built_in(config: RunConfig) -> bool:
 
 
 @flush_denormals()
-def run_experiment(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Train one run (a :meth:`RunConfig.to_dict`, or a version-0.1 flat config) in ``run_dir``, resumably.
+def run_experiment(config: Mapping[str, Any], run_dir: Path, guard: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Train one run (a :meth:`RunConfig.to_dict`, or a version-0.1 flat config) in ``run_dir``, resumably, calling
+    ``guard`` (the run store's lease check, see :data:`sao.experiments.store.RunFunction`) before each file it writes.
 
     Returns the training summary, the Jacobian summary and :func:`measured_sparsity`; a run whose
     dense phase diverged returns that phase's summary with ``phase="dense"``.
@@ -174,11 +175,12 @@ def run_experiment(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     settings = {"degree": cfg.method.degree, "sparsity": cfg.method.sparsity, "gain": cfg.model.gain,
                 "activation": init_activation(cfg.model.activation), "generator": generator}
     method = None if _built_in(cfg) else cfg.method.name
-    return train_with_method(model, method, settings, data, cfg.train, Path(run_dir))
+    return train_with_method(model, method, settings, data, cfg.train, Path(run_dir), guard)
 
 
 def train_with_method(model: nn.Module, method: str | None, settings: dict[str, Any],
-                      data: dict[str, DataLoader], cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
+                      data: dict[str, DataLoader], cfg: TrainConfig, run_dir: Path,
+                      guard: Callable[[], None] | None = None) -> dict[str, Any]:
     """Sparsify ``model`` with ``method`` (``sparsify(model, method, **settings)``) and train it, resumably.
 
     ``None`` or the dense baseline (:attr:`sao.methods.SparsifyMethod.dense_baseline`) trains the
@@ -190,7 +192,7 @@ def train_with_method(model: nn.Module, method: str | None, settings: dict[str, 
     chosen = None if method is None else METHODS.get(method)
     changes = chosen is not None and not chosen.dense_baseline
     if changes and chosen.phase == AFTER_TRAINING:
-        dense = train(model, data, cfg, Path(run_dir) / PHASES[0], progress=False)
+        dense = train(model, data, cfg, Path(run_dir) / PHASES[0], progress=False, guard=guard)
         if dense["status"] == "diverged":
             return {**dense, "phase": "dense", **measured_sparsity(model)}
         sparsify(model, method, **settings, strict=True)
@@ -200,6 +202,6 @@ def train_with_method(model: nn.Module, method: str | None, settings: dict[str, 
             sparsify(model, method, **settings, strict=True)
         # a subfolder: train() writes its own config.json, which must not replace the run's
         metrics_dir = Path(run_dir) / PHASES[2]
-    result = train(model, data, cfg, metrics_dir, progress=False)
+    result = train(model, data, cfg, metrics_dir, progress=False, guard=guard)
     result = {k: v for k, v in result.items() if k != "run_dir"}
     return {**result, **_jacobian_summary(metrics_dir), **measured_sparsity(model)}

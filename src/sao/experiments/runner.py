@@ -5,7 +5,6 @@ The run folders themselves (hashed names, ``config.json``, atomic ``result.json`
 :func:`run_grid` ties them: it skips finished runs, launches the rest, waits for the runs another
 driver is training, and raises for the runs that failed. Re-running a grid therefore skips
 finished runs and resumes the rest; nothing is trained twice, also with several drivers at once.
-The names of the store used by callers of this module are re-exported here.
 """
 
 from __future__ import annotations
@@ -16,29 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sao.experiments.launchers import LAUNCHERS, LaunchOptions
-from sao.experiments.store import (
-    Owner,
-    Run,
-    RunFunction,
-    RunStore,
-    config_hash,
-    finished_results,
-    is_finished,
-    read_result,
-    run_one,
-)
+from sao.experiments.store import Owner, Run, RunFunction, RunStore
 
-__all__ = [
-    "FailedRuns",
-    "Run",
-    "RunFunction",
-    "config_hash",
-    "finished_results",
-    "is_finished",
-    "read_result",
-    "run_grid",
-    "run_one",
-]
+__all__ = ["FailedRuns", "run_grid"]
 
 Log = Callable[[str], None]
 

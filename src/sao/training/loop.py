@@ -228,7 +228,8 @@ def _result(rows: list[dict[str, Any]], run_dir: Path, epoch: int, status: str) 
 
 
 def train(model: nn.Module, loaders: Mapping[str, DataLoader], config: TrainConfig, run_dir: Path | str,
-          progress: bool = True, on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+          progress: bool = True, on_epoch_end: Callable[[dict[str, Any]], None] | None = None, *,
+          guard: Callable[[], None] | None = None) -> dict[str, Any]:
     """Train ``model`` with SGD on ``loaders["train"]`` for ``config.epochs`` epochs, resumably.
 
     Args:
@@ -241,6 +242,10 @@ def train(model: nn.Module, loaders: Mapping[str, DataLoader], config: TrainConf
         run_dir: folder of ``config.json``, ``metrics.jsonl``/``.csv`` and ``checkpoint.pt``.
         progress: show a tqdm bar per epoch on stderr (only on a terminal).
         on_epoch_end: called with each epoch's metric line after its checkpoint is written.
+        guard: called on every rank before each write to ``run_dir`` (``config.json``, ``metrics.jsonl``,
+            ``checkpoint.pt``); it raises to stop the run before the write. The run store passes its
+            lease check (:class:`sao.experiments.store.LeaseLost` once the run may be another driver's);
+            in a process group it is a collective, called by every rank at the same points.
 
     Returns:
         ``status`` (``"completed"`` or ``"diverged"``), ``epochs_run``, the last line's ``val_acc`` and
@@ -271,13 +276,17 @@ def train(model: nn.Module, loaders: Mapping[str, DataLoader], config: TrainConf
     has_test = "test" in loaders
     resolved = {"config": config.to_dict(), "device": str(device), "world_size": world()[1], "torch": torch.__version__,
                 "model_class": f"{type(model).__module__}.{type(model).__qualname__}"}
+    check = guard or _unguarded
+    check()
     if main:
         atomic_write_bytes(run_dir / "config.json", (json.dumps(resolved, indent=2) + "\n").encode())
 
     def log(row: dict[str, Any]) -> None:
+        check()
         rows.append(append_metrics(metrics_path, row) if main else clean_row(row))
 
     def checkpoint(epoch: int, status: str) -> None:
+        check()
         if not main:
             return
         rng, loader_rng = capture_rng(loaders["train"])
@@ -288,6 +297,7 @@ def train(model: nn.Module, loaders: Mapping[str, DataLoader], config: TrainConf
             "scaler": scaler.state_dict(), "rng": rng, "loader_rng": loader_rng})
 
     rows: list[dict[str, Any]] = []
+    check()  # before metrics.jsonl is cut back (resume) or emptied (fresh start)
     if ckpt_path.exists():
         saved = load_checkpoint(ckpt_path, map_location=device)
         _check_resumable(saved["config"], config, ckpt_path)
@@ -333,6 +343,10 @@ def train(model: nn.Module, loaders: Mapping[str, DataLoader], config: TrainConf
         if on_epoch_end is not None:
             on_epoch_end(rows[-1])
     return _result(rows, run_dir, epoch, status)
+
+
+def _unguarded() -> None:
+    return None
 
 
 def _check_sharded(loader: DataLoader) -> None:
