@@ -7,6 +7,9 @@ finished, resume the rest, one driver per run) is the same whichever launcher ra
 started with one launcher can be finished with another. A run that fails, or that another driver
 is training, is logged and reported, never stops the other runs;
 :func:`sao.experiments.runner.run_grid` waits for the claimed ones and raises for the failed.
+Ctrl-C stops a launcher at once: no run starts after it, the running ones unwind unfinished (their
+claims released, no ``result.json``), and ``KeyboardInterrupt`` propagates; the same grid then
+resumes them.
 
 Add a launcher with ``@LAUNCHERS.register("name")`` on such a function.
 """
@@ -16,8 +19,11 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
+import threading
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -93,11 +99,60 @@ Launcher = Callable[[list[Run], RunFunction, RunStore, LaunchOptions, Log], Laun
 LAUNCHERS: Registry[Launcher] = Registry("launcher", "sao.experiments.launchers.LAUNCHERS")
 
 
-def _init_worker(threads: int) -> None:
-    """Share the cores between workers: oversubscribed intra-op threads make steps 10-100x slower."""
+class _WorkerInterrupt:
+    """Ctrl-C in a worker process of :func:`launch_local`: the run in progress stops, no other starts.
+
+    The worker's SIGINT handler raises ``KeyboardInterrupt`` only while a run is in progress (once),
+    so the run unwinds as it would in one process (its claim released, a fresh folder removed, no
+    ``result.json``); an idle worker just takes note, without a traceback, and starts no other run.
+    A thread turns the pool's shared ``stop`` flag, set by the driver on Ctrl-C, into a SIGINT of
+    the worker, so a Ctrl-C that reached only the driver stops every run too. The handler touches
+    no lock (a signal may arrive while the main thread holds one), and ``stop`` is a lock-free
+    shared byte, so a worker that died never blocks the others.
+    """
+
+    stop: Any = None  # the pool's shared flag (multiprocessing RawValue), set by :func:`_init_worker`
+    running = False
+    interrupted = False
+
+    @classmethod
+    def install(cls, stop: Any) -> None:
+        cls.stop = stop
+        signal.signal(signal.SIGINT, cls._on_sigint)
+        threading.Thread(target=cls._forward, daemon=True, name="sao-stop").start()
+
+    @classmethod
+    def _on_sigint(cls, signum: int, frame: object) -> None:
+        cls.interrupted = True
+        if cls.running:
+            cls.running = False
+            raise KeyboardInterrupt
+
+    @classmethod
+    def _forward(cls, poll: float = 0.05) -> None:
+        while not cls.stop.value:
+            time.sleep(poll)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    @classmethod
+    def attempt(cls, run: Run, run_fn: RunFunction, store: RunStore) -> Attempt:
+        """:func:`~sao.experiments.store.attempt` unless the sweep was interrupted (then ``KeyboardInterrupt``)."""
+        cls.running = True  # before the check: a SIGINT from here on interrupts this call
+        try:
+            if cls.interrupted or cls.stop.value:
+                raise KeyboardInterrupt
+            return attempt(run, run_fn, store)
+        finally:
+            cls.running = False
+
+
+def _init_worker(threads: int, stop: Any) -> None:
+    """Share the cores between workers (oversubscribed intra-op threads make steps 10-100x slower);
+    stop on Ctrl-C (:class:`_WorkerInterrupt`)."""
     import torch
 
     torch.set_num_threads(threads)
+    _WorkerInterrupt.install(stop)
 
 
 @LAUNCHERS.register("local")
@@ -108,21 +163,39 @@ def launch_local(todo: list[Run], run_fn: RunFunction, store: RunStore, options:
     With ``options.workers == 1`` the runs go one after another in this process (a failure is
     logged with its traceback). Otherwise ``workers`` processes (started with ``spawn``, so
     ``run_fn`` must be a module-level function) each get ``cpu_count // workers`` intra-op threads;
-    their claim messages go to their standard error.
+    their claim messages go to their standard error. Ctrl-C (``KeyboardInterrupt`` here, or SIGINT
+    in a worker) stops every worker's run and starts no other; it returns once the workers have
+    stopped (their runs unfinished, to be resumed) and raises ``KeyboardInterrupt``.
     """
-    report = LaunchReport()
     if options.workers == 1:
+        report = LaunchReport()
         for i, run in enumerate(todo, 1):
             report.record(run, f"[{i}/{len(todo)}]", lambda run=run: attempt(run, run_fn, store, log), log,
                           trace=True)
         return report
     threads = max(1, (os.cpu_count() or 1) // options.workers)
     log(f"{options.workers} worker processes, {threads} thread(s) each")
-    with ProcessPoolExecutor(max_workers=options.workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(attempt, run, run_fn, store): run for run in todo}
-        for i, future in enumerate(as_completed(futures), 1):
-            report.record(futures[future], f"[{i}/{len(todo)}]", future.result, log)
+    context = multiprocessing.get_context("spawn")
+    stop = context.RawValue("b", 0)
+    pool = ProcessPoolExecutor(max_workers=options.workers, mp_context=context, initializer=_init_worker,
+                               initargs=(threads, stop))
+    try:
+        report = _collect_local(pool, todo, run_fn, store, log)
+    except BaseException:
+        stop.value = 1  # no worker starts another run; the running ones are interrupted
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return report
+
+
+def _collect_local(pool: ProcessPoolExecutor, todo: list[Run], run_fn: RunFunction, store: RunStore,
+                   log: Log) -> LaunchReport:
+    """Submit every run to ``pool`` and log each as it ends; a worker's ``KeyboardInterrupt`` is raised here."""
+    report = LaunchReport()
+    futures = {pool.submit(_WorkerInterrupt.attempt, run, run_fn, store): run for run in todo}
+    for i, future in enumerate(as_completed(futures), 1):
+        report.record(futures[future], f"[{i}/{len(todo)}]", future.result, log)
     return report
 
 
@@ -155,8 +228,8 @@ def launch_ray(todo: list[Run], run_fn: RunFunction, store: RunStore, options: L
     raised, or whose worker died more than ``max_retries`` times, is a failed run; the others go on.
     A task that finds its run claimed by another live driver reports that driver (``claimed``); a
     killed worker's claim goes stale (at once on its own node, after ``stale_after`` elsewhere).
-    If this function is interrupted, the runs still queued or running are cancelled (running ones
-    stay unfinished and resume on the next call).
+    If this function is interrupted (Ctrl-C), every task submitted is cancelled (:func:`_cancel`):
+    queued runs never start, running ones stop and stay unfinished, to resume on the next call.
 
     ``store.root`` (an absolute path) must be the same folder on every node (a shared file
     system); a task that ends without its ``result.json`` visible here counts as failed.
@@ -174,16 +247,53 @@ def launch_ray(todo: list[Run], run_fn: RunFunction, store: RunStore, options: L
         log(f"Ray is already initialised; address {options.address!r} is not used")
     try:
         _log_cluster(ray, options, log)
-        task = ray.remote(_ray_task)
-        resources = {"num_cpus": options.cpus_per_run, "num_gpus": options.gpus_per_run,
-                     "max_retries": options.max_retries, "retry_exceptions": False}
-        fn_ref = ray.put(run_fn)
-        runs = {task.options(name=f"sao:{run.label}", **resources).remote(run, fn_ref, store, options.cpus_per_run): run
-                for run in todo}
-        return _collect(ray, runs, store, log)
+        runs: dict[Any, Run] = {}  # object ref -> run, filled as they are submitted: an interrupt cancels each
+        with _cancelled_on_interrupt(ray, runs):
+            _submit(ray, todo, run_fn, store, options, runs)
+            return _collect_ray(ray, runs, store, log)
     finally:
         if started:
             ray.shutdown()
+
+
+def _submit(ray: ModuleType, todo: list[Run], run_fn: RunFunction, store: RunStore, options: LaunchOptions,
+            runs: dict[Any, Run]) -> None:
+    """One task per run of ``todo``, each entered into ``runs`` (object ref → run) as it is submitted."""
+    task = ray.remote(_ray_task)
+    resources = {"num_cpus": options.cpus_per_run, "num_gpus": options.gpus_per_run,
+                 "max_retries": options.max_retries, "retry_exceptions": False}
+    fn_ref = ray.put(run_fn)
+    for run in todo:
+        runs[task.options(name=f"sao:{run.label}", **resources).remote(run, fn_ref, store, options.cpus_per_run)] = run
+
+
+#: Seconds the runs of an interrupted Ray grid get to stop on their own before their workers are killed.
+RAY_GRACE = 5.0
+
+
+@contextlib.contextmanager
+def _cancelled_on_interrupt(ray: ModuleType, refs: dict[Any, Run]) -> Iterator[None]:
+    """Cancel the tasks ``refs`` holds when the body raises (``KeyboardInterrupt`` included), then re-raise."""
+    try:
+        yield
+    except BaseException:
+        _cancel(ray, list(refs))
+        raise
+
+
+def _cancel(ray: ModuleType, refs: list[Any]) -> None:
+    """Cancel ``refs``: a queued task never starts; a running one gets ``KeyboardInterrupt``, so its run
+    unwinds (claim released, no ``result.json``); one still running after :data:`RAY_GRACE` s is killed
+    (its claim goes stale)."""
+    for ref in refs:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=False)
+    running = refs
+    with contextlib.suppress(Exception):
+        running = ray.wait(refs, num_returns=len(refs), timeout=RAY_GRACE, fetch_local=False)[1] if refs else []
+    for ref in running:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=True)
 
 
 def _log_cluster(ray: ModuleType, options: LaunchOptions, log: Log) -> None:
@@ -195,7 +305,7 @@ def _log_cluster(ray: ModuleType, options: LaunchOptions, log: Log) -> None:
         log("WARNING: the cluster has less than one run asks for; the runs wait until nodes join (Ctrl-C to stop)")
 
 
-def _collect(ray: ModuleType, runs: dict[Any, Run], store: RunStore, log: Log) -> LaunchReport:
+def _collect_ray(ray: ModuleType, runs: dict[Any, Run], store: RunStore, log: Log) -> LaunchReport:
     """Wait for the tasks ``runs`` (object ref → run), log each as it ends, report the undone ones."""
     report = LaunchReport()
     pending = list(runs)
@@ -207,13 +317,7 @@ def _collect(ray: ModuleType, runs: dict[Any, Run], store: RunStore, log: Log) -
                                "here: is the output folder shared by every Ray node?")
         return result
 
-    try:
-        for i in range(1, len(runs) + 1):
-            [ready], pending = ray.wait(pending, num_returns=1)
-            report.record(runs[ready], f"[{i}/{len(runs)}]", lambda ref=ready: outcome(ref, runs[ref]), log)
-    except BaseException:
-        for ref in pending:
-            with contextlib.suppress(Exception):
-                ray.cancel(ref, force=True)
-        raise
+    for i in range(1, len(runs) + 1):
+        [ready], pending = ray.wait(pending, num_returns=1)
+        report.record(runs[ready], f"[{i}/{len(runs)}]", lambda ref=ready: outcome(ref, runs[ref]), log)
     return report
