@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 
 from _common import machine_info, markdown_table, print_header, set_threads, write_json
-from sao.experiments import EXPERIMENTS, DataConfig, run_experiment
-from sao.methods import AFTER_TRAINING, METHODS
-from sao.training import lr_for_depth
+from sao.experiments import EXPERIMENTS, DataConfig, MethodConfig, method_phase, run_experiment
+from sao.experiments.protocol import AFTER_TRAINING
+from sao.experiments.table7 import lr_for_depth
+from sao.methods import METHODS
 
 
 def cases(devices: str = "all") -> list[tuple[str, str | None]]:
@@ -36,16 +37,18 @@ def cases(devices: str = "all") -> list[tuple[str, str | None]]:
 
 def epoch_seconds(args: argparse.Namespace, device: str, amp: str | None) -> float:
     """Wall time of the second epoch of a fresh two-epoch run."""
-    base = EXPERIMENTS.get("table7").runs("quick")[0]  # Table 7's settings: gain 1.1, degree 4, SGD
+    spec = EXPERIMENTS.get("table7")
+    base = spec.runs("quick")[0]  # Table 7's settings: degree 4 (the dense baseline: none), SGD
+    target = dataclasses.replace(spec.base.method, name=args.method) if METHODS.get(args.method).needs_target \
+        else MethodConfig(args.method)
     config = dataclasses.replace(
-        base, model=dataclasses.replace(base.model, depth=args.depth),
-        method=dataclasses.replace(base.method, name=args.method),
+        base, model=dataclasses.replace(base.model, depth=args.depth), method=target,
         data=DataConfig(args.dataset, args.data_root, args.batch_size),
         train=dataclasses.replace(base.train, epochs=2, lr=lr_for_depth(args.depth), device=device, amp=amp,
                                   cudnn_benchmark=device == "cuda", fused=not args.no_fused))
     with tempfile.TemporaryDirectory() as tmp:
         run_experiment(config.to_dict(), Path(tmp))
-        sub = "finetune" if METHODS.get(args.method).phase == AFTER_TRAINING else "train"
+        sub = "finetune" if method_phase(args.method) == AFTER_TRAINING else "train"
         lines = (Path(tmp) / sub / "metrics.jsonl").read_text().splitlines()
     return float(json.loads(lines[-1])["seconds"])
 

@@ -13,9 +13,9 @@ from sao._extras import require_extra
 require_extra(__name__)  # the experiments extra, before any module that needs it
 
 from sao.experiments import cnn, table7  # registers the tables
-from sao.experiments.config import DataConfig, MethodConfig, ModelConfig, RunConfig, from_flat, identity
+from sao.experiments.config import DataConfig, MethodConfig, ModelConfig, RunConfig, execution_settings, identity
 from sao.experiments.launchers import LAUNCHERS, LaunchOptions
-from sao.experiments.protocol import measured_sparsity, run_experiment
+from sao.experiments.protocol import METHOD_PHASES, measured_sparsity, method_phase, run_experiment
 from sao.experiments.runner import FailedRuns, run_grid
 from sao.experiments.spec import EXPERIMENTS, ExperimentSpec, Preset, experiment_for_model
 from sao.experiments.store import (
@@ -33,6 +33,7 @@ from sao.experiments.store import (
 __all__ = [
     "EXPERIMENTS",
     "LAUNCHERS",
+    "METHOD_PHASES",
     "DataConfig",
     "ExperimentSpec",
     "FailedRuns",
@@ -47,12 +48,13 @@ __all__ = [
     "RunStore",
     "cnn",
     "config_hash",
+    "execution_settings",
     "experiment_for_model",
     "finished_results",
-    "from_flat",
     "identity",
     "is_finished",
     "measured_sparsity",
+    "method_phase",
     "read_result",
     "run_experiment",
     "run_grid",

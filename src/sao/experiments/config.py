@@ -6,9 +6,11 @@ field defaults of these dataclasses are the one source of defaults: the experime
 (:mod:`sao.experiments.spec`) and ``sao train``'s flags are built from them.
 
 ``RunConfig.to_dict()`` is what a run folder's ``config.json`` holds (``"format": 2``, nested
-parts, every field resolved); :meth:`RunConfig.from_dict` reads it back and also reads the flat
-configs written by version 0.1 (:func:`from_flat`), so old run folders keep their meaning.
-:func:`identity` is the canonical form two configs are compared by (the run store's key).
+parts, every field resolved); :meth:`RunConfig.from_dict` reads it back. :meth:`RunConfig.identity`
+is what decides a run — the resolved settings minus those the fields declare execution-only
+(:func:`sao.training.decisive`: device, execution route, data folder) — and :func:`identity` its
+form for stored configs, the run store's key. Formats written before the first release are not
+read (``docs/run-store.md``, "Formats").
 
 Example:
     >>> cfg = RunConfig(model=ModelConfig(depth=10), train=TrainConfig(epochs=1, lr=0.01))
@@ -25,22 +27,22 @@ from typing import Any
 
 from sao._validation import as_int, as_real
 from sao.data import NORMALIZATIONS, list_datasets
-from sao.methods import METHODS, eco_methods
+from sao.methods import METHODS
 from sao.models import model_info
-from sao.training import TrainConfig
+from sao.training import TrainConfig, decisive, execution_fields
 
-__all__ = ["ADDED_LATER", "EXECUTION_ONLY", "FORMAT", "DataConfig", "MethodConfig", "ModelConfig", "RunConfig",
-           "from_flat", "identity"]
+__all__ = ["FORMAT", "PARTS", "DataConfig", "MethodConfig", "ModelConfig", "RunConfig", "execution_settings",
+           "identity"]
 
 #: The degree of a run that names none: the paper's FNN setting (98.4 % sparse 256-wide layers, Table 7).
 DEFAULT_DEGREE = 4
 
-#: The ``config.json`` format this version writes (version 0.1 wrote flat dicts, format 1).
+#: The ``config.json`` format this version writes and reads.
 FORMAT = 2
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
-    return {"help": text, **extra}
+    return {"help": text, **extra}  # extra: the CLI flag name, sao.training.EXECUTION
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ class MethodConfig:
     sparsity: float | None = field(default=None, metadata=_help("fraction of connections removed, in [0, 1)"))
 
     def __post_init__(self) -> None:
-        METHODS.get(self.name)
+        chosen = METHODS.get(self.name)
         if self.degree is not None:
             object.__setattr__(self, "degree", as_int(self.degree, "degree", minimum=1))
         if self.sparsity is not None:
@@ -96,6 +98,10 @@ class MethodConfig:
                                                          high_open=True))
         if self.degree is not None and self.sparsity is not None:
             raise ValueError(f"give a degree or a sparsity, not both (degree={self.degree}, sparsity={self.sparsity})")
+        given = self.degree is not None or self.sparsity is not None
+        if given != chosen.needs_target:
+            raise ValueError(f"method={self.name!r} needs a degree or a sparsity" if chosen.needs_target else
+                             f"method={self.name!r} takes no degree or sparsity")
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,8 @@ class DataConfig:
 
     name: str = field(default="mnist5k", metadata=_help("a dataset of sao.data (mnist5k is embedded)",
                                                          flag="--dataset"))
-    root: str | None = field(default=None, metadata=_help("folder with the dataset files", flag="--data-root"))
+    root: str | None = field(default=None, metadata=_help("folder with the dataset files", flag="--data-root",
+                                                          execution=True))
     batch_size: int = field(default=128, metadata=_help("examples per SGD step (the global batch under torchrun)"))
     augment: bool = field(default=False, metadata=_help("random crops and flips (image datasets)"))
     normalize: str = field(default="dataset", metadata=_help(
@@ -131,16 +138,6 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     experiment: str | None = None
 
-    def __post_init__(self) -> None:
-        info = model_info(self.model.name)
-        if METHODS.get(self.method.name).needs_target and self.method.degree is None and self.method.sparsity is None:
-            raise ValueError(f"method={self.method.name!r} needs a degree or a sparsity")
-        if not info.sparse_at_construction or self.method.name == "sao":
-            return
-        if not METHODS.get(self.method.name).handles_eco:
-            raise ValueError(f"method={self.method.name!r} is not available for {self.model.name} (its ECO layers "
-                             f"take 'sao' = SAO-ECO, built at construction, or {', '.join(eco_methods())})")
-
     @property
     def label(self) -> str:
         """A readable run name: ``method[-sparsity%]-N<depth>-s<seed>`` (the start of its folder name)."""
@@ -151,6 +148,14 @@ class RunConfig:
         """The config with the model's defaults filled in (what is saved and compared)."""
         return dataclasses.replace(self, model=self.model.resolved())
 
+    def identity(self) -> dict[str, Any]:
+        """What decides the run: the resolved config's settings, part by part, without the execution-only ones.
+
+        Two runs are the same exactly when these agree (the run store's key, :func:`identity`).
+        """
+        resolved = self.resolved()
+        return {"experiment": resolved.experiment, **{part: decisive(getattr(resolved, part)) for part in PARTS}}
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready nested dict of ``config.json`` (``"format": 2``)."""
         return {"format": FORMAT, "experiment": self.experiment, "model": dataclasses.asdict(self.model),
@@ -159,15 +164,13 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
-        """Read :meth:`to_dict` output, or a flat version-0.1 config (:func:`from_flat`).
+        """Read :meth:`to_dict` output.
 
         Raises:
-            ValueError: unknown keys (naming them and the known ones) or invalid values.
+            ValueError: another format, unknown keys (naming them and the known ones) or invalid values.
         """
-        if "format" not in data:
-            return from_flat(data)
-        if data["format"] != FORMAT:
-            raise ValueError(f"config format {data['format']!r} is not known (this version reads 1 and {FORMAT})")
+        if data.get("format") != FORMAT:
+            raise ValueError(f"config format {data.get('format')!r} is not known (this version reads {FORMAT})")
         _known_keys(data, ("format", "experiment", "model", "method", "data", "train"), "run config")
         parts = {name: _part(kind, data.get(name, {}), name)
                  for name, kind in (("model", ModelConfig), ("method", MethodConfig), ("data", DataConfig))}
@@ -193,68 +196,22 @@ def _part(kind: type, data: Mapping[str, Any], name: str) -> Any:
     return kind(**data)
 
 
-#: Flat version-0.1 keys → (part, field) of the typed config.
-_FLAT = {"model": ("model", "name"), "depth": ("model", "depth"), "width": ("model", "width"),
-         "activation": ("model", "activation"), "head": ("model", "head"), "gain": ("model", "gain"),
-         "method": ("method", "name"), "degree": ("method", "degree"), "sparsity": ("method", "sparsity"),
-         "dataset": ("data", "name"), "data_root": ("data", "root"), "batch_size": ("data", "batch_size"),
-         "augment": ("data", "augment")}
-#: Version-0.1 defaults of keys a flat config could leave out (FNN-N runs of Table 7).
-_FLAT_DEFAULTS = {"model": "fnn", "activation": "tanh"}
+#: The parts of a run config, each a typed dataclass.
+PARTS = ("model", "method", "data", "train")
 
 
-def from_flat(data: Mapping[str, Any]) -> RunConfig:
-    """The typed config of a flat version-0.1 run config (``sao reproduce``/``sao train`` of 0.1).
-
-    Keys map one to one (:data:`_FLAT`, the rest are :class:`TrainConfig` fields);
-    ``soc_bound`` other than the default ``"certified"`` is no longer supported.
-
-    Raises:
-        ValueError: unknown keys or invalid values.
-    """
-    data = {**_FLAT_DEFAULTS, **data}
-    if data.pop("soc_bound", "certified") != "certified":
-        raise ValueError("soc_bound is no longer a run setting (runs use the certified SOC bound)")
-    parts: dict[str, dict[str, Any]] = {"model": {}, "method": {}, "data": {}, "train": {}}
-    experiment = data.pop("experiment", None)
-    for key, value in data.items():
-        part, name = _FLAT.get(key, ("train", key))
-        parts[part][name] = value
-    if not model_info(parts["model"]["name"]).heads:  # 0.1 recorded the vanilla CNN's head for every CNN table
-        parts["model"].pop("head", None)
-    return RunConfig(model=_part(ModelConfig, parts["model"], "model"), method=_part(MethodConfig, parts["method"],
-                     "method"), data=_part(DataConfig, parts["data"], "data"),
-                     train=TrainConfig.from_dict(parts["train"]), experiment=experiment)
-
-
-#: Settings that do not change what a run computes: where the data lie, and whether sparse chains run fused.
-EXECUTION_ONLY = (("data", "root"), ("train", "fused"))
-
-#: Settings added after config format 2, with the value every run before them had: at that value
-#: they are left out of :func:`identity`, so run folders written before keep their identity (and hash).
-ADDED_LATER = {("data", "normalize"): "dataset"}
+def execution_settings() -> tuple[str, ...]:
+    """``"part.field"`` of every setting declared execution-only (:data:`sao.training.EXECUTION`)."""
+    return tuple(f"{part}.{name}" for part in PARTS for name in execution_fields(type(getattr(RunConfig(), part))))
 
 
 def identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The canonical form of a stored config (either format): two runs are the same exactly when these match.
-
-    The resolved config without the :data:`EXECUTION_ONLY` settings, without the settings of
-    :data:`ADDED_LATER` at the value runs had before they existed, and without the multistep
-    settings (``milestones``, ``gamma``) under another schedule: a run started with one of them
-    is resumed and reported under the other.
+    """:meth:`RunConfig.identity` of a stored config (:meth:`RunConfig.to_dict` output): the run store's key.
 
     Raises:
-        ValueError: the config is not a valid run config (either format).
+        ValueError: the config is not a valid run config.
     """
     try:
-        canonical = RunConfig.from_dict(config).resolved().to_dict()
+        return RunConfig.from_dict(config).identity()
     except TypeError as err:  # a value of the wrong type in a stored file
         raise ValueError(f"invalid run config: {err}") from None
-    for part, key in EXECUTION_ONLY:
-        canonical[part].pop(key)
-    for (part, key), before in ADDED_LATER.items():
-        if canonical[part][key] == before:
-            del canonical[part][key]
-    if canonical["train"]["schedule"] != "multistep":
-        del canonical["train"]["milestones"], canonical["train"]["gamma"]
-    return canonical

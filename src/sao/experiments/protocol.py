@@ -2,13 +2,17 @@
 
 :func:`run_experiment` reads a :class:`~sao.experiments.RunConfig`, loads the data the model
 takes (:class:`sao.models.ModelInfo`), builds and orthogonally initialises the model, and applies
-the method by its phase (:attr:`sao.methods.SparsifyMethod.phase`, paper Fig. 1):
+the method by its phase (:data:`METHOD_PHASES`, paper Fig. 1):
 
-- at initialisation (SAO, RG-N/U, EOI, ``-S`` pruning): the method sparsifies the initialised
-  model, which trains ``epochs`` (in ``run_dir/train``); SAO on a model sparse at construction
-  (SAO-ECO) is built into its layers instead;
+- at initialisation (SAO, RG-N/U, EOI, ``-S`` pruning; every method not registered otherwise):
+  the method sparsifies the initialised model, which trains ``epochs`` (in ``run_dir/train``);
 - after training (``-T`` pruning): the dense model trains ``epochs`` (``run_dir/dense``), is
-  pruned, and fine-tunes ``epochs`` more (``run_dir/finetune``).
+  pruned, and fine-tunes ``epochs`` more (``run_dir/finetune``);
+- never (the dense baseline): the initialised model trains as it is (``run_dir/train``).
+
+On a model with ECO layers only the ECO layers are sparsified (:func:`sparsify_exclude`): SAO-ECO
+(paper §IV-C) leaves the stem, the SOC layers and the classifier dense, and every method is
+compared on the same layers.
 
 Every phase is a resumable :func:`sao.training.train` call, so an interrupted run continues where
 it stopped. The result adds to the training summary the Jacobian spectrum at the start and end of
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -27,27 +32,60 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sao._random import ACTIVATIONS
+from sao._registry import Registry
 from sao.data import Splits, create_splits, loaders
 from sao.experiments.config import RunConfig
-from sao.methods import AFTER_TRAINING, METHODS, connection_mask, sparsify
+from sao.methods import METHODS, Exclude, connection_mask, sparsify
 from sao.models import model_info, orthogonal_init_
+from sao.nn import ECOConv2d
 from sao.training import TrainConfig, read_metrics, resolve_device, train
 from sao.training.distributed import world
 
 __all__ = [
+    "AFTER_TRAINING",
+    "AT_INIT",
+    "METHOD_PHASES",
+    "NEVER",
     "build_model",
     "data_loaders",
     "flush_denormals",
     "init_activation",
     "load_splits",
     "measured_sparsity",
+    "method_phase",
+    "method_settings",
     "run_experiment",
+    "sparsify_exclude",
     "train_with_method",
     "training_history",
 ]
 
 #: The phase folders of a run, in the order they train (at-init methods: ``train`` only).
 PHASES = ("dense", "finetune", "train")
+
+#: A method's phase (paper Fig. 1): sparsify the freshly built model, then train it.
+AT_INIT = "at-init"
+#: Train the model dense, sparsify (prune) the trained layers, then fine-tune (paper §III-E).
+AFTER_TRAINING = "after-training"
+#: Never: the dense baseline trains the initialised model as it is.
+NEVER = "never"
+#: When the protocol applies each method (:func:`method_phase`); a method not registered here applies at init.
+METHOD_PHASES: Registry[str] = Registry("method phase", "sao.experiments.METHOD_PHASES")
+for _name in ("lmp-t", "gmp-t", "rg-t"):
+    METHOD_PHASES.register(_name, AFTER_TRAINING)
+METHOD_PHASES.register("dense", NEVER)
+del _name
+
+
+def method_phase(method: str) -> str:
+    """When the protocol applies ``method``: :data:`AT_INIT` (default), :data:`AFTER_TRAINING` or :data:`NEVER`.
+
+    Raises:
+        ValueError: ``method`` is not a registered sparsify method (the message lists them).
+    """
+    METHODS.get(method)
+    return METHOD_PHASES.get(method) if method in METHOD_PHASES else AT_INIT
+
 
 def load_splits(config: RunConfig) -> Splits:
     """The run's dataset, shaped for its model (flat vectors or images, resized where the model needs it).
@@ -138,28 +176,43 @@ def init_activation(activation: str) -> str:
 
 def build_model(config: RunConfig, input_shape: tuple[int, ...], num_classes: int,
                 generator: torch.Generator) -> nn.Module:
-    """The run's model for inputs of ``input_shape``, orthogonally initialised with the config's gain (§III-C, §III-D).
-
-    SAO on a model sparse at construction (SAO-ECO) is built here, from the method's degree or sparsity.
-    """
+    """The run's dense model for inputs of ``input_shape``, orthogonally initialised with its gain (§III-C, §III-D)."""
     cfg, info = config.model, model_info(config.model.name)
-    built_in = _built_in(config)
     model = info.build(cfg.depth, input_shape=input_shape, num_classes=num_classes, width=cfg.width,
                        activation=cfg.activation if "activation" in info.arguments else None, head=cfg.head,
-                       degree=config.method.degree if built_in else None,
-                       sparsity=config.method.sparsity if built_in else None, generator=generator)
+                       generator=generator)
     return orthogonal_init_(model, gain=cfg.gain, activation=init_activation(cfg.activation), generator=generator)
 
 
-def _built_in(config: RunConfig) -> bool:
-    """Whether the run's method is SAO built into a model sparse at construction (SAO-ECO)."""
-    return model_info(config.model.name).sparse_at_construction and config.method.name == "sao"
+def sparsify_exclude(model: nn.Module) -> Exclude:
+    """The layers the protocol keeps dense: on a model with ECO layers every other layer (SAO-ECO's stem, SOC
+    layers and classifier), else the first and the last (paper §III)."""
+    if any(isinstance(m, ECOConv2d) for m in model.modules()):
+        return _not_eco
+    return "first_last"
+
+
+def _not_eco(name: str, module: nn.Module) -> bool:
+    return not isinstance(module, ECOConv2d)
+
+
+def method_settings(config: RunConfig) -> dict[str, Any]:
+    """The settings the run gives its method (fields of its :attr:`~sao.methods.SparsifyMethod.settings_type`).
+
+    A setting goes only to a method that takes it: the model's ``gain`` and the activation the
+    initialisers are built for (:func:`init_activation`); the rest keep the method's defaults.
+    """
+    offered = {"gain": config.model.gain, "activation": init_activation(config.model.activation)}
+    taken = {f.name for f in fields(METHODS.get(config.method.name).settings_type)}
+    return {k: v for k, v in offered.items() if k in taken}
 
 
 @flush_denormals()
-def run_experiment(config: Mapping[str, Any], run_dir: Path, guard: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Train one run (a :meth:`RunConfig.to_dict`, or a version-0.1 flat config) in ``run_dir``, resumably, calling
-    ``guard`` (the run store's lease check, see :data:`sao.experiments.store.RunFunction`) before each file it writes.
+def run_experiment(config: RunConfig | Mapping[str, Any], run_dir: Path,
+                   guard: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Train one run (a :class:`RunConfig`, or a stored one: :meth:`RunConfig.to_dict`) in ``run_dir``, resumably,
+    calling ``guard`` (the run store's lease check, see :data:`sao.experiments.store.RunFunction`) before each
+    file it writes.
 
     Returns the training summary, the Jacobian summary and :func:`measured_sparsity`; a run whose
     dense phase diverged returns that phase's summary with ``phase="dense"``.
@@ -167,39 +220,39 @@ def run_experiment(config: Mapping[str, Any], run_dir: Path, guard: Callable[[],
     Raises:
         ValueError: an invalid config (before any data is loaded).
     """
-    cfg = RunConfig.from_dict(config).resolved()
+    cfg = (config if isinstance(config, RunConfig) else RunConfig.from_dict(config)).resolved()
     splits = load_splits(cfg)
     data = data_loaders(splits, cfg)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     model = build_model(cfg, tuple(splits.input_shape), splits.num_classes, generator)
-    settings = {"degree": cfg.method.degree, "sparsity": cfg.method.sparsity, "gain": cfg.model.gain,
-                "activation": init_activation(cfg.model.activation), "generator": generator}
-    method = None if _built_in(cfg) else cfg.method.name
-    return train_with_method(model, method, settings, data, cfg.train, Path(run_dir), guard)
+    method = cfg.method
+
+    def apply(net: nn.Module) -> None:
+        sparsify(net, method.name, degree=method.degree, sparsity=method.sparsity, exclude=sparsify_exclude(net),
+                 generator=generator, strict=True, **method_settings(cfg))
+
+    return train_with_method(model, method_phase(method.name), apply, data, cfg.train, Path(run_dir), guard)
 
 
-def train_with_method(model: nn.Module, method: str | None, settings: dict[str, Any],
+def train_with_method(model: nn.Module, phase: str, apply: Callable[[nn.Module], object],
                       data: dict[str, DataLoader], cfg: TrainConfig, run_dir: Path,
                       guard: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Sparsify ``model`` with ``method`` (``sparsify(model, method, **settings)``) and train it, resumably.
+    """Sparsify ``model`` with ``apply`` at ``phase`` (:data:`METHOD_PHASES`) and train it, resumably.
 
-    ``None`` or the dense baseline (:attr:`sao.methods.SparsifyMethod.dense_baseline`) trains the
-    model as it is; an after-training method (:attr:`sao.methods.SparsifyMethod.phase`) trains dense first,
-    then prunes and fine-tunes (module docstring). Returns the training summary (without
+    :data:`NEVER` trains the model as it is; :data:`AFTER_TRAINING` trains dense first, then
+    applies and fine-tunes (module docstring). Returns the training summary (without
     ``run_dir``), the Jacobian summary and :func:`measured_sparsity`; a run whose dense phase
     diverged returns that phase's summary with ``phase="dense"``.
     """
-    chosen = None if method is None else METHODS.get(method)
-    changes = chosen is not None and not chosen.dense_baseline
-    if changes and chosen.phase == AFTER_TRAINING:
+    if phase == AFTER_TRAINING:
         dense = train(model, data, cfg, Path(run_dir) / PHASES[0], progress=False, guard=guard)
         if dense["status"] == "diverged":
             return {**dense, "phase": "dense", **measured_sparsity(model)}
-        sparsify(model, method, **settings, strict=True)
+        apply(model)
         metrics_dir = Path(run_dir) / PHASES[1]
     else:
-        if changes:
-            sparsify(model, method, **settings, strict=True)
+        if phase == AT_INIT:
+            apply(model)
         # a subfolder: train() writes its own config.json, which must not replace the run's
         metrics_dir = Path(run_dir) / PHASES[2]
     result = train(model, data, cfg, metrics_dir, progress=False, guard=guard)

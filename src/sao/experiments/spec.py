@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sao._registry import Registry
-from sao.experiments.config import EXECUTION_ONLY, MethodConfig, RunConfig
+from sao.experiments.config import MethodConfig, RunConfig, execution_settings
 from sao.methods import METHODS
 
 __all__ = ["EXPERIMENTS", "ExperimentSpec", "Preset", "experiment_for_model"]
@@ -69,7 +69,7 @@ class Preset:
 #: The parts of a run config a variant may change (the method, depth and seed are the grid's own axes).
 _VARIED_PARTS = ("model", "data", "train")
 #: Settings a variant may not change: the grid's axes, the model, and where or how a run executes.
-_FIXED = ("model.name", "model.depth", "train.seed", "train.device", *(f"{p}.{k}" for p, k in EXECUTION_ONLY))
+_FIXED = ("model.name", "model.depth", "train.seed", *execution_settings())
 
 
 def _check_variant_key(key: Any) -> None:
@@ -98,7 +98,7 @@ class ExperimentSpec:
         base: the settings every run shares; each run replaces its model depth, method,
             sparsity and seed, and the preset's settings.
         presets: name → :class:`Preset` (``quick``, ``cpu`` and ``paper`` by convention).
-        lr_by_depth: the learning rate of a depth (Table 7: :func:`sao.training.lr_for_depth`);
+        lr_by_depth: the learning rate of a depth (Table 7: :func:`sao.experiments.table7.lr_for_depth`);
             ``None``: ``base.train.lr``. A preset's ``lr`` overrides both.
         milestones_at: multistep milestones as fractions of the epochs (Tables 8–12: 0.25 and
             0.75, the paper's 50/150 of 200); ``None``: ``base.train.milestones``.
@@ -196,10 +196,10 @@ class ExperimentSpec:
                           config.train.seed)
 
     def _targets(self, method: str, preset: Preset) -> list[MethodConfig]:
+        if not METHODS.get(method).needs_target:  # the dense baseline: one run, at no target
+            return [MethodConfig(method)]
         if not preset.sparsities:
             return [dataclasses.replace(self.base.method, name=method)]
-        if not METHODS.get(method).needs_target:  # the dense baseline: one run, at no sparsity
-            return [MethodConfig(method)]
         return [MethodConfig(method, sparsity=s) for s in preset.sparsities]
 
     def _cell(self, shared: RunConfig, preset: Preset, method: MethodConfig, depth: int, seed: int) -> RunConfig:

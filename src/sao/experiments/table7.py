@@ -3,7 +3,7 @@
 One run = one (method, depth, seed). The model is FNN-N (paper Table 1), every layer orthogonal
 with the paper's gain 1.1, then made sparse by the method at degree 4 (98.4 % sparse in the
 256-wide layers; the first and last layers stay dense). SGD with momentum 0.9, weight decay
-1e-4, the learning rate by depth of the paper's Table 7 settings (:func:`sao.training.lr_for_depth`).
+1e-4, the learning rate by depth of the paper's Table 7 settings (:func:`lr_for_depth`).
 The presets are listed in :data:`TABLE7` (``sao reproduce table7 --help``): ``paper`` keeps these
 settings; ``quick`` and ``cpu`` use gain 1.02 and lr 1e-3 at batch 32, where a 1000-layer bias-free
 tanh network is near-critical and trains in a few epochs (``docs/study-depth1000.md``; at gain 1.1 it
@@ -12,11 +12,32 @@ is chaotic at that depth).
 
 from __future__ import annotations
 
+from sao._validation import as_int
 from sao.experiments.config import MethodConfig, ModelConfig, RunConfig
 from sao.experiments.spec import EXPERIMENTS, ExperimentSpec, Preset
-from sao.training import TrainConfig, lr_for_depth
+from sao.training import TrainConfig
 
-__all__ = ["PAPER_METHODS", "TABLE7"]
+__all__ = ["PAPER_METHODS", "TABLE7", "lr_for_depth"]
+
+
+def lr_for_depth(depth: int) -> float:
+    """The paper's FNN-N learning rate for depth ``N`` (paper Table 2, used for Table 7).
+
+    The paper gives ``N ≤ 60: 1e-2``, ``200: 1e-3``, ``400: 1e-3``, ``600–1000: 1e-4``.
+    Depths between table entries take the rate of the next listed depth up
+    (``60 < N ≤ 400 → 1e-3``); every ``N > 400`` gets ``1e-4``.
+
+    Example:
+        >>> [lr_for_depth(n) for n in (50, 100, 400, 1000)]
+        [0.01, 0.001, 0.001, 0.0001]
+    """
+    depth = as_int(depth, "depth", minimum=1)
+    if depth <= 60:
+        return 1e-2
+    if depth <= 400:
+        return 1e-3
+    return 1e-4
+
 
 #: The six methods of the paper's Table 7.
 PAPER_METHODS = ("dense", "gmp-t", "gmp-s", "rg-u", "rg-n", "sao")

@@ -1,32 +1,29 @@
 """Sparsify methods (SAO, RG-N, RG-U, Dense, LMP-S/T, GMP-S/T, LRP, RG-S/T, EOI), :func:`sparsify` and its summary.
 
 Methods are registered by name in :data:`METHODS` (how to add one: :mod:`sao.methods._base`);
-each says when it applies (:attr:`SparsifyMethod.phase`: :data:`AT_INIT` or
-:data:`AFTER_TRAINING`). The pruning baselines are a :class:`PruneMethod` with a
+each declares what it takes: a target (:attr:`SparsifyMethod.needs_target`) and its own typed
+settings (:attr:`SparsifyMethod.settings_type`: :class:`InitSettings`, :class:`RedrawSettings`
+or :class:`NoSettings`). The pruning baselines are a :class:`PruneMethod` with a
 :class:`PruningRule` (:mod:`sao.methods.prune_methods`).
 """
 
 from sao.methods import eoi_method, init_methods, prune_methods
 from sao.methods._base import (
-    AFTER_TRAINING,
-    AT_INIT,
     EXCLUDE_CHOICES,
     METHODS,
-    PHASES,
+    Exclude,
     LayerPlan,
+    NoSettings,
     SparsifyMethod,
-    SparsifySettings,
+    SparsifyRequest,
     connection_mask,
     degree_plan,
-    eco_methods,
-    eco_target_layers,
-    has_eco_layers,
     sparsify,
     target_layers,
 )
 from sao.methods._summary import LayerReport, SparsifySummary
 from sao.methods.eoi_method import EOIMethod
-from sao.methods.init_methods import InitMethod
+from sao.methods.init_methods import InitMethod, InitSettings
 from sao.methods.prune_methods import (
     PRUNING_RULES,
     GlobalMagnitudeRule,
@@ -34,35 +31,34 @@ from sao.methods.prune_methods import (
     PruneMethod,
     PruningRule,
     RandomRule,
+    RedrawSettings,
     SAOMaskRule,
 )
 
 __all__ = [
-    "AFTER_TRAINING",
-    "AT_INIT",
     "EXCLUDE_CHOICES",
     "METHODS",
-    "PHASES",
     "PRUNING_RULES",
     "EOIMethod",
+    "Exclude",
     "GlobalMagnitudeRule",
     "InitMethod",
+    "InitSettings",
     "LayerPlan",
     "LayerReport",
     "LocalMagnitudeRule",
+    "NoSettings",
     "PruneMethod",
     "PruningRule",
     "RandomRule",
+    "RedrawSettings",
     "SAOMaskRule",
     "SparsifyMethod",
-    "SparsifySettings",
+    "SparsifyRequest",
     "SparsifySummary",
     "connection_mask",
     "degree_plan",
-    "eco_methods",
-    "eco_target_layers",
     "eoi_method",
-    "has_eco_layers",
     "init_methods",
     "prune_methods",
     "sparsify",

@@ -15,32 +15,40 @@ pass that name to :func:`sparsify`. The built-in methods (:mod:`sao.methods.init
 :mod:`sao.methods.prune_methods`, :mod:`sao.methods.eoi_method`) are registered this way.
 Optionally override :meth:`~SparsifyMethod.plan_layer` (refuse a layer with ``ValueError``, plan
 its degree/sparsity), :attr:`~SparsifyMethod.needs_target` (the method needs ``degree=`` or
-``sparsity=``), :attr:`~SparsifyMethod.phase` (the method prunes trained layers) and
-``handles_eco``. A toy method that keeps the connections ``(i, j)`` with ``i + j`` even:
+``sparsity=``) and :attr:`~SparsifyMethod.settings_type` (the frozen dataclass of the method's
+own settings: the keyword arguments :func:`sparsify` takes for it, validated in its
+``__post_init__``). A toy method that keeps the connections ``(i, j)`` with ``(i + j) % period == 0``:
 
     >>> import torch
+    >>> from dataclasses import dataclass
     >>> from torch import nn
     >>> import sao
     >>> from sao.methods import METHODS, SparsifyMethod, connection_mask
     >>> from sao.nn import MaskedLinear
-    >>> class Checkerboard(SparsifyMethod):
-    ...     def sparsify_layers(self, layers, settings):
-    ...         return [MaskedLinear.from_dense(layer, self.mask(*layer.weight.shape)) for _, layer in layers]
+    >>> @dataclass(frozen=True)
+    ... class StripeSettings:
+    ...     period: int = 2
+    >>> class Stripes(SparsifyMethod):
+    ...     settings_type = StripeSettings
+    ...
+    ...     def sparsify_layers(self, layers, request):
+    ...         period = request.settings.period
+    ...         return [MaskedLinear.from_dense(layer, self.mask(*layer.weight.shape, period)) for _, layer in layers]
     ...
     ...     @staticmethod
-    ...     def mask(rows, cols):
-    ...         return (torch.arange(rows)[:, None] + torch.arange(cols)) % 2 == 0
-    >>> method = METHODS.register("checkerboard", Checkerboard())
-    >>> net = sao.sparsify(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)), "checkerboard")
+    ...     def mask(rows, cols, period):
+    ...         return (torch.arange(rows)[:, None] + torch.arange(cols)) % period == 0
+    >>> method = METHODS.register("stripes", Stripes())
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2))
+    >>> net = sao.sparsify(net, "stripes", period=4)
     >>> type(net[1]).__name__, connection_mask(net[1]).float().mean().item()
-    ('MaskedLinear', 0.5)
-    >>> METHODS.unregister("checkerboard") is method  # undo it (here, to leave METHODS as it was)
+    ('MaskedLinear', 0.25)
+    >>> sao.sparsify(net, "stripes", backend="masked")
+    Traceback (most recent call last):
+    ...
+    TypeError: method 'stripes' takes no setting 'backend'; its settings are period
+    >>> METHODS.unregister("stripes") is method  # undo it (here, to leave METHODS as it was)
     True
-
-**When a method applies** (:attr:`SparsifyMethod.phase`, paper §III-E and Fig. 1). Most methods
-make a network sparse from the start (:data:`AT_INIT`: sparsify the freshly built model, then
-train it); the ``-T`` pruning baselines prune a *trained* dense network (:data:`AFTER_TRAINING`:
-train dense, sparsify, fine-tune). Code that runs experiments reads the phase, not the method's name.
 
 **Targets a layer cannot hit exactly.** An SAO layer of shape ``(m, n)`` takes only the
 degrees ``d = max(m, n) / g`` with ``g`` dividing both sides (paper §IV-A), so e.g. a 64x64
@@ -49,60 +57,45 @@ layer takes the nearest achievable degree/sparsity (:func:`sao.topology.nearest_
 goes to the denser layer), the summary reports the deviation and one ``UserWarning`` says how
 far off the worst layer is; ``strict=True`` raises instead (the paper presets use it).
 
-**Models with ECO layers** (:class:`~sao.nn.ECOConv2d`: ``cnn_eco``, ``lipconvnet``) are treated
-differently: their sparse variant, SAO-ECO, is built into the ECO layers at construction, and
-the plain layers around them (stem convs, classifier) and the SOC layers are left dense by
-SAO-ECO. So on such a model :func:`sparsify` targets the ECO layers only
-(:func:`eco_target_layers`) and only takes methods that can prune them (the kernel-level
-pruning baselines, :class:`~sao.methods.PruneMethod`); ``sao``, ``rg-n``, ``rg-u`` and ``eoi``
-raise ``ValueError`` there. Comparisons stay like for like: every method sparsifies exactly the
-layers SAO-ECO does.
+**ECO layers** (:class:`~sao.nn.ECOConv2d`: ``cnn_eco``, ``lipconvnet``) are weight layers like
+the others. ``"sao"`` makes a dense ECO layer SAO-ECO (paper §IV-C: the SAO topology on the
+``C x C`` channels of its inner convolution); the pruning methods prune whole kernels of that
+inner convolution (:mod:`sao.methods.prune_methods`); ``rg-n``, ``rg-u`` and ``eoi`` have no ECO
+form and skip them (refuse with ``strict=True``). To sparsify the ECO layers only, as the paper
+does, pass ``exclude=lambda name, m: not isinstance(m, sao.nn.ECOConv2d)``.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import ClassVar, Literal, TypeVar, overload
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal, TypeVar, overload
 
 import torch
 from torch import Tensor, nn
 
-from sao._random import check_activation
 from sao._registry import Registry
 from sao._validation import as_int, as_real
 from sao.methods._layers import (
     EXCLUDE_CHOICES,
     Exclude,
     LayerSlot,
-    eco_target_layers,
     find_layers,
-    has_eco_layers,
     layer_dims,
     target_layers,
     weight_shape,
 )
 from sao.methods._summary import LayerReport, SparsifySummary
-from sao.nn import BACKENDS, ECOConv2d
+from sao.nn import ECOConv2d
 from sao.nn.dispatch import share_timer
 from sao.nn.masked import kernel_connections
 from sao.topology import nearest_degree, resolve_degree
 
-__all__ = ["AFTER_TRAINING", "AT_INIT", "EXCLUDE_CHOICES", "METHODS", "PHASES", "LayerPlan", "SparsifyMethod",
-           "SparsifySettings", "connection_mask", "degree_plan", "eco_methods", "eco_target_layers", "has_eco_layers",
-           "sparsify", "target_layers"]
+__all__ = ["EXCLUDE_CHOICES", "METHODS", "Exclude", "LayerPlan", "NoSettings", "SparsifyMethod", "SparsifyRequest",
+           "connection_mask", "degree_plan", "sparsify", "target_layers"]
 
 M = TypeVar("M", bound=nn.Module)
-
-#: :attr:`SparsifyMethod.phase` of a method that makes a network sparse from the start: sparsify the
-#: freshly built model, then train it (SAO, RG-N/RG-U, EOI, the ``-S`` pruning baselines, the dense baseline).
-AT_INIT = "at-init"
-#: :attr:`SparsifyMethod.phase` of a method that prunes a trained network (the ``-T`` pruning
-#: baselines, paper §III-E and Fig. 1): train it dense, sparsify it, then fine-tune it.
-AFTER_TRAINING = "after-training"
-#: Every value :attr:`SparsifyMethod.phase` takes.
-PHASES = (AT_INIT, AFTER_TRAINING)
 
 
 @dataclass(frozen=True)
@@ -132,15 +125,18 @@ class LayerPlan:
 
 
 @dataclass(frozen=True)
-class SparsifySettings:
-    """What every method receives besides the layers.
+class NoSettings:
+    """The settings of a method that has none of its own (its :attr:`SparsifyMethod.settings_type`)."""
+
+
+@dataclass(frozen=True)
+class SparsifyRequest:
+    """What every method receives besides the layers: the target, the method's own settings, the randomness.
 
     Attributes:
         degree: SAO degree per layer as requested (exclusive with ``sparsity``).
         sparsity: requested fraction of zero weights (kernels) per layer.
-        backend: ``"blocked"`` or ``"masked"`` for the new sparse layers.
-        activation: the network's activation (``"relu"`` selects mirrored SAO).
-        gain: weight multiplier at initialisation.
+        settings: the method's own settings, an instance of its :attr:`SparsifyMethod.settings_type`.
         generator: source of randomness.
         strict: require every target layer to take the request exactly (else: nearest).
         plans: the :class:`LayerPlan` of every target layer, by name (filled by :func:`sparsify`
@@ -149,9 +145,7 @@ class SparsifySettings:
 
     degree: int | None = None
     sparsity: float | None = None
-    backend: str = "blocked"
-    activation: str = "tanh"
-    gain: float = 1.0
+    settings: Any = field(default_factory=NoSettings)
     generator: torch.Generator | None = None
     strict: bool = False
     plans: Mapping[str, LayerPlan] = field(default_factory=dict, compare=False, repr=False)
@@ -162,30 +156,30 @@ class SparsifySettings:
         return found if found is not None else LayerPlan(self.degree, self.sparsity, self.sparsity)
 
 
-def requested_target(m: int, n: int, settings: SparsifySettings) -> float | None:
+def requested_target(m: int, n: int, request: SparsifyRequest) -> float | None:
     """The sparsity asked of an ``(m, n)`` layer: the requested one, or SAO's ``1 - degree / max(m, n)`` (≥ 0)."""
-    if settings.sparsity is not None:
-        return settings.sparsity
-    return None if settings.degree is None else max(0.0, 1.0 - settings.degree / max(m, n))
+    if request.sparsity is not None:
+        return request.sparsity
+    return None if request.degree is None else max(0.0, 1.0 - request.degree / max(m, n))
 
 
-def degree_plan(m: int, n: int, settings: SparsifySettings, mirrored: bool = False) -> LayerPlan:
+def degree_plan(m: int, n: int, request: SparsifyRequest, mirrored: bool = False) -> LayerPlan:
     """The plan of an ``(m, n)`` layer built on an SAO topology: the exact degree, else the nearest valid one.
 
     Raises:
-        ValueError: with ``settings.strict`` if the request is not achievable exactly (the
+        ValueError: with ``request.strict`` if the request is not achievable exactly (the
             message names the nearest valid values); always if no degree exists at all (the
             mirrored ReLU variant on odd sizes).
     """
-    larger, target = max(m, n), requested_target(m, n, settings)
+    larger, target = max(m, n), requested_target(m, n, request)
     try:
-        d = resolve_degree(m, n, settings.degree, settings.sparsity, mirrored)
+        d = resolve_degree(m, n, request.degree, request.sparsity, mirrored)
         return LayerPlan(d, 1.0 - d / larger, target)
     except ValueError:
-        if settings.strict:
+        if request.strict:
             raise
-    d = nearest_degree(m, n, degree=settings.degree, sparsity=settings.sparsity, mirrored=mirrored)
-    asked = f"degree={settings.degree}" if settings.sparsity is None else f"sparsity={settings.sparsity:g}"
+    d = nearest_degree(m, n, degree=request.degree, sparsity=request.sparsity, mirrored=mirrored)
+    asked = f"degree={request.degree}" if request.sparsity is None else f"sparsity={request.sparsity:g}"
     kind = " (mirrored)" if mirrored else ""
     return LayerPlan(d, 1.0 - d / larger, target, True, f"{asked} not achievable for {m}x{n}{kind}; nearest valid "
                                                          f"degree {d}")
@@ -194,35 +188,45 @@ def degree_plan(m: int, n: int, settings: SparsifySettings, mirrored: bool = Fal
 class SparsifyMethod:
     """A way to sparsify a list of layers; override :meth:`sparsify_layers` (and :meth:`plan_layer`).
 
-    Attributes:
-        handles_eco: ``True`` if :meth:`sparsify_layers` also takes :class:`~sao.nn.ECOConv2d`
-            layers (the targets of :func:`sparsify` on models with ECO layers).
+    A method declares what it takes: :attr:`needs_target` (a ``degree=`` or ``sparsity=``) and
+    :attr:`settings_type`, the frozen dataclass of its own settings, whose fields are the
+    keyword arguments :func:`sparsify` accepts for it (``backend``, ``gain``, a method's own
+    hyperparameters); anything else is a ``TypeError`` naming what it takes.
     """
-
-    handles_eco: ClassVar[bool] = False
 
     @property
     def needs_target(self) -> bool:
-        """Whether the method needs ``degree=`` or ``sparsity=`` (not, e.g., the dense baseline)."""
+        """Whether the method needs ``degree=`` or ``sparsity=``; a method that does not takes neither."""
         return False
 
     @property
-    def dense_baseline(self) -> bool:
-        """Whether the method is the dense baseline: experiments then train the initialised model as it is."""
-        return False
+    def settings_type(self) -> type:
+        """The frozen dataclass of the method's own settings (default: :class:`NoSettings`)."""
+        return NoSettings
 
-    @property
-    def phase(self) -> str:
-        """When to apply the method, one of :data:`PHASES` (paper §III-E, Fig. 1).
+    def settings(self, **values: Any) -> Any:
+        """The method's settings from keyword arguments (defaults for those not given), validated.
 
-        :data:`AT_INIT` (the default): sparsify the freshly built model, then train it.
-        :data:`AFTER_TRAINING`: train the model dense, sparsify it (prune its trained layers),
-        then fine-tune it.
+        Raises:
+            TypeError: a setting the method does not take (the message names the ones it takes),
+                or a value of the wrong type (the settings' own check).
+            ValueError: a value out of range (the settings' own check).
         """
-        return AT_INIT
+        kind = self.settings_type
+        known = [f.name for f in fields(kind)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            takes = f"its settings are {', '.join(known)}" if known else "it takes no settings"
+            raise TypeError(f"{self.describe()} takes no setting {', '.join(map(repr, unknown))}; {takes}")
+        return kind(**values)
 
-    def plan_layer(self, name: str, module: nn.Module, settings: SparsifySettings) -> LayerPlan:
-        """What ``module`` will become under ``settings`` (nearest achievable unless ``settings.strict``).
+    def describe(self) -> str:
+        """How messages name the method: its registered name(s), else its class."""
+        names = [n for n in METHODS.names() if METHODS.get(n) is self]
+        return f"method {names[0]!r}" if names else type(self).__name__
+
+    def plan_layer(self, name: str, module: nn.Module, request: SparsifyRequest) -> LayerPlan:
+        """What ``module`` will become under ``request`` (nearest achievable unless ``request.strict``).
 
         Called for every target layer before :meth:`sparsify_layers`, without drawing random
         numbers. The default takes the request as it is.
@@ -231,34 +235,28 @@ class SparsifyMethod:
             ValueError: if the method cannot build this layer (:func:`sparsify` then skips it, or
                 raises with ``strict=True``).
         """
-        return LayerPlan(settings.degree, settings.sparsity, requested_target(*layer_dims(module), settings))
+        return LayerPlan(request.degree, request.sparsity, requested_target(*layer_dims(module), request))
 
-    def sparsify_layers(self, layers: list[tuple[str, nn.Module]], settings: SparsifySettings) -> list[nn.Module]:
-        """Return one replacement module per ``(name, module)``, in order (``settings.plan(name)`` says what)."""
+    def sparsify_layers(self, layers: list[tuple[str, nn.Module]], request: SparsifyRequest) -> list[nn.Module]:
+        """Return one replacement module per ``(name, module)``, in order (``request.plan(name)`` says what)."""
         raise NotImplementedError
 
 
 METHODS: Registry[SparsifyMethod] = Registry("sparsify method", "sao.methods.METHODS")
 
 
-def eco_methods() -> list[str]:
-    """Names of the registered methods that can sparsify a model with ECO layers (``handles_eco``)."""
-    return [name for name in METHODS.names() if METHODS.get(name).handles_eco]
-
-
-def _request(degree: int | None, sparsity: float | None, backend: str, activation: str, gain: float,
-             method: str, chosen: SparsifyMethod) -> tuple[int | None, float | None, float]:
-    """Validate the request (these errors do not depend on ``strict``)."""
+def _target(degree: int | None, sparsity: float | None, chosen: SparsifyMethod) -> tuple[int | None, float | None]:
+    """Validate the target (these errors do not depend on ``strict``)."""
     degree = None if degree is None else as_int(degree, "degree", minimum=1)
     sparsity = None if sparsity is None else as_real(sparsity, "sparsity", low=0.0, high=1.0, high_open=True)
     if degree is not None and sparsity is not None:
         raise ValueError(f"give at most one of degree= or sparsity= (got degree={degree}, sparsity={sparsity})")
-    if chosen.needs_target and degree is None and sparsity is None:
-        raise ValueError(f"method={method!r} needs degree= or sparsity=")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is not supported; choose from {', '.join(BACKENDS)}")
-    check_activation(activation)
-    return degree, sparsity, as_real(gain, "gain")
+    given = degree is not None or sparsity is not None
+    if chosen.needs_target and not given:
+        raise ValueError(f"{chosen.describe()} needs degree= or sparsity=")
+    if given and not chosen.needs_target:
+        raise ValueError(f"{chosen.describe()} takes no target; drop degree=/sparsity=")
+    return degree, sparsity
 
 
 def _measured(module: nn.Module) -> float | None:
@@ -334,23 +332,20 @@ def _report(slot: LayerSlot, shape: tuple[int, ...], now: nn.Module, status: str
 
 
 @overload
-def sparsify(model: M, method: str = ..., degree: int | None = ..., sparsity: float | None = ...,
-             backend: str = ..., exclude: Exclude = ..., activation: str = ..., gain: float = ...,
-             generator: torch.Generator | None = ..., *, strict: bool = ..., return_summary: Literal[False] = ...,
-             verbose: bool = ...) -> M: ...
+def sparsify(model: M, method: str = ..., *, degree: int | None = ..., sparsity: float | None = ...,
+             exclude: Exclude = ..., generator: torch.Generator | None = ..., strict: bool = ...,
+             return_summary: Literal[False] = ..., verbose: bool = ..., **settings: Any) -> M: ...
 
 
 @overload
-def sparsify(model: M, method: str = ..., degree: int | None = ..., sparsity: float | None = ...,
-             backend: str = ..., exclude: Exclude = ..., activation: str = ..., gain: float = ...,
-             generator: torch.Generator | None = ..., *, strict: bool = ..., return_summary: Literal[True],
-             verbose: bool = ...) -> tuple[M, SparsifySummary]: ...
+def sparsify(model: M, method: str = ..., *, degree: int | None = ..., sparsity: float | None = ...,
+             exclude: Exclude = ..., generator: torch.Generator | None = ..., strict: bool = ...,
+             return_summary: Literal[True], verbose: bool = ..., **settings: Any) -> tuple[M, SparsifySummary]: ...
 
 
-def sparsify(model: M, method: str = "sao", degree: int | None = None, sparsity: float | None = None,
-             backend: str = "blocked", exclude: Exclude = "first_last", activation: str = "tanh",
-             gain: float = 1.0, generator: torch.Generator | None = None, *, strict: bool = False,
-             return_summary: bool = False, verbose: bool = False) -> M | tuple[M, SparsifySummary]:
+def sparsify(model: M, method: str = "sao", *, degree: int | None = None, sparsity: float | None = None,
+             exclude: Exclude = "first_last", generator: torch.Generator | None = None, strict: bool = False,
+             return_summary: bool = False, verbose: bool = False, **settings: Any) -> M | tuple[M, SparsifySummary]:
     """Replace the ``nn.Linear``/``nn.Conv2d`` layers of ``model`` by sparse ones, in place.
 
     With ``method="sao"`` every target layer becomes a :class:`~sao.nn.SparseLinear`
@@ -401,40 +396,43 @@ def sparsify(model: M, method: str = "sao", degree: int | None = None, sparsity:
     excluded was skipped, one ``UserWarning`` says so; for skipped layers it gives the
     ``exclude=[...]`` list that keeps them dense without a warning.
 
-    On a model with :class:`~sao.nn.ECOConv2d` layers only the ECO layers are targets
-    (:func:`eco_target_layers`; stem, SOC layers and classifier stay dense, as SAO-ECO leaves
-    them) and only the pruning methods apply: they prune whole kernels of each ECO layer's inner
-    ``C x C`` convolution (:mod:`sao.methods.prune_methods`). SAO-ECO itself is built at
-    construction (``cnn_eco(..., sparsity=...)``), not by this function.
+    An :class:`~sao.nn.ECOConv2d` is a weight layer like the others (module docstring): ``"sao"``
+    makes a dense one SAO-ECO, the pruning methods prune whole kernels of its inner ``C x C``
+    convolution (:mod:`sao.methods.prune_methods`), and the methods without an ECO form skip it.
 
     Args:
         model: the model to change.
         method: a name in :data:`METHODS` (``sao.methods.METHODS.names()``).
         degree: SAO degree of every target layer (exclusive with ``sparsity``); an integer.
-        sparsity: fraction of zero weights per target layer, in ``[0, 1)``.
-        backend: ``"blocked"`` (fast, memory ∝ density) or ``"masked"`` (the paper's way).
+        sparsity: fraction of zero weights per target layer, in ``[0, 1)``. A method that needs no
+            target (``"dense"``) takes neither.
         exclude: layers to keep dense: ``"first_last"`` (default), ``"first"``, ``"last"``,
             ``"none"``, a predicate ``(name, module) -> bool``, or a collection of layer names,
             which keeps *exactly* those dense — it replaces ``"first_last"``, so name the first
             and last layers too if they should stay dense (:func:`target_layers`).
-        activation: the network's activation; ``"relu"`` selects the mirrored SAO construction.
-        gain: weight multiplier.
         generator: source of randomness for every layer, drawn in module order.
         strict: raise instead of taking the nearest achievable target or skipping a layer
             (subclasses are skipped either way; an ``"off-target"`` row is only reported).
         return_summary: also return the :class:`SparsifySummary`.
         verbose: print the summary.
+        **settings: the method's own settings, the fields of its
+            :attr:`~SparsifyMethod.settings_type` (``sao``, ``rg-n``, ``rg-u``: ``backend``
+            (``"blocked"``, fast, memory ∝ density, or ``"masked"``, the paper's way),
+            ``activation`` (``"relu"`` selects the mirrored SAO construction) and ``gain``;
+            the ``-s`` pruning methods and ``dense``: ``activation``, ``gain`` of the orthogonal
+            redraw; ``eoi``: ``gain``; the ``-t`` methods: none).
 
     Returns:
         ``model``, changed in place; ``(model, summary)`` with ``return_summary=True``.
 
     Raises:
         ValueError: on an unknown method/backend/activation/exclude choice, both or (for a
-            method that needs one) neither of ``degree``/``sparsity``, a value out of range, a
-            single-layer model, a method that cannot prune ECO layers on a model with ECO
-            layers, or with ``strict=True`` a layer that cannot take the request (the message
-            names the layer and the valid values).
-        TypeError: if ``degree`` is not an integer or ``sparsity``/``gain`` not a real number.
+            method that needs one) neither of ``degree``/``sparsity`` (or either for one that
+            takes no target), a value out of range, a single-layer model, or with
+            ``strict=True`` a layer that cannot take the request (the message names the layer
+            and the valid values).
+        TypeError: a setting the method does not take (the message names those it takes),
+            ``degree`` not an integer or ``sparsity``/``gain`` not a real number.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(784, 256), nn.Tanh(), nn.Linear(256, 256), nn.Tanh(), nn.Linear(256, 10))
@@ -450,18 +448,12 @@ def sparsify(model: M, method: str = "sao", degree: int | None = None, sparsity:
         ('2', 8, 0.9, 0.875, 'nearest', 1)
     """
     chosen = METHODS.get(method)
-    degree, sparsity, gain = _request(degree, sparsity, backend, activation, gain, method, chosen)
-    eco = has_eco_layers(model)
-    if eco and not chosen.handles_eco:
-        raise ValueError(f"method={method!r} cannot sparsify a model with ECOConv2d layers: SAO-ECO is built "
-                         "into the ECO layers at construction (e.g. cnn_eco(..., sparsity=0.5), "
-                         "lipconvnet(..., sparsity=0.5)); on ECO models sparsify takes the kernel pruning "
-                         f"methods {', '.join(eco_methods())}")
-    slots = find_layers(model, exclude, eco)
+    degree, sparsity = _target(degree, sparsity, chosen)
+    request = SparsifyRequest(degree, sparsity, chosen.settings(**settings), generator, bool(strict))
+    slots = find_layers(model, exclude)
     if any(s.role == "target" and s.name == "" for s in slots):
         raise ValueError("sparsify changes the layers inside a model; to make a single layer sparse, "
                          "build sao.nn.SparseLinear / SparseConv2d directly")
-    settings = SparsifySettings(degree, sparsity, backend, activation, gain, generator, bool(strict))
     plans: dict[str, LayerPlan] = {}
     refused: dict[str, str] = {}
     for slot in slots:
@@ -472,7 +464,7 @@ def sparsify(model: M, method: str = "sao", degree: int | None = None, sparsity:
         if slot.role != "target":
             continue
         try:
-            plans[slot.name] = chosen.plan_layer(slot.name, slot.module, settings)
+            plans[slot.name] = chosen.plan_layer(slot.name, slot.module, request)
         except ValueError as err:
             if strict:
                 raise ValueError(f"{where}: {err}") from None
@@ -481,7 +473,7 @@ def sparsify(model: M, method: str = "sao", degree: int | None = None, sparsity:
     targets = [s for s in slots if s.name in plans]
     # what a layer that may be sparse already (masked, ECO) was; -t methods change those in place
     before = {s.name: _measured(s.module) for s in targets if type(s.module) not in (nn.Linear, nn.Conv2d)}
-    new = chosen.sparsify_layers([(s.name, s.module) for s in targets], replace(settings, plans=plans))
+    new = chosen.sparsify_layers([(s.name, s.module) for s in targets], replace(request, plans=plans))
     for slot, module in zip(targets, new, strict=True):
         if module is not slot.module:
             module.train(slot.module.training)
@@ -500,8 +492,8 @@ def sparsify(model: M, method: str = "sao", degree: int | None = None, sparsity:
         else:
             rows.append(_report(slot, shape, now, slot.role, slot.reason))
     rows = _off_target(rows, plans, before)
-    request = f"degree={degree}" if degree is not None else (f"sparsity={sparsity:g}" if sparsity is not None else "")
-    summary = SparsifySummary(method, request, bool(strict), tuple(rows))
+    asked = f"degree={degree}" if degree is not None else (f"sparsity={sparsity:g}" if sparsity is not None else "")
+    summary = SparsifySummary(method, asked, bool(strict), tuple(rows))
     message = summary.warning()
     if message is not None:
         warnings.warn(message, UserWarning, stacklevel=2)

@@ -14,10 +14,10 @@ A module reachable under several names (a tied layer) is one weight layer with a
 Each weight layer gets one decision that does not depend on the method:
 
 - **excluded** (kept dense by choice): by ``exclude`` (first/last position, names, a
-  predicate), or on an ECO model every layer that is not ECO (SAO-ECO leaves them dense);
+  predicate);
 - **skipped** (left as it is because it cannot be replaced faithfully): a kind sao does not
   sparsify (``Conv1d``, ``Conv3d``, transposed convolutions, SOC layers); a layer that is
-  *already sparse* (``SparseLinear``/``SparseConv2d``, an SAO-ECO layer outside ECO mode:
+  *already sparse* (``SparseLinear``/``SparseConv2d``, an SAO-ECO layer:
   sparsify builds from dense layers, so a second call with another degree would otherwise be a
   silent no-op); a layer whose weight is *computed by a hook* (:mod:`torch.nn.utils.prune`,
   ``weight_norm``, ``parametrize``: a replacement would drop the hook; see
@@ -41,8 +41,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from sao.nn import ECOConv2d, MaskedConv2d, MaskedLinear, SOCConv2d, SparseConv2d, SparseLinear, reparametrization
 
-__all__ = ["EXCLUDE_CHOICES", "Exclude", "LayerSlot", "eco_target_layers", "find_layers", "has_eco_layers",
-           "layer_dims", "target_layers", "weight_shape"]
+__all__ = ["EXCLUDE_CHOICES", "Exclude", "LayerSlot", "find_layers", "layer_dims", "target_layers", "weight_shape"]
 
 EXCLUDE_CHOICES = ("first_last", "first", "last", "none")
 Exclude = str | Collection[str] | Callable[[str, nn.Module], bool]
@@ -96,11 +95,6 @@ def weight_shape(module: nn.Module) -> tuple[int, ...]:
     if weight is None:
         weight = module.weight
     return tuple(weight.shape)
-
-
-def has_eco_layers(model: nn.Module) -> bool:
-    """Whether ``model`` holds :class:`~sao.nn.ECOConv2d` layers (then :func:`sao.sparsify` targets only them)."""
-    return any(isinstance(m, ECOConv2d) for m in model.modules())
 
 
 def _places(model: nn.Module) -> list[tuple[tuple[str, ...], nn.Module]]:
@@ -159,10 +153,9 @@ def _kind_reason(m: nn.Module) -> str | None:
     if isinstance(m, SparseLinear | SparseConv2d) or (isinstance(m, ECOConv2d) and isinstance(m.conv, SparseConv2d)
                                                       and m.conv.num_blocks > 1):
         degree = (m.conv if isinstance(m, ECOConv2d) else m).degree
+        dense = "layer.redrawn()" if isinstance(m, ECOConv2d) else "layer.to_dense()"
         return (f"already sparse ({kind}, degree {degree}); sparsify builds from a dense model (e.g. "
-                "layer.to_dense()), so the new request is not applied to it")
-    if isinstance(m, ECOConv2d):
-        return "an ECO layer: sparsify prunes ECO layers only in ECO-model mode (see eco_target_layers)"
+                f"{dense}), so the new request is not applied to it")
     if isinstance(m, SOCConv2d) or (isinstance(m, _ConvNd) and not isinstance(m, nn.Conv2d)):
         return f"not supported: {kind}; sao sparsifies nn.Linear and nn.Conv2d"
     if not isinstance(m, _MASKED):
@@ -170,14 +163,10 @@ def _kind_reason(m: nn.Module) -> str | None:
     return None
 
 
-def _skip_reason(slot: LayerSlot, owners: dict[int, list[str]], eco: bool) -> tuple[str, bool] | None:
-    """Why a non-excluded layer cannot be replaced, and whether ``strict=True`` refuses it; ``None`` if it can.
-
-    On an ECO model the ECO layers are the targets, whatever their state: the methods say
-    which they cannot prune (an SAO-ECO sparse one, :mod:`sao.methods.prune_methods`).
-    """
+def _skip_reason(slot: LayerSlot, owners: dict[int, list[str]]) -> tuple[str, bool] | None:
+    """Why a non-excluded layer cannot be replaced, and whether ``strict=True`` refuses it; ``None`` if it can."""
     m = slot.module
-    why = None if eco and isinstance(m, ECOConv2d) else _kind_reason(m)
+    why = _kind_reason(m)
     if why is not None:
         return why, True
     base = next((b for b in _PLAIN if isinstance(m, b)), None)
@@ -199,16 +188,14 @@ def _skip_reason(slot: LayerSlot, owners: dict[int, list[str]], eco: bool) -> tu
     return None
 
 
-def find_layers(model: nn.Module, exclude: Exclude = "first_last", eco: bool | None = None) -> list[LayerSlot]:
+def find_layers(model: nn.Module, exclude: Exclude = "first_last") -> list[LayerSlot]:
     """The weight layers of ``model`` with their role (module docstring), in ``named_modules`` order.
 
     Args:
         model: any module.
         exclude: see :func:`target_layers`; applied to the weight layers in order (for
             ``"first"``/``"last"``: the first/last weight layer, whatever it is).
-        eco: treat ``model`` as a model with ECO layers (default: whether it has any).
     """
-    eco = has_eco_layers(model) if eco is None else eco
     slots = _weight_layers(model)
     excluded = _exclusions(slots, exclude)
     owners = _owners(model)
@@ -216,10 +203,7 @@ def find_layers(model: nn.Module, exclude: Exclude = "first_last", eco: bool | N
     for i, slot in enumerate(slots):
         if i in excluded:
             out.append(LayerSlot(slot.names, slot.module, "excluded", excluded[i]))
-        elif eco and not isinstance(slot.module, ECOConv2d):
-            out.append(LayerSlot(slot.names, slot.module, "excluded", "dense on an ECO model (SAO-ECO leaves stem, "
-                                 "SOC layers and classifier dense; only ECO layers are targets)"))
-        elif (skip := _skip_reason(slot, owners, eco)) is not None:
+        elif (skip := _skip_reason(slot, owners)) is not None:
             out.append(LayerSlot(slot.names, slot.module, "skipped", *skip))
         else:
             out.append(slot)
@@ -227,13 +211,12 @@ def find_layers(model: nn.Module, exclude: Exclude = "first_last", eco: bool | N
 
 
 def target_layers(model: nn.Module, exclude: Exclude = "first_last") -> list[tuple[str, nn.Module]]:
-    """The ``(name, module)`` pairs :func:`sao.sparsify` hands to a method on a model without ECO layers.
+    """The ``(name, module)`` pairs :func:`sao.sparsify` hands to a method.
 
-    The plain ``nn.Linear``/``nn.Conv2d`` (and masked) layers left after ``exclude`` and the
-    method-independent skips (kinds sao does not sparsify, layers already sparse or pruned with
-    :mod:`torch.nn.utils.prune`, subclasses, grouped convolutions, shared Parameters; module
-    docstring); a tied layer appears once, under its first name. On a model with
-    :class:`~sao.nn.ECOConv2d` layers :func:`sao.sparsify` prunes :func:`eco_target_layers` instead.
+    The plain ``nn.Linear``/``nn.Conv2d``, masked and dense :class:`~sao.nn.ECOConv2d` layers
+    left after ``exclude`` and the method-independent skips (kinds sao does not sparsify, layers
+    already sparse or pruned with :mod:`torch.nn.utils.prune`, subclasses, grouped convolutions,
+    shared Parameters; module docstring); a tied layer appears once, under its first name.
 
     Args:
         model: any module.
@@ -244,17 +227,4 @@ def target_layers(model: nn.Module, exclude: Exclude = "first_last") -> list[tup
             name them too (e.g. ``exclude=["conv1", "encoder.out_proj", "fc"]``; the warning about
             skipped layers prints the list that keeps the current choice).
     """
-    return [(s.name, s.module) for s in find_layers(model, exclude, eco=False) if s.role == "target"]
-
-
-def eco_target_layers(model: nn.Module, exclude: Exclude = "first_last") -> list[tuple[str, nn.Module]]:
-    """The :class:`~sao.nn.ECOConv2d` ``(name, module)`` pairs :func:`sao.sparsify` prunes on a model with ECO layers.
-
-    ``exclude`` is applied to the model's weight layers in ``named_modules`` order — plain
-    ``nn.Linear``/``nn.Conv2d``, :class:`~sao.nn.SOCConv2d` and ``ECOConv2d`` (not looking
-    inside SOC/ECO layers) — exactly as in :func:`target_layers`; of what is left only the ECO
-    layers are returned. The plain and SOC layers always stay dense, as SAO-ECO leaves them,
-    so every method sparsifies the same layers. For ``cnn_eco`` and ``lipconvnet`` the first
-    and last layers are never ECO, so the default returns every ECO layer.
-    """
-    return [(s.name, s.module) for s in find_layers(model, exclude, eco=True) if s.role == "target"]
+    return [(s.name, s.module) for s in find_layers(model, exclude) if s.role == "target"]

@@ -18,9 +18,10 @@ from dataclasses import dataclass, replace
 from torch import nn
 
 from sao.init.eoi import eoi_delta_with_mask_, eoi_target_nonzeros, eoi_with_mask_
-from sao.methods._base import METHODS, LayerPlan, SparsifyMethod, SparsifySettings, degree_plan
+from sao.methods._base import METHODS, LayerPlan, SparsifyMethod, SparsifyRequest, degree_plan
 from sao.methods._layers import layer_dims
-from sao.methods.prune_methods import apply_mask, check_fresh_copy, fresh_orthogonal_copy
+from sao.methods.prune_methods import RedrawSettings, apply_mask, check_fresh_copy, fresh_orthogonal_copy
+from sao.nn import ECOConv2d
 
 __all__ = ["EOIMethod"]
 
@@ -33,18 +34,24 @@ class EOIMethod(SparsifyMethod):
     def needs_target(self) -> bool:
         return True
 
-    def plan_layer(self, name: str, module: nn.Module, settings: SparsifySettings) -> LayerPlan:
-        check_fresh_copy(module, settings)  # EOI-Delta needs a centre tap, as the Delta redraw before it
+    @property
+    def settings_type(self) -> type:
+        return RedrawSettings  # EOI-Delta's kernel is the centre tap: the activation only checks the channels
+
+    def plan_layer(self, name: str, module: nn.Module, request: SparsifyRequest) -> LayerPlan:
+        if isinstance(module, ECOConv2d):
+            raise ValueError("EOI has no ECO form (SAO-ECO is method 'sao')")
+        check_fresh_copy(module, request)  # EOI-Delta needs a centre tap, as the Delta redraw before it
         m, n = layer_dims(module)
-        if settings.degree is not None:
-            plan = degree_plan(m, n, settings)
+        if request.degree is not None:
+            plan = degree_plan(m, n, request)
         else:
-            plan = LayerPlan(None, settings.sparsity, settings.sparsity)
+            plan = LayerPlan(None, request.sparsity, request.sparsity)
         plan = replace(plan, slack=min(m, n))  # EOI: ceil(density·m·n) non-zeros, plus up to min(m, n) - 1
         try:
             eoi_target_nonzeros(m, n, sparsity=plan.sparsity)
         except ValueError:
-            if settings.strict:
+            if request.strict:
                 raise
             sparsest = 1.0 - 1.0 / max(m, n)
             return replace(plan, sparsity=sparsest, nearest=True,
@@ -52,14 +59,14 @@ class EOIMethod(SparsifyMethod):
                                 f"identity), {sparsest:.4f}")
         return plan
 
-    def sparsify_layers(self, layers: list[tuple[str, nn.Module]], settings: SparsifySettings) -> list[nn.Module]:
-        return [self._replace(module, settings.plan(name).sparsity, settings) for name, module in layers]
+    def sparsify_layers(self, layers: list[tuple[str, nn.Module]], request: SparsifyRequest) -> list[nn.Module]:
+        return [self._replace(module, request.plan(name).sparsity, request) for name, module in layers]
 
     @staticmethod
-    def _replace(module: nn.Module, sparsity: float, settings: SparsifySettings) -> nn.Module:
-        new = fresh_orthogonal_copy(module, settings)  # same configuration; the weight is redrawn below
+    def _replace(module: nn.Module, sparsity: float, request: SparsifyRequest) -> nn.Module:
+        new = fresh_orthogonal_copy(module, request)  # same configuration; the weight is redrawn below
         init = eoi_with_mask_ if isinstance(new, nn.Linear) else eoi_delta_with_mask_
-        _, mask = init(new.weight, sparsity=sparsity, gain=settings.gain, generator=settings.generator)
+        _, mask = init(new.weight, sparsity=sparsity, gain=request.settings.gain, generator=request.generator)
         return apply_mask(new, mask)
 
 

@@ -7,12 +7,39 @@ from dataclasses import dataclass
 from torch import nn
 
 from sao._random import check_activation
+from sao._validation import as_real
 from sao.init.registry import get_layer_init
-from sao.methods._base import METHODS, LayerPlan, SparsifyMethod, SparsifySettings, degree_plan
+from sao.methods._base import METHODS, LayerPlan, SparsifyMethod, SparsifyRequest, degree_plan
 from sao.methods._layers import layer_dims
-from sao.nn import MaskedConv2d, MaskedLinear, SparseConv2d, SparseLinear
+from sao.nn import BACKENDS, ECOConv2d, MaskedConv2d, MaskedLinear, SparseConv2d, SparseLinear
 
-__all__ = ["InitMethod"]
+__all__ = ["InitMethod", "InitSettings"]
+
+
+@dataclass(frozen=True)
+class InitSettings:
+    """The settings of SAO, RG-N and RG-U (:class:`InitMethod`).
+
+    Attributes:
+        backend: ``"blocked"`` (fast, memory ∝ density) or ``"masked"`` (the paper's way), see
+            :data:`sao.nn.BACKENDS`.
+        activation: the network's activation; ``"relu"`` selects the mirrored SAO construction.
+        gain: weight multiplier.
+
+    Raises:
+        ValueError: an unknown backend or activation, a gain that is not finite.
+        TypeError: a gain that is not a real number.
+    """
+
+    backend: str = "blocked"
+    activation: str = "tanh"
+    gain: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r} is not supported; choose from {', '.join(BACKENDS)}")
+        check_activation(self.activation)
+        object.__setattr__(self, "gain", as_real(self.gain, "gain"))
 
 
 def _is_conv(module: nn.Module) -> bool:
@@ -24,37 +51,52 @@ class InitMethod(SparsifyMethod):
     """Replace each layer by a fresh sparse layer drawn with a layer init (SAO, RG-N, RG-U).
 
     Each layer gets the degree of its plan: the requested one, or with ``strict=False`` the
-    nearest valid degree of that layer's shape (:func:`sao.methods.degree_plan`).
+    nearest valid degree of that layer's shape (:func:`sao.methods.degree_plan`). A dense
+    :class:`~sao.nn.ECOConv2d` becomes a new ECO layer of the same configuration whose inner
+    ``C x C`` convolution is drawn with ``eco_init`` (SAO-ECO, paper §IV-C).
 
     Attributes:
         linear_init: :data:`sao.init.registry.LAYER_INITS` name for ``nn.Linear`` layers.
         conv_init: name for ``nn.Conv2d`` layers, or ``None`` if the method has none.
+        eco_init: name for the inner convolution of ECO layers, or ``None`` if the method has none.
     """
 
     linear_init: str
     conv_init: str | None = None
+    eco_init: str | None = None
 
     @property
     def needs_target(self) -> bool:
         return True
 
-    def plan_layer(self, name: str, module: nn.Module, settings: SparsifySettings) -> LayerPlan:
+    @property
+    def settings_type(self) -> type:
+        return InitSettings
+
+    def plan_layer(self, name: str, module: nn.Module, request: SparsifyRequest) -> LayerPlan:
+        if isinstance(module, ECOConv2d):
+            if self.eco_init is None:
+                raise ValueError("this method has no ECO form (SAO-ECO is method 'sao')")
+            return degree_plan(*layer_dims(module), request, mirrored=False)  # ECO layers are linear maps
         conv = _is_conv(module)
         if conv and self.conv_init is None:
             raise ValueError("this method has no convolution form (it sparsifies nn.Linear layers only)")
         init = get_layer_init(self.conv_init if conv else self.linear_init, 2 if conv else 0)
         if conv:
             init.check_kernel(module.kernel_size)
-        mirrored = bool(init.topology_kind(check_activation(settings.activation)))
-        return degree_plan(*layer_dims(module), settings, mirrored)
+        mirrored = bool(init.topology_kind(check_activation(request.settings.activation)))
+        return degree_plan(*layer_dims(module), request, mirrored)
 
-    def sparsify_layers(self, layers: list[tuple[str, nn.Module]], settings: SparsifySettings) -> list[nn.Module]:
-        return [self._replace(module, settings.plan(name).degree, settings) for name, module in layers]
+    def sparsify_layers(self, layers: list[tuple[str, nn.Module]], request: SparsifyRequest) -> list[nn.Module]:
+        return [self._replace(module, request.plan(name).degree, request) for name, module in layers]
 
-    def _replace(self, module: nn.Module, degree: int | None, s: SparsifySettings) -> nn.Module:
+    def _replace(self, module: nn.Module, degree: int | None, r: SparsifyRequest) -> nn.Module:
+        s = r.settings
+        if isinstance(module, ECOConv2d):
+            return module.redrawn(degree=degree, backend=s.backend, gain=s.gain, generator=r.generator)
         w = module.weight_orig if isinstance(module, MaskedLinear | MaskedConv2d) else module.weight
         common = {"degree": degree, "bias": module.bias is not None, "backend": s.backend, "activation": s.activation,
-                  "gain": s.gain, "generator": s.generator, "device": w.device, "dtype": w.dtype}
+                  "gain": s.gain, "generator": r.generator, "device": w.device, "dtype": w.dtype}
         if not _is_conv(module):
             return SparseLinear(module.in_features, module.out_features, init=self.linear_init, **common)
         return SparseConv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
@@ -62,6 +104,6 @@ class InitMethod(SparsifyMethod):
                             init=self.conv_init, **common)
 
 
-METHODS.register("sao", InitMethod("sao", "sao-delta"))
+METHODS.register("sao", InitMethod("sao", "sao-delta", "sao-eco"))
 METHODS.register("rg-n", InitMethod("rg-normal"))
 METHODS.register("rg-u", InitMethod("rg-uniform"))

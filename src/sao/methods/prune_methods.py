@@ -10,8 +10,8 @@ registered by name in :data:`PRUNING_RULES`, so ``PruneMethod("local-magnitude")
 orthogonal initialisation (``orthogonal_`` for linear layers, Delta-orthogonal for
 convolutions) and prune it at once: prune right after initialisation, then train. ``-T``
 methods prune the layers as they are — apply them to a dense model after training it, then
-fine-tune (the paper's train–prune–fine-tune flow, Fig. 1; their :attr:`~PruneMethod.phase` is
-:data:`~sao.methods.AFTER_TRAINING`, that of ``-S`` and dense :data:`~sao.methods.AT_INIT`). A pruned layer is a
+fine-tune (the paper's train–prune–fine-tune flow, Fig. 1; how an experiment schedules each
+method is the harness's business, :data:`sao.experiments.METHOD_PHASES`). A pruned layer is a
 :class:`~sao.nn.MaskedLinear`/:class:`~sao.nn.MaskedConv2d` (``weight_orig`` times a fixed
 ``weight_mask``, the state :mod:`torch.nn.utils.prune` would give it, as a plain module that
 deep-copies and pickles); ``-T`` wraps the trained layer's own Parameters. Masked weights get
@@ -26,8 +26,8 @@ have at that degree, ``1 - degree / max(out, in)``, so comparisons are at equal 
 magnitude and random pruning keep ``round((1 - sparsity) · connections)`` connections
 (:func:`sao.methods.pruning.kept_count`), GMP that many over all target layers together.
 
-**ECO layers** (:class:`~sao.nn.ECOConv2d`, the targets of :func:`sao.sparsify` on ``cnn_eco``
-and ``lipconvnet``, see :func:`sao.methods.eco_target_layers`). An ECO layer computes with one
+**ECO layers** (:class:`~sao.nn.ECOConv2d`, the body layers of ``cnn_eco`` and ``lipconvnet``).
+An ECO layer computes with one
 inner ``C x C`` circular convolution (``C = max(c_out, c_in s²)``); the pruning methods prune
 whole kernels of that convolution: its dense ``SparseConv2d`` is swapped for a plain
 ``nn.Conv2d`` holding the same kernel (:meth:`~sao.nn.SparseConv2d.to_dense`, same function)
@@ -58,25 +58,19 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from sao._random import check_activation
 from sao._registry import Registry
+from sao._validation import as_real
 from sao.init import delta_orthogonal_, orthogonal_
-from sao.methods._base import (
-    AFTER_TRAINING,
-    AT_INIT,
-    METHODS,
-    LayerPlan,
-    SparsifyMethod,
-    SparsifySettings,
-    degree_plan,
-)
+from sao.methods._base import METHODS, LayerPlan, NoSettings, SparsifyMethod, SparsifyRequest, degree_plan
 from sao.methods._layers import layer_dims
 from sao.methods.pruning import global_magnitude_masks, magnitude_mask, random_mask
 from sao.nn import ECOConv2d, MaskedConv2d, MaskedLinear, SparseConv2d
 from sao.topology import ramanujan
 
 __all__ = ["PRUNING_RULES", "GlobalMagnitudeRule", "LocalMagnitudeRule", "PruneMethod", "PruningRule", "RandomRule",
-           "SAOMaskRule", "apply_mask", "check_fresh_copy", "eco_kernel_layer", "fresh_orthogonal_copy",
-           "pruning_rule"]
+           "RedrawSettings", "SAOMaskRule", "apply_mask", "check_fresh_copy", "eco_kernel_layer",
+           "fresh_orthogonal_copy", "pruning_rule"]
 
 _MASKED = (MaskedLinear, MaskedConv2d)
 _DENSE = "none"  # the string PruneMethod takes for the dense baseline (no rule), as before rules were classes
@@ -106,7 +100,7 @@ class PruningRule:
     pooled: ClassVar[bool] = False
     needs_degree: ClassVar[bool] = False
 
-    def masks(self, weights: list[Tensor], plans: list[LayerPlan], settings: SparsifySettings) -> list[Tensor]:
+    def masks(self, weights: list[Tensor], plans: list[LayerPlan], request: SparsifyRequest) -> list[Tensor]:
         """The connections to keep of the layers with these weights, all layers at once.
 
         Args:
@@ -114,7 +108,7 @@ class PruningRule:
                 keeps or drops whole kernels).
             plans: each layer's :class:`~sao.methods.LayerPlan` (its ``sparsity`` and ``degree``),
                 in the order of ``weights``.
-            settings: the request; ``settings.generator`` is drawn from in layer order.
+            request: the request; ``request.generator`` is drawn from in layer order.
 
         Returns:
             One bool ``(out, in)`` mask per weight, in order (``True``: kept).
@@ -132,7 +126,7 @@ class LocalMagnitudeRule(PruningRule):
 
     name: ClassVar[str] = "local-magnitude"
 
-    def masks(self, weights: list[Tensor], plans: list[LayerPlan], settings: SparsifySettings) -> list[Tensor]:
+    def masks(self, weights: list[Tensor], plans: list[LayerPlan], request: SparsifyRequest) -> list[Tensor]:
         return [magnitude_mask(w, p.sparsity) for w, p in zip(weights, plans, strict=True)]
 
 
@@ -148,21 +142,21 @@ class GlobalMagnitudeRule(PruningRule):
     name: ClassVar[str] = "global-magnitude"
     pooled: ClassVar[bool] = True
 
-    def masks(self, weights: list[Tensor], plans: list[LayerPlan], settings: SparsifySettings) -> list[Tensor]:
-        return global_magnitude_masks(weights, _common_sparsity(weights, plans, settings))
+    def masks(self, weights: list[Tensor], plans: list[LayerPlan], request: SparsifyRequest) -> list[Tensor]:
+        return global_magnitude_masks(weights, _common_sparsity(weights, plans, request))
 
 
 @dataclass(frozen=True)
 class RandomRule(PruningRule):
     """LRP: keep ``round((1 - plan.sparsity) · out · in)`` random connections per layer.
 
-    Drawn with :func:`sao.methods.pruning.random_mask` from ``settings.generator``, layer by layer.
+    Drawn with :func:`sao.methods.pruning.random_mask` from ``request.generator``, layer by layer.
     """
 
     name: ClassVar[str] = "random"
 
-    def masks(self, weights: list[Tensor], plans: list[LayerPlan], settings: SparsifySettings) -> list[Tensor]:
-        return [random_mask(w.shape[:2], p.sparsity, settings.generator) for w, p in zip(weights, plans, strict=True)]
+    def masks(self, weights: list[Tensor], plans: list[LayerPlan], request: SparsifyRequest) -> list[Tensor]:
+        return [random_mask(w.shape[:2], p.sparsity, request.generator) for w, p in zip(weights, plans, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -172,15 +166,15 @@ class SAOMaskRule(PruningRule):
     name: ClassVar[str] = "sao-mask"
     needs_degree: ClassVar[bool] = True
 
-    def masks(self, weights: list[Tensor], plans: list[LayerPlan], settings: SparsifySettings) -> list[Tensor]:
-        return [ramanujan(*w.shape[:2], degree=p.degree, generator=settings.generator).mask()
+    def masks(self, weights: list[Tensor], plans: list[LayerPlan], request: SparsifyRequest) -> list[Tensor]:
+        return [ramanujan(*w.shape[:2], degree=p.degree, generator=request.generator).mask()
                 for w, p in zip(weights, plans, strict=True)]
 
 
-def _common_sparsity(weights: list[Tensor], plans: list[LayerPlan], settings: SparsifySettings) -> float:
+def _common_sparsity(weights: list[Tensor], plans: list[LayerPlan], request: SparsifyRequest) -> float:
     """Global pruning needs one sparsity: the given one, or the weighted per-layer SAO sparsity at the degree."""
-    if settings.degree is None:
-        return float(settings.sparsity)
+    if request.degree is None:
+        return float(request.sparsity)
     sizes = [w.shape[:2].numel() for w in weights]
     kept = sum(n * (1 - p.sparsity) for n, p in zip(sizes, plans, strict=True))
     return 1.0 - kept / sum(sizes)
@@ -217,11 +211,33 @@ def pruning_rule(rule: PruningRule | str | None) -> PruningRule | None:
 # --------------------------------------------------------------------------- layers
 
 
+@dataclass(frozen=True)
+class RedrawSettings:
+    """The settings of methods that redraw a layer orthogonal before pruning it (``-s``, ``dense``, ``eoi``).
+
+    Attributes:
+        activation: the network's activation; ``"relu"`` selects the mirrored Delta-orthogonal
+            construction for convolutions.
+        gain: weight multiplier of the redraw.
+
+    Raises:
+        ValueError: an unknown activation, a gain that is not finite.
+        TypeError: a gain that is not a real number.
+    """
+
+    activation: str = "tanh"
+    gain: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_activation(self.activation)
+        object.__setattr__(self, "gain", as_real(self.gain, "gain"))
+
+
 def _is_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear | MaskedLinear)
 
 
-def check_fresh_copy(module: nn.Module, settings: SparsifySettings) -> None:
+def check_fresh_copy(module: nn.Module, request: SparsifyRequest) -> None:
     """Raise ``ValueError`` if :func:`fresh_orthogonal_copy` cannot redraw ``module`` (draws nothing).
 
     Delta-orthogonal kernels need odd kernel sides (a centre tap) and, for ``activation="relu"``
@@ -232,24 +248,24 @@ def check_fresh_copy(module: nn.Module, settings: SparsifySettings) -> None:
     if any(side % 2 == 0 for side in module.kernel_size):
         raise ValueError(f"a Delta-orthogonal redraw needs odd kernel sides (a centre tap), got "
                          f"kernel_size={module.kernel_size}")
-    if settings.activation == "relu" and (module.in_channels % 2 or module.out_channels % 2):
+    if request.settings.activation == "relu" and (module.in_channels % 2 or module.out_channels % 2):
         raise ValueError(f"activation='relu' (mirrored Delta-orthogonal) needs even channel counts, got "
                          f"{module.out_channels}x{module.in_channels}")
 
 
-def fresh_orthogonal_copy(module: nn.Module, settings: SparsifySettings) -> nn.Module:
+def fresh_orthogonal_copy(module: nn.Module, request: SparsifyRequest) -> nn.Module:
     """A new plain layer of the same configuration with (Delta-)orthogonal weights and zero bias."""
     w = module.weight_orig if isinstance(module, _MASKED) else module.weight
     if _is_linear(module):
         new: nn.Module = nn.Linear(module.in_features, module.out_features, module.bias is not None,
                                    device=w.device, dtype=w.dtype)
-        orthogonal_(new.weight, gain=settings.gain, generator=settings.generator)
+        orthogonal_(new.weight, gain=request.settings.gain, generator=request.generator)
     else:
         new = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                         module.dilation, module.groups, module.bias is not None, module.padding_mode,
                         device=w.device, dtype=w.dtype)
-        delta_orthogonal_(new.weight, gain=settings.gain, activation=settings.activation,
-                          generator=settings.generator)
+        delta_orthogonal_(new.weight, gain=request.settings.gain, activation=request.settings.activation,
+                          generator=request.generator)
     if new.bias is not None:
         nn.init.zeros_(new.bias)
     return new
@@ -261,7 +277,7 @@ def _check_eco(eco: ECOConv2d) -> None:
     if isinstance(inner, SparseConv2d):
         if inner.num_blocks > 1:
             raise ValueError(f"the ECO layer is SAO-ECO sparse already (sparsity {inner.sparsity:g}); pruning "
-                             "baselines start from a dense ECO layer (build the model without degree/sparsity)")
+                             "baselines start from a dense ECO layer (e.g. layer.redrawn())")
     elif type(inner) is not nn.Conv2d and not isinstance(inner, MaskedConv2d):
         raise ValueError(f"cannot prune an inner {type(inner).__name__}")
 
@@ -302,7 +318,7 @@ def apply_mask(module: nn.Module, mask: Tensor) -> MaskedLinear | MaskedConv2d:
 
 @dataclass(frozen=True)
 class PruneMethod(SparsifyMethod):
-    """Prune by ``rule`` at the settings' sparsity (or SAO's sparsity at the settings' degree).
+    """Prune by ``rule`` at the requested sparsity (or SAO's sparsity at the requested degree).
 
     Attributes:
         rule: the :class:`PruningRule` (LMP, GMP, LRP or RG's SAO mask), or ``None`` for the
@@ -313,13 +329,13 @@ class PruneMethod(SparsifyMethod):
             ``False`` for ``-T`` (prune the layers as they are, e.g. after dense training,
             keeping their trained weights; fine-tune afterwards). ECO layers are never
             redrawn (module docstring).
-        phase: :data:`~sao.methods.AT_INIT` with ``reinit``, else
-            :data:`~sao.methods.AFTER_TRAINING` (paper §III-E, Fig. 1).
+
+    Its settings (:attr:`settings_type`) are :class:`RedrawSettings` with ``reinit`` (the
+    orthogonal redraw's), none without.
     """
 
     rule: PruningRule | None
     reinit: bool = True
-    handles_eco: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rule", pruning_rule(self.rule))
@@ -329,49 +345,45 @@ class PruneMethod(SparsifyMethod):
         return self.rule is not None
 
     @property
-    def dense_baseline(self) -> bool:
-        return self.rule is None
+    def settings_type(self) -> type:
+        return RedrawSettings if self.reinit else NoSettings
 
-    @property
-    def phase(self) -> str:
-        return AT_INIT if self.reinit else AFTER_TRAINING
-
-    def plan_layer(self, name: str, module: nn.Module, settings: SparsifySettings) -> LayerPlan:
-        self._check_layer(module, settings)
+    def plan_layer(self, name: str, module: nn.Module, request: SparsifyRequest) -> LayerPlan:
+        self._check_layer(module, request)
         if self.rule is None:
             eco = isinstance(module, ECOConv2d)
             return LayerPlan(None, 0.0, 0.0, note="dense baseline: left as it is" if eco else "dense baseline")
-        if self.rule.needs_degree or settings.degree is not None:
-            plan = degree_plan(*layer_dims(module), settings)
+        if self.rule.needs_degree or request.degree is not None:
+            plan = degree_plan(*layer_dims(module), request)
         else:
-            plan = LayerPlan(None, settings.sparsity, settings.sparsity)
+            plan = LayerPlan(None, request.sparsity, request.sparsity)
         if self.rule.pooled:
             note = "global threshold: layers vary, the target layers together keep the target"
             plan = replace(plan, note=f"{plan.note}; {note}" if plan.note else note, pooled=True)
         return plan
 
-    def _check_layer(self, module: nn.Module, settings: SparsifySettings) -> None:
+    def _check_layer(self, module: nn.Module, request: SparsifyRequest) -> None:
         """Raise ``ValueError`` if this method cannot redraw or prune ``module`` (dense keeps ECO layers as is)."""
         if isinstance(module, ECOConv2d):
             if self.rule is not None:
                 _check_eco(module)
         elif self.reinit:
-            check_fresh_copy(module, settings)
+            check_fresh_copy(module, request)
 
-    def sparsify_layers(self, layers: list[tuple[str, nn.Module]], settings: SparsifySettings) -> list[nn.Module]:
+    def sparsify_layers(self, layers: list[tuple[str, nn.Module]], request: SparsifyRequest) -> list[nn.Module]:
         if self.rule is None:
-            return [m if isinstance(m, ECOConv2d) else self._start(m, settings) for _, m in layers]
+            return [m if isinstance(m, ECOConv2d) else self._start(m, request) for _, m in layers]
         # the layers whose weight is pruned: for ECO layers a plain copy of the inner conv, attached below
-        new = [eco_kernel_layer(n, m) if isinstance(m, ECOConv2d) else self._start(m, settings) for n, m in layers]
+        new = [eco_kernel_layer(n, m) if isinstance(m, ECOConv2d) else self._start(m, request) for n, m in layers]
         if not new:
             return new
-        masks = self.rule.masks([m.weight for m in new], [settings.plan(name) for name, _ in layers], settings)
+        masks = self.rule.masks([m.weight for m in new], [request.plan(name) for name, _ in layers], request)
         pruned = [apply_mask(m, mask) for m, mask in zip(new, masks, strict=True)]
         return [_attach(module, kernel) for (_, module), kernel in zip(layers, pruned, strict=True)]
 
-    def _start(self, module: nn.Module, settings: SparsifySettings) -> nn.Module:
+    def _start(self, module: nn.Module, request: SparsifyRequest) -> nn.Module:
         """A layer to prune: a fresh orthogonal copy (``-S``) or the layer itself (``-T``)."""
-        return fresh_orthogonal_copy(module, settings) if self.reinit else module
+        return fresh_orthogonal_copy(module, request) if self.reinit else module
 
 
 def _attach(module: nn.Module, kernel: nn.Module) -> nn.Module:

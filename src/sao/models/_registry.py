@@ -2,7 +2,7 @@
 
 The metadata is what code above the models needs to build and feed a model without branching
 on its name (timm's ``default_cfgs`` idea): the input it takes, the choices of its activation
-and head, the name of its width argument, and whether it is sparse at construction (SAO-ECO).
+and head, and the name of its width argument.
 """
 
 from __future__ import annotations
@@ -37,8 +37,6 @@ class ModelInfo:
         heads: the values of the builder's ``head``, the first its default; ``()``: no choice.
         width_arg: the builder's width argument (``None``: the widths are fixed).
         default_width: that argument's default (``None`` when ``width_arg`` is).
-        sparse_at_construction: the builder takes ``degree=``/``sparsity=`` and builds SAO into
-            its layers (SAO-ECO, paper §III-D); its ``"sao"`` is not applied by ``sparsify``.
         depths: the smallest valid depths, for examples and tests (the builder checks the rule).
         description: one line for listings.
         arguments: the builder's parameter names (derived; a setting goes only where it is taken).
@@ -52,7 +50,6 @@ class ModelInfo:
     image_size: int | None = None
     heads: tuple[str, ...] = ()
     width_arg: str | None = "width"
-    sparse_at_construction: bool = False
     arguments: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -74,12 +71,11 @@ class ModelInfo:
         return inspect.signature(self.builder).parameters[self.width_arg].default
 
     def build(self, depth: int, *, input_shape: tuple[int, ...], num_classes: int, width: int | None = None,
-              activation: str | None = None, head: str | None = None, degree: int | None = None,
-              sparsity: float | None = None, generator: torch.Generator | None = None) -> nn.Module:
+              activation: str | None = None, head: str | None = None,
+              generator: torch.Generator | None = None) -> nn.Module:
         """Build the model for inputs of ``input_shape`` and ``num_classes`` outputs.
 
-        ``None`` leaves a setting at the builder's default; ``degree``/``sparsity`` are for models
-        :attr:`sparse_at_construction`; ``generator`` reaches builders that draw weights.
+        ``None`` leaves a setting at the builder's default; ``generator`` reaches builders that draw weights.
 
         Raises:
             ValueError: a setting the model does not take (e.g. a head for a model without
@@ -88,8 +84,7 @@ class ModelInfo:
         kwargs: dict[str, Any] = {"num_classes": num_classes}
         kwargs["in_channels" if self.takes_images else "in_features"] = input_shape[0]
         for name, value, argument in (("width", width, self.width_arg), ("activation", activation, "activation"),
-                                      ("head", head, "head"), ("degree", degree, "degree"),
-                                      ("sparsity", sparsity, "sparsity")):
+                                      ("head", head, "head")):
             if value is None:
                 continue
             if argument is None or argument not in self.arguments:

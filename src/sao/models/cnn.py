@@ -104,7 +104,6 @@ def cnn(depth: int, width: int = 128, activation: str = "tanh", num_classes: int
 
 
 def cnn_eco(depth: int, width: int = 128, activation: str = "relu", num_classes: int = 10, in_channels: int = 3,
-            degree: int | None = None, sparsity: float | None = None,
             generator: torch.Generator | None = None) -> nn.Sequential:
     """CNN-ECO: the CNN-N stem on a 36×36 input, ``N`` ECO body convs (9 → 3 → 1), linear classifier.
 
@@ -114,9 +113,6 @@ def cnn_eco(depth: int, width: int = 128, activation: str = "relu", num_classes:
         activation: ``"relu"`` (paper) or ``"tanh"``, after every conv.
         num_classes: outputs.
         in_channels: image channels.
-        degree, sparsity: SAO-ECO degree or sparsity of every body layer's ``C x C`` channel
-            graph (``C = w`` at stride 1, ``9w`` at the stride-3 layers); neither gives dense ECO.
-            Invalid values raise the layers' ``ValueError`` (naming the valid degrees).
         generator: source of randomness for the ECO layers (drawn in layer order).
 
     Returns:
@@ -127,13 +123,20 @@ def cnn_eco(depth: int, width: int = 128, activation: str = "relu", num_classes:
         ``(B, in_channels, 36, 36)`` → ``(B, num_classes)`` (the ECO layers check their input size).
 
     Guarantees:
-        Every body layer is an orthogonal convolution at init (dense or SAO-ECO), with exactly
-        the requested kernel-level sparsity when ``degree``/``sparsity`` is given.
+        Every body layer is a dense orthogonal convolution at init. SAO-ECO (paper §IV-C) is
+        ``sao.sparsify(net, "sao", degree=...)`` on the ECO layers (``exclude=`` every other layer,
+        as Table 12 does): each gets the SAO topology on its ``C x C`` channel graph (``C = w`` at
+        stride 1, ``9w`` at the stride-3 layers).
 
     Example:
         >>> net = cnn_eco(depth=4, width=4, generator=torch.Generator().manual_seed(0))
         >>> net(torch.zeros(2, 3, 36, 36)).shape
         torch.Size([2, 10])
+        >>> import sao
+        >>> net = sao.sparsify(net, "sao", sparsity=0.5, generator=torch.Generator().manual_seed(0),
+        ...                    exclude=lambda name, m: not isinstance(m, sao.nn.ECOConv2d))
+        >>> [round(layer.conv.sparsity, 3) for layer in net.body if isinstance(layer, sao.nn.ECOConv2d)]
+        [0.5, 0.5, 0.5, 0.5]
     """
     depth = _check_depth(depth)
     width, num_classes, in_channels = (as_int(value, name, minimum=1) for name, value in (
@@ -142,14 +145,11 @@ def cnn_eco(depth: int, width: int = 128, activation: str = "relu", num_classes:
     body: list[nn.Module] = []
     for i in range(depth):
         if i == depth - 1:
-            layer = ECOConv2d(width, width, 1, input_size=3, stride=3, degree=degree, sparsity=sparsity,
-                              generator=generator)
+            layer = ECOConv2d(width, width, 1, input_size=3, stride=3, generator=generator)
         elif i == depth // 2 - 1:
-            layer = ECOConv2d(width, width, 3, input_size=9, stride=3, degree=degree, sparsity=sparsity,
-                              generator=generator)
+            layer = ECOConv2d(width, width, 3, input_size=9, stride=3, generator=generator)
         else:
-            layer = ECOConv2d(width, width, 3, input_size=9 if i < depth // 2 else 3, degree=degree,
-                              sparsity=sparsity, generator=generator)
+            layer = ECOConv2d(width, width, 3, input_size=9 if i < depth // 2 else 3, generator=generator)
         body += [layer, act()]
     return nn.Sequential(OrderedDict([("stem", _stem(in_channels, width, act)), ("body", nn.Sequential(*body)),
                                       ("head", nn.Flatten()), ("classifier", nn.Linear(width, num_classes))]))
@@ -160,4 +160,4 @@ MODELS.register("cnn", ModelInfo(
     description="vanilla CNN-N with Delta-orthogonal convolutions (Tables 8-10)"))
 MODELS.register("cnn_eco", ModelInfo(
     cnn_eco, input_shape=(3, 36, 36), image_size=36, activations=("relu", "tanh"), depths=(2, 4),
-    sparse_at_construction=True, description="CNN-ECO, ECO convolutions, SAO-ECO built in (Table 12)"))
+    description="CNN-ECO, ECO convolutions (Table 12; SAO-ECO: sparsify with 'sao')"))

@@ -2,7 +2,8 @@
 
 :func:`lipconvnet` builds five stages of ``N/5`` orthogonal convolutions, the last of each with
 stride 2 and twice the channels: :class:`~sao.nn.SOCConv2d` in stages 1–2 (always dense),
-:class:`~sao.nn.ECOConv2d` in stages 3–5 (dense ECO, or SAO-ECO with ``degree``/``sparsity``),
+:class:`~sao.nn.ECOConv2d` in stages 3–5 (dense ECO; SAO-ECO is ``sao.sparsify(net, "sao", ...)`` with
+``exclude=lambda name, m: not isinstance(m, ECOConv2d)``, as Table 11 does),
 :class:`~sao.nn.MaxMin` after every convolution, and a 1×1 SOC layer to the classes.
 :func:`eco_kernel_size` picks each ECO layer's kernel so that it divides the feature side. The
 paper's Table 4 (the architecture) is lost; the choices made here, and their sources (the
@@ -38,7 +39,6 @@ def eco_kernel_size(side: int) -> int:
 
 
 def lipconvnet(depth: int, init_channels: int = 32, num_classes: int = 10, in_channels: int = 3,
-               degree: int | None = None, sparsity: float | None = None,
                generator: torch.Generator | None = None, soc_bound: str = "certified") -> nn.Sequential:
     """LipConvNet-N: five stages of ``N/5`` orthogonal convs (SOC in stages 1–2, ECO in 3–5), MaxMin, 1×1 SOC head.
 
@@ -47,9 +47,6 @@ def lipconvnet(depth: int, init_channels: int = 32, num_classes: int = 10, in_ch
         init_channels: channels of stage 1 (32 in the paper); even (MaxMin pairs channels).
         num_classes: outputs.
         in_channels: image channels.
-        degree, sparsity: SAO-ECO degree or sparsity of every ECO layer's ``C x C`` channel
-            graph (stages 3–5); neither gives dense ECO. Invalid values raise the layers'
-            ``ValueError``.
         generator: source of randomness for all layers, drawn in layer order.
         soc_bound: spectral-norm scaling of every SOC layer: ``"certified"`` (default, ‖A‖ ≤ 0.7
             guaranteed) or ``"upstream"`` (the reference implementation's cheaper bound, which
@@ -93,7 +90,7 @@ def lipconvnet(depth: int, init_channels: int = 32, num_classes: int = 10, in_ch
                 conv: nn.Module = SOCConv2d(channels, out, 3, stride, generator=generator, bound=soc_bound)
             else:
                 conv = ECOConv2d(channels, out, eco_kernel_size(side // stride), input_size=side, stride=stride,
-                                 degree=degree, sparsity=sparsity, generator=generator)
+                                 generator=generator)
             layers += [conv, MaxMin()]
             channels, side = out, side // stride
         parts[f"stage{stage}"] = nn.Sequential(*layers)
@@ -104,4 +101,4 @@ def lipconvnet(depth: int, init_channels: int = 32, num_classes: int = 10, in_ch
 
 MODELS.register("lipconvnet", ModelInfo(
     lipconvnet, input_shape=(3, 32, 32), activations=("maxmin",), width_arg="init_channels", depths=(5, 10),
-    sparse_at_construction=True, description="LipConvNet-N, SOC and ECO convolutions, SAO-ECO built in (Table 11)"))
+    description="LipConvNet-N, SOC and ECO convolutions (Table 11; SAO-ECO: sparsify its ECO layers with 'sao')"))

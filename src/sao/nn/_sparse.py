@@ -13,8 +13,7 @@ source of truth) and is saved in the ``state_dict`` as buffers: the permutations
 tools — averaging, EMA, ``weights_only`` loading — keep working).
 Loading a ``state_dict`` adopts the checkpoint's permutations; a checkpoint of another
 topology kind (another degree, plain vs mirrored) fails loudly naming both, as PyTorch fails
-on a size mismatch. Checkpoints written before ``topology_spec`` existed (format 1) still load:
-the block count is read from the stored blocks or mask, and 5-D conv blocks are reshaped.
+on a size mismatch; one without ``topology_spec`` is refused as incomplete.
 Deferred initialisation works the PyTorch way: build on ``device="meta"``, then
 ``to_empty(device=...)`` and ``reset_parameters()``.
 """
@@ -192,17 +191,12 @@ class SparseLayerBase(nn.Module):
 
     # ------------------------------------------------------------------ state
 
-    def _checkpoint_kind(self, state_dict: dict[str, Any], prefix: str) -> tuple[int, bool] | None:
-        """``(num_blocks, mirrored)`` of the checkpoint; read from the stored tensors for format-1 checkpoints."""
+    @staticmethod
+    def _checkpoint_kind(state_dict: dict[str, Any], prefix: str) -> tuple[int, bool] | None:
+        """``(num_blocks, mirrored)`` of the checkpoint's ``topology_spec`` (``None`` without one)."""
         spec = state_dict.get(prefix + "topology_spec")
         if isinstance(spec, Tensor) and spec.numel() == 2:
             return int(spec[0]), bool(spec[1])
-        blocks, mask = state_dict.get(prefix + "blocks"), state_dict.get(prefix + "weight_mask")
-        if isinstance(blocks, Tensor) and blocks.dim() >= 3:
-            return blocks.shape[0], self.mirrored
-        if isinstance(mask, Tensor) and mask.dim() >= 2 and mask.any():
-            kept = int(kernel_connections(mask.detach().cpu()).sum())
-            return max(mask.shape[0] * mask.shape[1] // kept, 1), self.mirrored
         return None
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
@@ -220,7 +214,6 @@ class SparseLayerBase(nn.Module):
         incoming = self._incoming_topology(state_dict, prefix, error_msgs)
         if incoming is False:
             return
-        state_dict = self._upgrade(state_dict, prefix, kind)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         if incoming is not None:
@@ -242,7 +235,7 @@ class SparseLayerBase(nn.Module):
         present = [k for k in topology_keys if prefix + k in state_dict]
         if not present:
             return None
-        absent = [k for k in ("row_perm", "col_perm") if k not in present]
+        absent = [k for k in ("row_perm", "col_perm", "topology_spec") if k not in present]
         if absent:
             error_msgs.append(f"incomplete topology for {name} in the checkpoint: it has {', '.join(present)} but "
                               f"not {', '.join(absent)}; a sparse layer's topology loads whole (row_perm, col_perm, "
@@ -260,20 +253,6 @@ class SparseLayerBase(nn.Module):
             error_msgs.append(f"weight_mask for {name} disagrees with row_perm/col_perm in the checkpoint")
             return False
         return incoming
-
-    def _upgrade(self, state_dict: dict[str, Any], prefix: str, kind: tuple[int, bool] | None) -> dict[str, Any]:
-        """A format-1 checkpoint's entries in this format: ``topology_spec`` added, 5-D conv blocks made 4-D."""
-        blocks = state_dict.get(prefix + "blocks")
-        add_spec = kind is not None and prefix + "topology_spec" not in state_dict
-        flatten = isinstance(blocks, Tensor) and blocks.dim() == 5
-        if not (add_spec or flatten):
-            return state_dict
-        upgraded = dict(state_dict)
-        if add_spec:
-            upgraded[prefix + "topology_spec"] = torch.tensor([kind[0], int(kind[1])])
-        if flatten:
-            upgraded[prefix + "blocks"] = blocks.flatten(0, 1)
-        return upgraded
 
     @torch.no_grad()
     def _adopt(self, topology: Topology) -> None:

@@ -75,6 +75,19 @@ class ECOConv2d(nn.Module):
                                  sparsity=sparsity, init="sao-eco", backend=backend, activation="linear", gain=gain,
                                  generator=generator, device=device, dtype=dtype)
 
+    def redrawn(self, *, degree: int | None = None, sparsity: float | None = None, backend: str = "blocked",
+                gain: float = 1.0, generator: torch.Generator | None = None) -> ECOConv2d:
+        """A new ECO layer of this one's configuration (channels, kernel, input size, stride, bias, device,
+        dtype), drawn afresh: SAO-ECO at ``degree``/``sparsity``, dense when neither is given.
+
+        Raises:
+            ValueError: as the constructor (a degree the ``C x C`` channel graph cannot take).
+        """
+        weight = next(p for p in self.conv.parameters() if p.dim() == 4)
+        return ECOConv2d(self.in_channels, self.out_channels, self.conv.kernel_size[0], self.input_size, self.stride,
+                         degree=degree, sparsity=sparsity, bias=self.conv.bias is not None, backend=backend,
+                         gain=gain, generator=generator, device=weight.device, dtype=weight.dtype)
+
     def forward(self, x: Tensor) -> Tensor:
         check_image(x, self.in_channels, "ECOConv2d", (self.input_size, self.input_size))
         if x.dim() == 3:  # unbatched, as nn.Conv2d takes it

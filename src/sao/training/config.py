@@ -1,4 +1,13 @@
-"""The typed run configuration of :func:`sao.training.train`, the paper's lr-by-depth rule and device choice."""
+"""The typed run configuration of :func:`sao.training.train`, what decides a run, and the device choice.
+
+**What decides a run** is declared once, on the fields of the typed configs (this
+:class:`TrainConfig` and the experiment's run config): a field whose metadata has
+:data:`EXECUTION` set chooses how a run executes, not what it computes (the device, the
+execution route, where the data lie); one with :data:`ONLY_WITH` matters only while a sibling
+field has a given value (the multistep settings under another schedule). :func:`decisive` reads
+that declaration; a run's identity in the run store, its resume check, the settings an
+experiment's variants may change and the reports' columns all come from it.
+"""
 
 from __future__ import annotations
 
@@ -13,18 +22,44 @@ import torch
 from sao._validation import as_int, as_real
 from sao.training.schedule import SCHEDULES
 
-__all__ = ["AMP_DTYPES", "TrainConfig", "lr_for_depth", "resolve_device"]
+__all__ = ["AMP_DTYPES", "EXECUTION", "ONLY_WITH", "TrainConfig", "decisive", "execution_fields", "resolve_device"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-#: Fields of version 0.1 that ``train()`` never read (the model's gain, the loaders' batch size); they
-#: now live in the experiment's run config, and :meth:`TrainConfig.from_dict` drops them from old files.
-RETIRED_FIELDS = ("gain", "batch_size")
+#: Field metadata key: ``True`` on a setting that chooses how a run executes, not what it computes.
+EXECUTION = "execution"
+#: Field metadata key: ``(sibling, value)``: the setting decides a run only while ``sibling`` has ``value``.
+ONLY_WITH = "only_with"
 #: Mixed-precision choices of :attr:`TrainConfig.amp` and the autocast dtype of each.
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+def _help(text: str, **declared: Any) -> dict[str, Any]:
+    return {"help": text, **declared}
+
+
+def execution_fields(kind: type) -> tuple[str, ...]:
+    """The names of the fields of the dataclass ``kind`` declared :data:`EXECUTION`."""
+    return tuple(f.name for f in dataclasses.fields(kind) if f.metadata.get(EXECUTION))
+
+
+def decisive(config: Any) -> dict[str, Any]:
+    """The JSON-ready settings of the dataclass ``config`` that decide what a run computes (module docstring).
+
+    Every field but those declared :data:`EXECUTION` and those whose :data:`ONLY_WITH` condition
+    does not hold; values as ``config.to_dict()`` gives them (``dataclasses.asdict`` without one).
+
+    Example:
+        >>> sorted(set(TrainConfig().to_dict()) - set(decisive(TrainConfig())))
+        ['cudnn_benchmark', 'device', 'fused', 'gamma', 'milestones']
+    """
+    values = config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
+    out = {}
+    for f in dataclasses.fields(config):
+        when = f.metadata.get(ONLY_WITH)
+        if f.metadata.get(EXECUTION) or (when is not None and getattr(config, when[0]) != when[1]):
+            continue
+        out[f.name] = values[f.name]
+    return out
 
 
 @dataclass(frozen=True)
@@ -41,35 +76,37 @@ class TrainConfig:
     ``TypeError``, one out of range (NaN included) a ``ValueError``; both name the field.
 
     Example:
-        >>> cfg = TrainConfig(epochs=3, lr=lr_for_depth(200))
+        >>> cfg = TrainConfig(epochs=3, lr=1e-3)
         >>> cfg.lr, TrainConfig.from_dict(cfg.to_dict()) == cfg
         (0.001, True)
     """
 
     epochs: int = field(default=100, metadata=_help("training epochs (paper §III-D2: 200 for LipConvNet)"))
-    lr: float = field(default=1e-2, metadata=_help("peak learning rate (FNN-N: lr_for_depth, paper Table 2)"))
+    lr: float = field(default=1e-2, metadata=_help("peak learning rate (Table 7 sets it by depth, paper Table 2)"))
     momentum: float = field(default=0.9, metadata=_help("SGD momentum"))
     weight_decay: float = field(default=1e-4, metadata=_help("SGD L2 weight decay (coupled, as torch.optim.SGD)"))
     nesterov: bool = field(default=False, metadata=_help("Nesterov momentum (needs momentum > 0)"))
     schedule: str = field(default="constant", metadata=_help("lr schedule after warm-up (sao.training.SCHEDULES)"))
     milestones: tuple[int, ...] = field(default=(50, 150), metadata=_help(
-        "multistep: 0-based epochs at which the lr is multiplied by gamma"))
-    gamma: float = field(default=0.1, metadata=_help("multistep: factor per milestone"))
+        "multistep: 0-based epochs at which the lr is multiplied by gamma", only_with=("schedule", "multistep")))
+    gamma: float = field(default=0.1, metadata=_help("multistep: factor per milestone",
+                                                     only_with=("schedule", "multistep")))
     warmup_epochs: int = field(default=0, metadata=_help(
         "linear warm-up epochs before the schedule: factor (e + 1) / (warmup_epochs + 1)"))
     seed: int = field(default=0, metadata=_help(
         "seeds torch, random and numpy at the start of a fresh run (experiments also seed the init and loaders)"))
-    device: str = field(default="auto", metadata=_help("auto (CUDA if available, else CPU), cpu or cuda[:i]"))
+    device: str = field(default="auto", metadata=_help("auto (CUDA if available, else CPU), cpu or cuda[:i]",
+                                                       execution=True))
     isometry_probe: int = field(default=8, metadata=_help(
         "probe examples for the Jacobian spectrum at init and after each epoch; 0 disables"))
     max_grad_norm: float | None = field(default=None, metadata=_help("clip the total gradient norm (None: none)"))
     amp: str | None = field(default=None, metadata=_help("mixed precision: bf16 or fp16 (None: float32)"))
     cudnn_benchmark: bool = field(default=False, metadata=_help(
-        "let cuDNN pick the fastest conv algorithms (CUDA only; not bit-reproducible)"))
+        "let cuDNN pick the fastest conv algorithms (CUDA only; not bit-reproducible)", execution=True))
     fused: bool = field(default=True, metadata=_help(
         "run chains of blocked SparseLinear layers and blocked SparseConv2d layers on their fastest exact route "
         "(fused, dense or compiled where measured faster, else plain; sao.nn.dispatch): same function, an "
-        "execution detail"))
+        "execution detail", execution=True))
 
     def __post_init__(self) -> None:
         def check(name: str, checker: Any, **bounds: Any) -> None:
@@ -105,11 +142,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Rebuild a config from :meth:`to_dict` output; unknown keys raise ``ValueError``.
-
-        The :data:`RETIRED_FIELDS` of configs written by version 0.1 are dropped.
-        """
-        data = {k: v for k, v in data.items() if k not in RETIRED_FIELDS}
+        """Rebuild a config from :meth:`to_dict` output; unknown keys raise ``ValueError``."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -120,25 +153,6 @@ class TrainConfig:
 def _check(name: str, value: object, ok: bool, allowed: str) -> None:
     if not ok:
         raise ValueError(f"TrainConfig.{name}={value!r} is invalid; it must be {allowed}")
-
-
-def lr_for_depth(depth: int) -> float:
-    """The paper's FNN-N learning rate for depth ``N`` (paper Table 2, used for Table 7).
-
-    The paper gives ``N ≤ 60: 1e-2``, ``200: 1e-3``, ``400: 1e-3``, ``600–1000: 1e-4``.
-    Depths between table entries take the rate of the next listed depth up
-    (``60 < N ≤ 400 → 1e-3``); every ``N > 400`` gets ``1e-4``.
-
-    Example:
-        >>> [lr_for_depth(n) for n in (50, 100, 400, 1000)]
-        [0.01, 0.001, 0.001, 0.0001]
-    """
-    depth = as_int(depth, "depth", minimum=1)
-    if depth <= 60:
-        return 1e-2
-    if depth <= 400:
-        return 1e-3
-    return 1e-4
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -40,7 +40,6 @@ every rank returns the same result. World size 1 is the ordinary single-process 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import random
 import time
@@ -60,7 +59,7 @@ from sao._atomic import atomic_write_bytes
 from sao.data import ShardedBatchSampler
 from sao.nn import fusable_container, fuse_sparse_chains, fusion
 from sao.training.checkpoint import CHECKPOINT_FORMAT, capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from sao.training.config import AMP_DTYPES, RETIRED_FIELDS, TrainConfig, resolve_device
+from sao.training.config import AMP_DTYPES, TrainConfig, decisive, resolve_device
 from sao.training.distributed import all_reduce_sum, device_for_rank, is_main_process, world
 from sao.training.isometry import jacobian_spectrum, probe_batch
 from sao.training.metrics import append_metrics, clean_row, read_metrics, truncate_metrics
@@ -163,10 +162,6 @@ def _row(epoch: int, status: str, lr: float | None, train: tuple[float | None, f
                   "seconds": seconds}
 
 
-#: TrainConfig fields that choose how a run executes, not what it computes: a resume may change them.
-EXECUTION_ONLY = ("device", "fused")
-
-
 def _execution_model(model: nn.Module, config: TrainConfig) -> nn.Module:
     """What runs the forward passes: ``model`` on its sparse layers' fastest exact routes (``config.fused``),
     else ``model`` with every sparse layer on its plain route.
@@ -198,22 +193,18 @@ class _Unfused(nn.Module):
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
-    """A run resumes only under the config it started with (the device may differ).
+    """A run resumes only under the settings that decided it (:func:`~sao.training.config.decisive`).
 
-    Fields missing from ``saved`` (checkpoints older than the field) count as their default; fields
-    version 0.1 recorded but never used (:data:`~sao.training.config.RETIRED_FIELDS`) are ignored.
+    Raises:
+        ValueError: ``saved`` is not a valid config, or one that decides another run (the message
+            lists the settings that differ).
     """
-    current = config.to_dict()
-    saved = {**_defaults(), **{k: v for k, v in saved.items() if k not in RETIRED_FIELDS}}
-    differ = sorted(k for k in set(saved) | set(current) if k not in EXECUTION_ONLY and saved.get(k) != current.get(k))
+    before, now = decisive(TrainConfig.from_dict(saved)), decisive(config)
+    differ = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     if differ:
-        details = ", ".join(f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in differ)
+        details = ", ".join(f"{k}: {before.get(k)!r} → {now.get(k)!r}" for k in differ)
         raise ValueError(f"checkpoint {path} was written with a different config ({details}); "
                          "use a new run_dir or the original config")
-
-
-def _defaults() -> dict[str, Any]:
-    return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def _result(rows: list[dict[str, Any]], run_dir: Path, epoch: int, status: str) -> dict[str, Any]:

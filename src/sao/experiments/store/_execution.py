@@ -14,10 +14,11 @@ from sao.experiments.store._index import RunStore
 from sao.experiments.store._lease import Guard, Lease, LeaseLost, Log, to_stderr
 from sao.experiments.store._ranks import on_rank_0, shared_guard
 
-#: ``run_fn(config, run_dir, guard) -> result``: trains the run in ``run_dir``, calling ``guard()`` before each
+#: ``run_fn(config, run_dir, guard) -> result``: trains the run (``config``: the :class:`Run`'s config as given,
+#: typed or a dict) in ``run_dir``, calling ``guard()`` before each
 #: file it writes (``guard`` raises :class:`LeaseLost` once the run may no longer be this driver's; in a
 #: process group every rank must call it at the same points). ``result`` is JSON-serialisable.
-RunFunction = Callable[[dict[str, Any], Path, Guard], dict[str, Any]]
+RunFunction = Callable[[Any, Path, Guard], dict[str, Any]]
 
 #: What :func:`attempt` found: the run ``"trained"`` here, ``"finished"`` before, or the live driver holding it.
 Attempt = Literal["trained", "finished"] | Owner
@@ -121,7 +122,8 @@ def _run_leased(run: Run, run_fn: RunFunction, store: RunStore, log: Log,
             started.append(run_dir)  # removed again if the run fails before writing anything
         guard = shared_guard(lease.check if lease is not None else None)
         try:
-            result = stored(run_fn(dict(run.config), run_dir, guard), folder_hash)
+            config = dict(run.config) if isinstance(run.config, dict) else run.config  # a dict: the caller's stays
+            result = stored(run_fn(config, run_dir, guard), folder_hash)
             guard()
         except LeaseLost as err:
             if lease is not None:

@@ -32,14 +32,24 @@ def config_hash(config: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Run:
-    """One run of a grid: a readable ``label`` (part of the directory name) and its ``config``."""
+    """One run of a grid: a readable ``label`` (part of the directory name) and its ``config``.
+
+    ``config`` is a JSON-ready dict, or a typed config with a ``to_dict()`` giving one (e.g. a
+    :class:`~sao.experiments.RunConfig`): the store writes and hashes :attr:`stored`, and the run
+    function receives ``config`` as given, so a typed config reaches it without a round trip.
+    """
 
     label: str
-    config: dict[str, Any]
+    config: Any
+
+    @property
+    def stored(self) -> dict[str, Any]:
+        """The config as ``config.json`` holds it."""
+        return self.config.to_dict() if hasattr(self.config, "to_dict") else dict(self.config)
 
     @property
     def hash(self) -> str:
-        return config_hash(self.config)
+        return config_hash(self.stored)
 
     def directory(self, out: Path) -> Path:
         """The folder a new run gets in sweep folder ``out`` (:meth:`RunStore.directory` also finds older ones)."""

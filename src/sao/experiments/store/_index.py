@@ -51,7 +51,7 @@ class RunStore:
 
     def key(self, run: Run) -> str:
         """The run's identity: :func:`config_hash` of its canonical config."""
-        return config_hash(self._canonical(run.config))
+        return config_hash(self._canonical(run.stored))
 
     def _canonical(self, config: dict[str, Any]) -> dict[str, Any]:
         return (self.identity or as_it_is)(config)
@@ -137,11 +137,11 @@ class RunStore:
         folder = inspect(run_dir, self._canonical)
         if folder.canonical is None:
             guard()
-            atomic_write_json(run_dir / "config.json", run.config)
-            return config_hash(run.config)
+            atomic_write_json(run_dir / "config.json", run.stored)
+            return config_hash(run.stored)
         if config_hash(folder.canonical) != self.key(run):
             raise ValueError(f"{run_dir} holds the config.json of another run; move it away")
-        return config_hash(folder.config or run.config)
+        return config_hash(folder.config or run.stored)
 
 
 def finished_results(out: Path) -> list[dict[str, Any]]:
