@@ -295,6 +295,23 @@ def test_repeated_modules_run_at_every_place(mode: str) -> None:
     torch.testing.assert_close(fuse_sparse_chains(dense, fusion=mode)(x), dense(x), atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_tied_layer_gets_the_sum_of_its_uses_under_create_graph(mode: str) -> None:
+    """A layer used twice in one chain passes the same parameter in two slots of the chain's autograd Function;
+    its differentiable backward (create_graph=True) gave each slot the gradient of both uses (2x)."""
+    a, b = (SparseLinear(16, 16, degree=d, bias=False, generator=gen(i), dtype=torch.float64)
+            for i, d in ((0, 4), (1, 8)))
+    plain = nn.Sequential(a, nn.Tanh(), b, nn.Tanh(), a, nn.Tanh())
+    fused = fuse_sparse_chains(plain, fusion=mode)
+    x = _x(batch=3)
+    grads = [torch.autograd.grad(m(x).square().sum(), [x, a.blocks, b.blocks], create_graph=True)
+             for m in (plain, fused)]
+    for g, g_ref in zip(*grads, strict=True):
+        torch.testing.assert_close(g, g_ref, atol=1e-12, rtol=0)
+    (second,), (second_ref,) = (torch.autograd.grad(g[1].square().sum(), x, retain_graph=True) for g in grads[::-1])
+    torch.testing.assert_close(second, second_ref, atol=1e-10, rtol=0)
+
+
 @pytest.mark.skipif(not KERNEL, reason="the compiled chain kernel cannot be built here")
 def test_higher_order_autograd_through_the_compiled_kernel() -> None:
     """Fault 2: gradient penalty, Hessian and forward-mode AD with frozen parameters through the kernel."""

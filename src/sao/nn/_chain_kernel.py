@@ -166,9 +166,11 @@ def chain_backward_differentiable(grad_y: Tensor, x: Tensor, params: Sequence[Te
         Function's, whose inputs 1-4 are the index arguments) says no.
     """
     wanted = [needs_input_grad[0], *needs_input_grad[5:]]
-    inputs = [x, *params]
     with torch.enable_grad():
-        y = chain_reference(x, params, indices, activations)
+        # one alias per slot: a layer used twice in the chain passes the same tensor in two slots, and each slot
+        # must get the gradient of its own use only (autograd sums the slots back into the parameter)
+        inputs = [None if t is None else t.view_as(t) for t in [x, *params]]
+        y = chain_reference(inputs[0], inputs[1:], indices, activations)
         targets = [t for t, want in zip(inputs, wanted, strict=True) if want and t is not None]
         found = iter(torch.autograd.grad(y, targets, grad_y, create_graph=True, allow_unused=True))
     grads = [next(found) if want and t is not None else None for t, want in zip(inputs, wanted, strict=True)]
