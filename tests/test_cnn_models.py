@@ -199,8 +199,13 @@ def test_cnn_eco_shapes_and_layout(depth: int) -> None:
     assert net.body(net.stem(x)).shape == (2, 4, 1, 1)
 
 
+def _eco_only(name: str, module: nn.Module) -> bool:
+    return not isinstance(module, ECOConv2d)
+
+
 def test_cnn_eco_sao_eco_is_sparse_and_orthogonal(float64: None) -> None:
-    net = cnn_eco(8, width=8, sparsity=0.5, generator=gen(0))
+    net = sao.sparsify(cnn_eco(8, width=8, generator=gen(0)), "sao", sparsity=0.5, exclude=_eco_only,
+                       generator=gen(2), strict=True)
     layers = [m for m in net.body if isinstance(m, ECOConv2d)]
     for layer in layers:
         assert layer.conv.weight.dtype == F64 and layer.conv.init == "sao-eco"
@@ -211,7 +216,8 @@ def test_cnn_eco_sao_eco_is_sparse_and_orthogonal(float64: None) -> None:
 
 
 def test_cnn_eco_degree_and_dense_are_orthogonal(float64: None) -> None:
-    for layer in [m for m in cnn_eco(4, width=4, degree=2, generator=gen(0)).body if isinstance(m, ECOConv2d)]:
+    net = sao.sparsify(cnn_eco(4, width=4, generator=gen(0)), "sao", degree=2, exclude=_eco_only, generator=gen(2))
+    for layer in [m for m in net.body if isinstance(m, ECOConv2d)]:
         assert layer.conv.degree == 2
         assert_eco_orthogonal(layer)
     for layer in [m for m in cnn_eco(4, width=4, generator=gen(1)).body if isinstance(m, ECOConv2d)]:
@@ -223,7 +229,7 @@ def test_cnn_eco_errors() -> None:
     with pytest.raises(ValueError, match="even"):
         cnn_eco(5, width=4)
     with pytest.raises(ValueError, match="degree=3 is not valid"):
-        cnn_eco(4, width=4, degree=3)
+        sao.sparsify(cnn_eco(4, width=4), "sao", degree=3, exclude=_eco_only, strict=True)
     with pytest.raises(ValueError, match="expects input"):
         cnn_eco(4, width=4)(torch.zeros(1, 3, 32, 32))
 
@@ -234,7 +240,8 @@ def test_cnn_eco_orthogonal_init_leaves_eco_layers(float64: None) -> None:
     orthogonal_init_(net, generator=gen(1))
     assert all(torch.equal(w, m.conv.weight) for w, m in zip(eco, [m for m in net.body if isinstance(m, ECOConv2d)],
                                                                  strict=True))
-    assert [n for n, _ in target_layers(net)] == ["stem.2", "stem.4"]
+    # ECO layers are weight layers like the others: the stem's inner convs and the four (dense) ECO layers
+    assert [n for n, _ in target_layers(net)] == ["stem.2", "stem.4", "body.0", "body.2", "body.4", "body.6"]
 
 
 # --------------------------------------------------------------------------- LipConvNet-N
@@ -273,7 +280,8 @@ def test_lipconvnet_is_one_lipschitz_at_init(float64: None) -> None:
 
 
 def test_lipconvnet_sao_eco_is_sparse_and_orthogonal(float64: None) -> None:
-    net = lipconvnet(10, init_channels=4, sparsity=0.75, generator=gen(0))
+    net = sao.sparsify(lipconvnet(10, init_channels=4, generator=gen(0)), "sao", sparsity=0.75, exclude=_eco_only,
+                       generator=gen(2), strict=True)
     eco = [m for m in net.modules() if isinstance(m, ECOConv2d)]
     assert len(eco) == 6
     assert [m.conv.kernel_size[0] for m in eco] == [4, 4, 4, 2, 2, 1]
@@ -281,7 +289,7 @@ def test_lipconvnet_sao_eco_is_sparse_and_orthogonal(float64: None) -> None:
         assert_exact_kernel_sparsity(layer.conv, 0.75)
         assert_eco_orthogonal(layer)
     assert all(m.conv.sparsity == 0 for m in lipconvnet(5, init_channels=4).modules() if isinstance(m, ECOConv2d))
-    assert target_layers(net) == [], "every layer is SOC or ECO: sao.sparsify has nothing to replace"
+    assert target_layers(net) == [], "every layer is SOC or ECO (now SAO-ECO sparse): nothing left to replace"
 
 
 @pytest.mark.parametrize("kwargs, match", [

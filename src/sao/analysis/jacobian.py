@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from sao._files import plt, save_figure, write_table
 from sao.analysis.layers import check_methods
-from sao.methods import sparsify
+from sao.methods import METHODS, sparsify
 from sao.models import fnn, orthogonal_init_
 
 __all__ = ["DEFAULT_DEPTHS", "DEFAULT_METHODS", "jacobian_rows", "jacobian_singular_values", "run_jacobian"]
@@ -33,7 +33,9 @@ def jacobian_singular_values(method: str, depth: int, degree: int = 4, gain: flo
     gen = torch.Generator().manual_seed(seed)
     model = fnn(depth, activation).double()
     # the method draws every target layer itself; only the kept dense first and last need the orthogonal init
-    sparsify(model, method, degree=degree, gain=gain, activation=activation, generator=gen, strict=True)
+    chosen = METHODS.get(method)
+    sparsify(model, method, degree=degree if chosen.needs_target else None, generator=gen, strict=True,
+             **chosen.offered(gain=gain, activation=activation))
     orthogonal_init_(nn.ModuleList([model[0], model[-1]]), gain=gain, activation=activation, generator=gen)
     body = nn.Sequential(*list(model)[:-1]).requires_grad_(False)
     x = torch.randn(body[0].in_features, generator=gen, dtype=torch.float64)

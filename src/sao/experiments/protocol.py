@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -199,12 +198,12 @@ def _not_eco(name: str, module: nn.Module) -> bool:
 def method_settings(config: RunConfig) -> dict[str, Any]:
     """The settings the run gives its method (fields of its :attr:`~sao.methods.SparsifyMethod.settings_type`).
 
-    A setting goes only to a method that takes it: the model's ``gain`` and the activation the
-    initialisers are built for (:func:`init_activation`); the rest keep the method's defaults.
+    A setting goes only to a method that takes it (:meth:`~sao.methods.SparsifyMethod.offered`): the
+    model's ``gain`` and the activation the initialisers are built for (:func:`init_activation`); the rest
+    keep the method's defaults.
     """
-    offered = {"gain": config.model.gain, "activation": init_activation(config.model.activation)}
-    taken = {f.name for f in fields(METHODS.get(config.method.name).settings_type)}
-    return {k: v for k, v in offered.items() if k in taken}
+    return METHODS.get(config.method.name).offered(gain=config.model.gain,
+                                                   activation=init_activation(config.model.activation))
 
 
 @flush_denormals()

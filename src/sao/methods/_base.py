@@ -220,6 +220,15 @@ class SparsifyMethod:
             raise TypeError(f"{self.describe()} takes no setting {', '.join(map(repr, unknown))}; {takes}")
         return kind(**values)
 
+    def offered(self, **values: Any) -> dict[str, Any]:
+        """The ``values`` this method takes as settings (the fields of :attr:`settings_type`), the rest dropped.
+
+        For code that holds settings for many methods at once (an experiment's gain and activation):
+        ``sparsify(model, name, **METHODS.get(name).offered(gain=1.1, activation="tanh"))``.
+        """
+        taken = {f.name for f in fields(self.settings_type)}
+        return {k: v for k, v in values.items() if k in taken}
+
     def describe(self) -> str:
         """How messages name the method: its registered name(s), else its class."""
         names = [n for n in METHODS.names() if METHODS.get(n) is self]
