@@ -68,15 +68,42 @@ def tiny_run(table: str, method: str, *, depth: int, sparsity: float | None = No
     import dataclasses
 
     from sao.experiments import EXPERIMENTS, MethodConfig, Run
+    from sao.methods import METHODS
 
-    base = EXPERIMENTS.get(table).runs("quick", train={"device": "cpu"})[0]
-    target = MethodConfig(method, sparsity=sparsity) if sparsity is not None else dataclasses.replace(
-        base.method, name=method)
+    spec = EXPERIMENTS.get(table)
+    base = spec.runs("quick", train={"device": "cpu"})[0]
+    if not METHODS.get(method).needs_target:  # the dense baseline takes no target
+        target = MethodConfig(method)
+    elif sparsity is not None:
+        target = MethodConfig(method, sparsity=sparsity)
+    else:  # the table's own target (Table 7: degree 4)
+        target = dataclasses.replace(spec.base.method, name=method)
     config = dataclasses.replace(
         base, model=dataclasses.replace(base.model, depth=depth, **({} if width is None else {"width": width})),
         method=target, data=dataclasses.replace(base.data, batch_size=batch_size),
         train=dataclasses.replace(base.train, epochs=epochs, seed=seed)).resolved()
     return Run(config.label, config.to_dict())
+
+
+def method_settings(method: str, **offered: Any) -> dict[str, Any]:
+    """The settings among ``offered`` that ``method`` takes (the fields of its ``settings_type``).
+
+    A method refuses settings it does not take (``TypeError``); a test that offers e.g. ``backend=``
+    or ``gain=`` to every method passes each only what it takes.
+    """
+    import dataclasses
+
+    from sao.methods import METHODS
+
+    taken = {f.name for f in dataclasses.fields(METHODS.get(method).settings_type)}
+    return {k: v for k, v in offered.items() if k in taken}
+
+
+def target_for(method: str, **target: Any) -> dict[str, Any]:
+    """``target`` (``degree=``/``sparsity=``) if ``method`` takes one, else nothing (the dense baseline)."""
+    from sao.methods import METHODS
+
+    return target if METHODS.get(method).needs_target else {}
 
 
 @contextlib.contextmanager

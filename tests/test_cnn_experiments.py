@@ -12,9 +12,10 @@ from helpers import tiny_run
 from sao.cli import main
 from sao.experiments import EXPERIMENTS, finished_results, run_experiment, run_one
 from sao.experiments.cnn import CNN_TABLES
-from sao.experiments.protocol import build_model, init_activation
+from sao.experiments.protocol import build_model, method_settings, sparsify_exclude
 from sao.methods import sparsify
 from sao.models import model_info
+from sao.nn import ECOConv2d
 
 
 @pytest.mark.parametrize("table", list(CNN_TABLES))
@@ -57,8 +58,21 @@ def test_every_model_trains_dense_and_sao(tmp_path: Path, table: str, depth: int
 
 @pytest.mark.parametrize("method", ["eoi", "rg-n", "rg-u"])
 def test_methods_without_an_eco_form_are_refused_on_eco_models(tmp_path: Path, method: str) -> None:
-    with pytest.raises(ValueError, match=r"not available for cnn_eco.*lmp-s"):
-        tiny_run("table12", method, depth=2, sparsity=0.5)
+    """The protocol sparsifies an ECO model's ECO layers only, strictly: a method without an ECO form fails the run
+    (naming the layer and why) before it trains, and leaves no result."""
+    run = tiny_run("table12", method, depth=2, sparsity=0.5, width=8, batch_size=500)
+    with pytest.raises(ValueError, match=r"(?s)layer 'body\.0' .*no ECO form \(SAO-ECO is method 'sao'\)"):
+        run_one(run, run_experiment, tmp_path)
+    assert finished_results(tmp_path) == []
+
+
+def test_sao_eco_runs_are_method_sao_on_the_eco_layers_only(tmp_path: Path) -> None:
+    """Table 12's SAO-ECO is ``"sao"`` through sparsify: the ECO layers at the sparsity, every other layer dense."""
+    run = tiny_run("table12", "sao", depth=2, sparsity=0.75, width=8, batch_size=500)
+    result = run_one(run, run_experiment, tmp_path)
+    assert result["status"] == "completed"
+    assert result["connection_sparsity_min"] == result["connection_sparsity_max"] == 0.75
+    assert result["sparsity_dense_layers"] == 0.0 and 0 < result["sparsity_overall"] < 0.75  # stem, classifier
 
 
 def test_cli_lists_the_presets(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -76,22 +90,30 @@ def test_cli_trains_any_registered_model(tmp_path: Path, capsys: pytest.CaptureF
     assert result["config"]["train"]["lr"] == config.train.lr and result["connection_sparsity_max"] == 0.5
 
 
+#: Models whose paper-size build takes about a minute (ECO and SOC layers); their layers check the same rule.
+SLOW_AT_PAPER_SIZE = {"cnn_eco", "lipconvnet"}
+
+
 @pytest.mark.parametrize("table", list(CNN_TABLES))
 @pytest.mark.parametrize("preset", ["quick", "cpu", "paper"])
 def test_every_sparse_run_of_every_preset_can_be_built(table: str, preset: str) -> None:
-    """A sparsity the layers cannot take (e.g. 96.875 % with ReLU at width 32) fails here, not hours into a sweep."""
+    """A sparsity the layers cannot take (e.g. 96.875 % with ReLU at width 32) fails here, not hours into a sweep:
+    each (method, sparsity, width) of a preset is applied as the protocol applies it (its exclude, its settings,
+    strict)."""
     seen = set()
     for run in CNN_TABLES[table].runs(preset):
         info = model_info(run.model.name)
-        key = (run.method.name == "sao", run.method.sparsity, run.model.width)
-        if run.method.sparsity is None or key in seen or (info.sparse_at_construction and preset == "paper"):
-            continue  # building the paper-size ECO/SOC models takes a minute; their layers check the same rule
+        key = (run.method.name, run.method.sparsity, run.model.width)
+        if run.method.sparsity is None or key in seen or (run.model.name in SLOW_AT_PAPER_SIZE and preset == "paper"):
+            continue
         seen.add(key)
         shallow = dataclasses.replace(run, model=dataclasses.replace(run.model, depth=info.depths[0]))
         model = build_model(shallow, info.input_shape, 10, torch.Generator().manual_seed(0))
-        if not info.sparse_at_construction:
-            sparsify(model, run.method.name, sparsity=run.method.sparsity,
-                     activation=init_activation(run.model.activation))
+        exclude = sparsify_exclude(model)
+        assert (exclude == "first_last") != any(isinstance(m, ECOConv2d) for m in model.modules())
+        _, summary = sparsify(model, run.method.name, sparsity=run.method.sparsity, exclude=exclude, strict=True,
+                              return_summary=True, **method_settings(shallow))
+        assert summary.sparsified and not summary.skipped and not summary.nearest
 
 
 def test_runs_do_not_leave_denormals_flushed(tmp_path: Path) -> None:

@@ -5,8 +5,8 @@
    ``ValueError`` and a ``RuntimeError``) naming expected and given shapes where the twin raises.
 2. State: pickle, deepcopy, ``torch.save`` of the whole module; ``state_dict`` round trips that
    adopt the checkpoint's topology; a checkpoint of another topology kind fails loudly; format-1
-   checkpoints still load; deferred initialisation from the meta device; ``channels_last``;
-   flat-parameter utilities and LBFGS.
+   checkpoints (no ``topology_spec``) are refused as incomplete; deferred initialisation from the meta
+   device; ``channels_last``; flat-parameter utilities and LBFGS.
 3. The blocked linear's autograd function: ``gradcheck``/``gradgradcheck`` and ``torch.func``.
 """
 
@@ -280,20 +280,29 @@ def test_state_dict_with_a_mask_that_disagrees_fails() -> None:
 
 
 @pytest.mark.parametrize("name, backend", [c for c in CASES if c.values[0] in ("linear", "conv", "eco")])
-def test_format_1_checkpoints_still_load(name: str, backend: str) -> None:
-    """Before ``topology_spec`` existed; conv blocks were stored ``(g, bm, bn, kh, kw)``."""
+def test_format_1_checkpoints_are_refused_as_incomplete(name: str, backend: str) -> None:
+    """A checkpoint written before ``topology_spec`` existed (row_perm/col_perm, no spec) is not guessed at: loading
+    it fails naming the missing entry, and the layer keeps its own topology and weights."""
     source = build(name, backend)
     old = source.state_dict()
-    for key in [k for k in old if k.endswith("topology_spec")]:
+    specs = [k for k in old if k.endswith("topology_spec")]
+    assert specs
+    for key in specs:
         del old[key]
     for layer_name, layer in source.named_modules():
         prefix = f"{layer_name}." if layer_name else ""
         if isinstance(layer, SparseConv2d) and layer.backend == "blocked":
-            old[prefix + "blocks"] = layer.block_view().detach().clone()
+            old[prefix + "blocks"] = layer.block_view().detach().clone()  # format 1's (g, bm, bn, kh, kw)
         old._metadata[layer_name]["version"] = 1
     target = build(name, backend, seed=9)
-    target.load_state_dict(old)
-    _same_outputs(source, target, name)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(RuntimeError, match=r"(?s)incomplete topology for .* it has row_perm, col_perm(, weight_mask)? "
+                                           r"but not topology_spec"):
+        target.load_state_dict(old)
+    after = target.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(RuntimeError, match="incomplete topology"):  # strict=False too: a topology loads whole
+        build(name, backend, seed=9).load_state_dict(old, strict=False)
 
 
 @pytest.mark.parametrize("name, backend", CASES)

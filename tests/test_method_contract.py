@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 import sao
-from helpers import deterministic, gen, mlp, small_cnn
-from sao.methods import AFTER_TRAINING, METHODS, PruneMethod, SparsifySummary
+from helpers import deterministic, gen, method_settings, mlp, small_cnn, target_for
+from sao.methods import METHODS, PruneMethod, SparsifySummary
 from sao.methods.pruning import kept_count
 
 SPARSITY = 0.75  # exact for every layer below: 32/64 wide, 16-channel convs (degrees divide)
@@ -35,7 +35,8 @@ def build(model: str, method: str, seed: int = 0) -> tuple[nn.Module, SparsifySu
     torch.manual_seed(seed)  # the dense starting weights (what -t methods prune)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rg-n/rg-u have no conv form: the CNN's convs are skipped, with a warning
-        return sao.sparsify(make(), method, sparsity=SPARSITY, activation=activation, generator=gen(seed),
+        return sao.sparsify(make(), method, **target_for(method, sparsity=SPARSITY),
+                            **method_settings(method, activation=activation), generator=gen(seed),
                             return_summary=True)
 
 
@@ -66,6 +67,12 @@ def pooled(method: str) -> bool:
     """Whether ``method`` prunes the layers together (GMP's one threshold): only their total is at the target."""
     chosen = METHODS.get(method)
     return isinstance(chosen, PruneMethod) and chosen.rule is not None and chosen.rule.pooled
+
+
+def prunes_in_place(method: str) -> bool:
+    """Whether ``method`` prunes the layers as they are (the ``-t`` flavour: masked layers keep their masks)."""
+    chosen = METHODS.get(method)
+    return isinstance(chosen, PruneMethod) and chosen.rule is not None and not chosen.reinit
 
 
 @pytest.mark.parametrize(("model", "method"), CASES)
@@ -138,7 +145,8 @@ def test_a_second_sparsify_never_reports_a_missed_target_as_applied(model: str, 
     net, _ = build(model, method)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        net, summary = sao.sparsify(net, method, sparsity=0.25, activation=MODELS[model][2], generator=gen(1),
+        net, summary = sao.sparsify(net, method, **target_for(method, sparsity=0.25),
+                                    **method_settings(method, activation=MODELS[model][2]), generator=gen(1),
                                     return_summary=True)
     caught = [w for w in caught if issubclass(w.category, UserWarning)]
     goal = 0.0 if method == "dense" else 0.25
@@ -151,7 +159,7 @@ def test_a_second_sparsify_never_reports_a_missed_target_as_applied(model: str, 
     if pooled(method) and built:
         total = sum(r.connections for r in built)
         assert abs(sum(r.sparsity * r.connections for r in built) / total - goal) * total <= 1
-    if METHODS.get(method).phase == AFTER_TRAINING:  # masked layers keep their 0.75 masks: never "applied" at 0.25
+    if prunes_in_place(method):  # masked layers keep their 0.75 masks: never "applied" at 0.25
         assert summary.sparsified and summary.off_target == summary.sparsified
         assert summary.sparsity == pytest.approx(0.75, abs=0.01)
         already = "already 0.7500 sparse" if not pooled(method) else "pooled layers are 0.7500 sparse"
@@ -164,3 +172,7 @@ def test_a_second_sparsify_never_reports_a_missed_target_as_applied(model: str, 
         assert all(r.reason.startswith("already sparse") or "no convolution form" in r.reason for r in summary.skipped)
         assert not summary.sparsified and len(summary.skipped) == len(summary.layers) - 2
     assert len(caught) == (1 if summary.off_target or summary.skipped or summary.nearest else 0)
+
+
+def test_the_t_methods_are_exactly_those_that_prune_in_place() -> None:
+    assert sorted(m for m in METHODS.names() if prunes_in_place(m)) == ["gmp-t", "lmp-t", "rg-t"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pytest
@@ -11,7 +12,18 @@ from torch import nn
 import sao
 from helpers import gen
 from sao._registry import Registry
-from sao.methods import AFTER_TRAINING, AT_INIT, METHODS, PHASES, PruneMethod, SparsifyMethod, target_layers
+from sao.experiments import METHOD_PHASES, method_phase
+from sao.experiments.protocol import AFTER_TRAINING, AT_INIT, NEVER
+from sao.methods import (
+    METHODS,
+    InitSettings,
+    NoSettings,
+    PruneMethod,
+    RedrawSettings,
+    SparsifyMethod,
+    SparsifyRequest,
+    target_layers,
+)
 from sao.nn import SparseConv2d, SparseLinear
 
 
@@ -101,6 +113,9 @@ def test_method_without_conv_form_skips_convs_by_default() -> None:
     ({"degree": 4.0}, TypeError, "degree"),
     ({"degree": 4, "backend": "sparse"}, ValueError, "backend"),
     ({"degree": 4, "activation": "gelu"}, ValueError, "activation"),
+    ({"degree": 4, "gain": "x"}, TypeError, "gain"),
+    ({"degree": 4, "dropout": 0.5}, TypeError,
+     "method 'sao' takes no setting 'dropout'; its settings are backend, activation, gain"),
 ])
 def test_bad_requests_raise_whatever_strict(kwargs: dict, error: type, match: str) -> None:
     for strict in (False, True):
@@ -133,30 +148,141 @@ def test_same_seed_same_model() -> None:
 
 def test_custom_method_registration() -> None:
     class Dense(SparsifyMethod):
-        def sparsify_layers(self, layers, settings):
+        def sparsify_layers(self, layers, request):
+            assert isinstance(request, SparsifyRequest) and request.settings == NoSettings()
             return [nn.Identity() for _ in layers]
     METHODS.register("test-identity", Dense())
     try:
         net = sao.sparsify(mlp(), method="test-identity")
         assert isinstance(net[2], nn.Identity) and isinstance(net[4], nn.Identity)
+        with pytest.raises(TypeError, match="method 'test-identity' takes no setting 'gain'; it takes no settings"):
+            sao.sparsify(mlp(), method="test-identity", gain=1.0)
+        with pytest.raises(ValueError, match="method 'test-identity' takes no target"):
+            sao.sparsify(mlp(), method="test-identity", degree=4)
     finally:
         METHODS.unregister("test-identity")
     assert "test-identity" not in METHODS
 
 
+def test_everything_after_the_method_is_keyword_only() -> None:
+    with pytest.raises(TypeError, match="positional"):
+        sao.sparsify(mlp(), "sao", 4)  # type: ignore[misc]
+
+
+#: The settings type of every built-in method (the keyword arguments sparsify takes for it).
+SETTINGS_TYPES = {"sao": InitSettings, "rg-n": InitSettings, "rg-u": InitSettings, "dense": RedrawSettings,
+                  "lmp-s": RedrawSettings, "gmp-s": RedrawSettings, "lrp": RedrawSettings, "rg-s": RedrawSettings,
+                  "eoi": RedrawSettings, "lmp-t": NoSettings, "gmp-t": NoSettings, "rg-t": NoSettings}
+
+
+def test_every_built_in_method_declares_its_settings() -> None:
+    assert set(SETTINGS_TYPES) <= set(METHODS.names())
+    for name, kind in SETTINGS_TYPES.items():
+        assert METHODS.get(name).settings_type is kind, name
+    assert [f.name for f in dataclasses.fields(InitSettings)] == ["backend", "activation", "gain"]
+    assert [f.name for f in dataclasses.fields(RedrawSettings)] == ["activation", "gain"]
+    assert dataclasses.fields(NoSettings) == ()
+
+
+def _target(name: str) -> dict[str, object]:
+    return {"sparsity": 0.5} if METHODS.get(name).needs_target else {}
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_a_setting_the_method_does_not_take_is_a_type_error_naming_its_settings(name: str) -> None:
+    """Property over every registered method: an unknown setting is refused (nothing changes), the message names
+    the method and the settings it takes; its own settings are accepted with their defaults."""
+    method = METHODS.get(name)
+    known = [f.name for f in dataclasses.fields(method.settings_type)]
+    takes = f"its settings are {', '.join(known)}" if known else "it takes no settings"
+    net = mlp()
+    before = [type(m) for m in net]
+    for unknown in ("dropout", *({"backend", "activation", "gain"} - set(known))):
+        with pytest.raises(TypeError, match=f"method '{name}' takes no setting '{unknown}'; {takes}$"):
+            sao.sparsify(net, name, **_target(name), **{unknown: None}, generator=gen())
+        with pytest.raises(TypeError, match=f"takes no setting '{unknown}'"):
+            method.settings(**{unknown: 1})
+    assert [type(m) for m in net] == before
+    defaults = method.settings()
+    assert isinstance(defaults, method.settings_type)
+    assert method.settings(**{f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults)}) == defaults
+    assert method.settings_type.__dataclass_params__.frozen  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("kind", "values", "error", "match"), [
+    (InitSettings, {"backend": "sparse"}, ValueError, "backend='sparse' is not supported; choose from blocked, masked"),
+    (InitSettings, {"activation": "gelu"}, ValueError, "activation='gelu' is not supported"),
+    (InitSettings, {"gain": "x"}, TypeError, "gain must be a real number"),
+    (InitSettings, {"gain": float("nan")}, ValueError, "gain must be a finite number"),
+    (InitSettings, {"gain": True}, TypeError, "gain"),
+    (RedrawSettings, {"activation": "gelu"}, ValueError, "activation='gelu' is not supported"),
+    (RedrawSettings, {"gain": "x"}, TypeError, "gain must be a real number"),
+    (RedrawSettings, {"gain": float("inf")}, ValueError, "gain must be a finite number"),
+])
+def test_settings_dataclasses_validate_their_values(kind: type, values: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        kind(**values)
+    for name, method_kind in SETTINGS_TYPES.items():  # and sparsify, for every method that takes them
+        if method_kind is kind:
+            with pytest.raises(error, match=match):
+                sao.sparsify(mlp(), name, **_target(name), **values)
+
+
+def test_settings_keep_valid_values_as_plain_types() -> None:
+    s = InitSettings(backend="masked", activation="relu", gain=torch.tensor(2))
+    assert (s.backend, s.activation, s.gain) == ("masked", "relu", 2.0) and type(s.gain) is float
+    assert RedrawSettings(gain=3).gain == 3.0 and type(RedrawSettings(gain=3).gain) is float
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_target_is_required_exactly_by_methods_that_need_one(name: str) -> None:
+    """A method that needs a target refuses neither given; one that takes none (dense) refuses either."""
+    method = METHODS.get(name)
+    if method.needs_target:
+        with pytest.raises(ValueError, match=f"method '{name}' needs degree= or sparsity="):
+            sao.sparsify(mlp(), name)
+    else:
+        for target in ({"degree": 4}, {"sparsity": 0.5}):
+            with pytest.raises(ValueError, match=f"method '{name}' takes no target; drop degree=/sparsity="):
+                sao.sparsify(mlp(), name, **target)
+        _, summary = sao.sparsify(mlp(), name, generator=gen(), return_summary=True)
+        assert summary.request == ""
+        assert [r.status for r in summary.layers] == ["excluded", "applied", "applied", "excluded"]
+
+
+def test_dense_takes_no_target() -> None:
+    assert not METHODS.get("dense").needs_target
+    with pytest.raises(ValueError, match="takes no target"):
+        sao.sparsify(mlp(), "dense", degree=4)
+    net = sao.sparsify(mlp(), "dense", gain=2.0, generator=gen())
+    assert type(net[2]) is nn.Linear  # redrawn orthogonal with the gain, nothing pruned
+    w = net[2].weight.detach().double()
+    torch.testing.assert_close(w @ w.T, 4 * torch.eye(32, dtype=torch.float64), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("name", METHODS.names())
 def test_phase_is_after_training_exactly_for_the_t_methods(name: str) -> None:
-    """The one place a method's name is read for its phase: names ending in ``-t`` prune trained layers."""
-    assert METHODS.get(name).phase == (AFTER_TRAINING if name.endswith("-t") else AT_INIT)
+    """The harness owns the phase: -t methods prune trained layers, dense never sparsifies, the rest at init."""
+    expected = NEVER if name == "dense" else AFTER_TRAINING if name.endswith("-t") else AT_INIT
+    assert method_phase(name) == expected
 
 
 def test_phase_values_and_default() -> None:
-    assert (AT_INIT, AFTER_TRAINING) == PHASES == ("at-init", "after-training")
+    assert (AT_INIT, AFTER_TRAINING, NEVER) == ("at-init", "after-training", "never")
+    assert sorted(METHOD_PHASES.names()) == ["dense", "gmp-t", "lmp-t", "rg-t"]
+    for attribute in ("phase", "dense_baseline", "handles_eco"):  # the library knows nothing of phases
+        assert not hasattr(SparsifyMethod(), attribute)
+        assert not hasattr(PruneMethod("random", reinit=False), attribute)
 
     class Anything(SparsifyMethod):
         pass
-    assert Anything().phase == AT_INIT
-    assert PruneMethod("random", reinit=False).phase == AFTER_TRAINING and PruneMethod(None).phase == AT_INIT
+    METHODS.register("test-anything", Anything())
+    try:
+        assert method_phase("test-anything") == AT_INIT  # not registered in METHOD_PHASES: applied at init
+    finally:
+        METHODS.unregister("test-anything")
+    with pytest.raises(ValueError, match="unknown sparsify method 'test-anything'"):
+        method_phase("test-anything")
 
 
 def test_registry_warns_on_overwrite_and_lists_names() -> None:

@@ -433,6 +433,30 @@ def test_eco_layer_default_is_dense_and_degree_works() -> None:
     torch.testing.assert_close(s, torch.ones_like(s), atol=1e-8, rtol=0)
 
 
+@pytest.mark.parametrize("c_in, c_out, k, size, stride", [ECO_CASES[0], ECO_CASES[3], ECO_CASES[6]])
+def test_eco_redrawn_keeps_the_configuration_and_draws_afresh(c_in: int, c_out: int, k: int, size: int,
+                                                             stride: int) -> None:
+    """``redrawn``: a new ECO layer of the same configuration (what ``sparsify(..., "sao")`` puts in an ECO layer's
+    place), SAO-ECO at the target or dense without one, the same as building it with those arguments."""
+    old = ECOConv2d(c_in, c_out, k, input_size=size, stride=stride, bias=False, dtype=torch.float64, generator=gen())
+    for target in ({}, {"sparsity": 0.5}, {"degree": 1}):
+        new = old.redrawn(**target, backend="masked", gain=2.0, generator=gen(4))
+        assert new is not old and type(new) is ECOConv2d
+        assert (new.in_channels, new.out_channels, new.input_size, new.stride, new.channels) == (
+            old.in_channels, old.out_channels, old.input_size, old.stride, old.channels)
+        assert new.conv.kernel_size == old.conv.kernel_size and new.conv.dilation == old.conv.dilation
+        assert new.conv.bias is None and new.conv.backend == "masked" and new.conv.weight.dtype == torch.float64
+        built = ECOConv2d(c_in, c_out, k, input_size=size, stride=stride, bias=False, backend="masked", gain=2.0,
+                          dtype=torch.float64, generator=gen(4), **target)
+        assert torch.equal(new.conv.weight, built.conv.weight)
+        assert new.conv.sparsity == built.conv.sparsity == (0.0 if not target else 1 - new.conv.degree / new.channels)
+        s = operator_singular_values(new, (c_in, size, size))
+        torch.testing.assert_close(s, torch.full_like(s, 2.0), atol=1e-8, rtol=0)
+    assert old.conv.sparsity == 0.0  # the original is untouched
+    with pytest.raises(ValueError, match="degree"):
+        old.redrawn(degree=3 * old.channels)
+
+
 @pytest.mark.parametrize("shape", [(2, 4, 6, 7), (2, 5, 6, 6), (4, 6), (2, 4, 12, 12), (1, 2, 4, 6, 6)])
 def test_eco_rejects_wrong_input(shape: tuple[int, ...]) -> None:
     layer = ECOConv2d(4, 8, 3, input_size=6)

@@ -112,10 +112,12 @@ def test_eoi_method_is_orthogonal_on_convs() -> None:
 
 
 def test_dense_method_is_orthogonal_and_unpruned() -> None:
-    net = sao.sparsify(fnn(2), "dense", sparsity=0.5, generator=gen())
+    net = sao.sparsify(fnn(2), "dense", gain=1.5, generator=gen())
     assert not hasattr(net[2], "weight_mask")
     w = net[2].weight.detach()
-    assert torch.allclose(w @ w.T, torch.eye(256), atol=1e-5)
+    assert torch.allclose(w @ w.T, 2.25 * torch.eye(256), atol=1e-5)
+    with pytest.raises(ValueError, match="method 'dense' takes no target"):
+        sao.sparsify(fnn(2), "dense", sparsity=0.5)
 
 
 def test_connection_mask_of_plain_layers() -> None:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 import sao
-from helpers import gen, mlp, small_cnn
+from helpers import gen, method_settings, mlp, small_cnn, target_for
 from sao.init import delta_orthogonal_, orthogonal_
 from sao.methods import (
     METHODS,
@@ -27,8 +27,9 @@ from sao.methods import (
     PruneMethod,
     PruningRule,
     RandomRule,
+    RedrawSettings,
     SAOMaskRule,
-    SparsifySettings,
+    SparsifyRequest,
     connection_mask,
 )
 from sao.methods.pruning import global_magnitude_masks, kept_count, magnitude_mask, random_mask
@@ -91,7 +92,8 @@ def reference_masks(rule: str, weights: list[Tensor], request: dict, g: torch.Ge
 @pytest.mark.parametrize("method", list(EXPECTED))
 def test_methods_give_exactly_the_masks_of_the_mask_functions(method: str, model: str, request_: dict) -> None:
     _, activation, targets = MODELS[model]
-    net = sao.sparsify(dense_model(model), method, **request_, activation=activation, generator=gen(5))
+    net = sao.sparsify(dense_model(model), method, **target_for(method, **request_),
+                       **method_settings(method, activation=activation), generator=gen(5))
     rule, reinit = EXPECTED[method]
     g = gen(5)
     weights = [dense_model(model)[i].weight.detach() for i in targets]
@@ -129,7 +131,8 @@ def test_rule_metadata() -> None:
 def test_plans_follow_the_rule_metadata(name: str) -> None:
     """At sparsity 0.6 (no SAO degree of a 32x32 layer gives it) only a rule that needs a degree takes the nearest."""
     rule = RULE_CLASSES[name]()
-    plan = PruneMethod(rule).plan_layer("x", nn.Linear(32, 32), SparsifySettings(sparsity=0.6))
+    request = SparsifyRequest(sparsity=0.6, settings=RedrawSettings())
+    plan = PruneMethod(rule).plan_layer("x", nn.Linear(32, 32), request)
     assert plan.pooled is rule.pooled
     if rule.needs_degree:
         assert plan.nearest and plan.degree == 16 and plan.sparsity == 0.5  # 12.8 -> 16, the nearest divisor of 32
@@ -165,7 +168,10 @@ class KeepLeading(PruningRule):
 
     name: ClassVar[str] = "test-keep-leading"
 
-    def masks(self, weights: list[Tensor], plans: list[LayerPlan], settings: SparsifySettings) -> list[Tensor]:
+    def masks(self, weights: list[Tensor], plans: list[LayerPlan], request: SparsifyRequest) -> list[Tensor]:
+        assert isinstance(request, SparsifyRequest) and request.sparsity == 0.75 and request.degree is None
+        assert request.settings == RedrawSettings(gain=2.0)  # the -s flavour: the redraw's settings
+        assert [p.sparsity for p in plans] == [0.75, 0.75] and set(request.plans) == {"2", "4"}
         out = []
         for w, p in zip(weights, plans, strict=True):
             keep = torch.zeros(w.shape[:2].numel(), dtype=torch.bool)
@@ -178,7 +184,7 @@ def test_a_new_rule_plugs_into_prune_method_and_the_registries() -> None:
     PRUNING_RULES.register(KeepLeading.name, KeepLeading())
     METHODS.register("test-keep-leading", PruneMethod(KeepLeading.name))
     try:
-        net = sao.sparsify(mlp(), "test-keep-leading", sparsity=0.75, generator=gen())
+        net = sao.sparsify(mlp(), "test-keep-leading", sparsity=0.75, gain=2.0, generator=gen())
         assert connection_mask(net[2]).flatten().tolist() == [True] * 256 + [False] * 768
     finally:
         METHODS.unregister("test-keep-leading")

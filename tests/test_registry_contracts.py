@@ -6,13 +6,15 @@ agree with its builder, and ``build`` must take exactly the choices listed.
 
 Methods (:data:`sao.methods.METHODS`) on a 64-wide Linear/Tanh MLP and a 16-channel 3×3 CNN:
 with ``strict=True`` a request is met exactly or refused (never silently approximated), what the
-summary reports is what the layers hold, and the ``phase`` says what the method does to the
-weights. tests/test_method_contract.py covers the non-strict ``sparsity=`` side (masked gradients,
-copies, a second sparsify) on other networks; this file does not repeat it.
+summary reports is what the layers hold, and the phase the harness gives a method
+(:func:`sao.experiments.method_phase`) agrees with what the method does to the weights.
+tests/test_method_contract.py covers the non-strict ``sparsity=`` side (masked gradients, copies, a second
+sparsify) on other networks; this file does not repeat it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import warnings
 from collections.abc import Callable
@@ -22,8 +24,10 @@ import torch
 from torch import nn
 
 import sao
-from helpers import gen
-from sao.methods import AFTER_TRAINING, AT_INIT, METHODS, PHASES, PruneMethod, SparsifySummary, connection_mask
+from helpers import gen, method_settings, target_for
+from sao.experiments import method_phase
+from sao.experiments.protocol import AFTER_TRAINING, AT_INIT, NEVER
+from sao.methods import METHODS, PruneMethod, SparsifySummary, connection_mask
 from sao.methods.pruning import kept_count
 from sao.models import MODELS, ModelInfo
 
@@ -35,11 +39,17 @@ SMALL_WIDTH = 4  # even (LipConvNet's MaxMin pairs channels), and small enough t
 
 
 def build(info: ModelInfo, **kwargs) -> nn.Module:
-    """``info`` at its smallest registered depth and registered input, small width (if it has one)."""
+    """``info`` at its smallest registered depth and registered input, small width (if it has one).
+
+    Builders without a generator draw from torch's global generator: seeded here, so a model does not depend on
+    the tests run before (a 4-wide ReLU CNN can start with every unit dead).
+    """
     if info.width_arg is not None:
         kwargs.setdefault("width", SMALL_WIDTH)
-    return info.build(min(info.depths), input_shape=info.input_shape, num_classes=NUM_CLASSES, generator=gen(0),
-                      **kwargs)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return info.build(min(info.depths), input_shape=info.input_shape, num_classes=NUM_CLASSES,
+                          generator=gen(0), **kwargs)
 
 
 def assert_forward_backward(net: nn.Module, input_shape: tuple[int, ...]) -> None:
@@ -99,9 +109,9 @@ def test_model_metadata_agrees_with_the_builder(name: str) -> None:
         assert len(set(info.heads)) == len(info.heads) and params["head"].default == info.heads[0]
     else:
         assert "head" not in info.arguments
-    # SAO-ECO models take degree= and sparsity=; the others take neither
-    assert ({"degree", "sparsity"} <= info.arguments) == info.sparse_at_construction
-    assert not ({"degree", "sparsity"} & info.arguments) or info.sparse_at_construction
+    # every model is built dense: sparsity is sparsify's business (SAO-ECO included)
+    assert not ({"degree", "sparsity"} & info.arguments)
+    assert "sparse_at_construction" not in {f.name for f in dataclasses.fields(ModelInfo)}
     assert info.depths and list(info.depths) == sorted(set(info.depths)) and min(info.depths) >= 1
     assert info.description.strip() and "\n" not in info.description
 
@@ -145,22 +155,30 @@ def test_model_refuses_what_it_does_not_list(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_model_sparse_at_construction_or_refuses_sparsity(name: str) -> None:
+def test_model_is_built_dense_and_made_sparse_by_sparsify(name: str) -> None:
+    """No model takes a target (``build`` and the builder refuse one); ``sao.sparsify(net, "sao")`` makes any of
+    them sparse,
+    ECO layers included (SAO-ECO), each sparsified layer at its plan, and the network still trains."""
     info = MODELS.get(name)
-    if not info.sparse_at_construction:
-        for request in ({"sparsity": 0.5}, {"degree": 2}):
-            with pytest.raises(ValueError, match="takes no"):
-                build(info, **request)
-        return
-    dense = layer_sparsities(build(info))
+    for request in ({"sparsity": 0.5}, {"degree": 2}):
+        with pytest.raises(TypeError, match="unexpected keyword argument"):
+            build(info, **request)
+        with pytest.raises(TypeError, match="unexpected keyword argument"):
+            info.builder(min(info.depths), **request)
+    net = build(info)
+    dense = layer_sparsities(net)
     assert dense and not any(dense.values())
-    half = layer_sparsities(build(info, sparsity=0.5))
-    assert half.keys() == dense.keys()
-    sparse = {k: v for k, v in half.items() if v}
-    assert sparse and all(v == 0.5 for v in sparse.values()), half
-    by_degree = layer_sparsities(build(info, degree=2))
-    assert any(by_degree.values())
-    assert_forward_backward(build(info, sparsity=0.5), info.input_shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nearest degrees of odd-sized layers, skipped SOC layers
+        net, summary = sao.sparsify(net, "sao", sparsity=0.5, generator=gen(2), return_summary=True)
+    assert summary.sparsified and not summary.off_target
+    half = layer_sparsities(net)
+    for row in summary.sparsified:
+        expected = 0.5 if row.status == "applied" else 1 - row.degree / max(row.shape[:2])
+        assert half[row.name] == pytest.approx(expected, abs=1e-12), row
+    eco = [row for row in summary.layers if row.kind == "ECOConv2d"]
+    assert all(row.status == "applied" and half[row.name] == 0.5 for row in eco), eco
+    assert_forward_backward(net, info.input_shape)
 
 
 # --------------------------------------------------------------------------- methods
@@ -199,8 +217,9 @@ def run(net: str, method: str, request: str, *, strict: bool, seed: int = 0) -> 
     _, _, activation, _, requests = NETS[net]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the non-strict run may warn (nearest targets, skipped layers)
-        return sao.sparsify(dense(net, seed), method, activation=activation, strict=strict, generator=gen(seed),
-                            return_summary=True, **requests[request])
+        return sao.sparsify(dense(net, seed), method, **method_settings(method, activation=activation),
+                            strict=strict, generator=gen(seed), return_summary=True,
+                            **target_for(method, **requests[request]))
 
 
 def measured(layer: nn.Module) -> tuple[int, int]:
@@ -271,10 +290,13 @@ def assert_trains(model: nn.Module, input_shape: tuple[int, ...]) -> None:
 @pytest.mark.parametrize("net", list(NETS))
 @pytest.mark.parametrize("method", sorted(METHODS.names()))
 def test_phase_says_what_happens_to_the_weights(net: str, method: str) -> None:
-    """``phase`` is one of PHASES; at-init methods draw the target layers afresh, after-training ones prune them
-    as they are (the surviving weights and the biases are the trained ones)."""
-    chosen = METHODS.get(method)
-    assert chosen.phase in PHASES
+    """The harness's phase of a method agrees with what the method does: an after-training method prunes the
+    layers as they are (the surviving weights and the biases are the trained ones); an at-init method draws the
+    target layers afresh, and so does the dense baseline (never applied by the protocol; sparsify redraws its
+    layers orthogonal)."""
+    phase = method_phase(method)
+    assert phase in (AT_INIT, AFTER_TRAINING, NEVER)
+    assert (phase == NEVER) == (not METHODS.get(method).needs_target)
     before = dense(net)
     model, summary = run(net, method, "degree", strict=False)
     rows = summary.sparsified
@@ -287,10 +309,10 @@ def test_phase_says_what_happens_to_the_weights(net: str, method: str) -> None:
         if new.weight.dim() == 4:
             kept = kept[:, :, None, None].expand_as(new.weight)
         same_weights = torch.equal(new.weight.detach()[kept], old.weight.detach()[kept])
-        if chosen.phase == AFTER_TRAINING:
+        if phase == AFTER_TRAINING:
             assert same_weights and torch.equal(new.bias.detach(), old.bias.detach()), row.name
         else:
-            assert chosen.phase == AT_INIT and not same_weights, row.name
+            assert not same_weights, row.name
 
 
 @pytest.mark.parametrize("method", sorted(METHODS.names()))
@@ -300,6 +322,9 @@ def test_a_target_is_required_exactly_when_the_method_says_so(method: str) -> No
         with pytest.raises(ValueError, match="needs degree= or sparsity="):
             sao.sparsify(mlp(), method, generator=gen(0))
     else:
+        for request in ({"degree": 8}, {"sparsity": 0.75}):
+            with pytest.raises(ValueError, match="takes no target"):
+                sao.sparsify(mlp(), method, generator=gen(0), **request)
         model, summary = sao.sparsify(mlp(), method, generator=gen(0), strict=True, return_summary=True)
         assert len(summary.sparsified) == NETS["mlp"][3] and summary.sparsity == 0.0
         assert_trains(model, NETS["mlp"][1])

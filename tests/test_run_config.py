@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,14 @@ from sao.experiments import (
     ModelConfig,
     Preset,
     RunConfig,
+    execution_settings,
     experiment_for_model,
-    from_flat,
     identity,
 )
+from sao.experiments.config import PARTS
 from sao.methods import METHODS
 from sao.models import MODELS
-from sao.training import TrainConfig
+from sao.training import EXECUTION, ONLY_WITH, TrainConfig, decisive
 
 LEGACY = Path(__file__).parent / "data" / "legacy_preset_configs_v0_1.json"
 
@@ -38,60 +40,144 @@ def _legacy_label(config: dict[str, Any]) -> str:
     return f"{config['method']}{tag}-N{config['depth']}-s{config['seed']}"
 
 
-#: Presets redesigned on purpose since 0.1 (issue 13: Table 7's quick and cpu grids at gain 1.02);
-#: their old run folders still read (``test_a_redesigned_preset_keeps_its_old_runs_readable``).
+#: Where each key of a flat 0.1 config lives in a run config now ("part.field"); ``model`` is the model's name.
+FLAT_KEYS = {"experiment": "experiment", "model": "model.name", "depth": "model.depth", "width": "model.width",
+             "activation": "model.activation", "head": "model.head", "gain": "model.gain", "method": "method.name",
+             "degree": "method.degree", "sparsity": "method.sparsity", "dataset": "data.name", "data_root": "data.root",
+             "augment": "data.augment", "batch_size": "data.batch_size", "seed": "train.seed", "epochs": "train.epochs",
+             "lr": "train.lr", "schedule": "train.schedule", "warmup_epochs": "train.warmup_epochs",
+             "milestones": "train.milestones", "weight_decay": "train.weight_decay", "device": "train.device"}
+
+
+def _recorded(flat: dict[str, Any]) -> dict[str, Any]:
+    """The settings a recorded 0.1 config states, by "part.field" (this file's reading of it; sao reads no 0.1
+    config). The dense baseline's target is left out: dense takes none since issue 20."""
+    out = {FLAT_KEYS[k]: v for k, v in flat.items()}
+    out.setdefault("model.name", "fnn")
+    if not MODELS.get(out["model.name"]).heads:  # 0.1 wrote a head for every CNN; the ECO models have no choice
+        out.pop("model.head", None)
+    if flat["method"] == "dense":
+        out.pop("method.degree", None), out.pop("method.sparsity", None)
+    return out
+
+
+def _stated(config: RunConfig, keys: Any) -> dict[str, Any]:
+    """``config``'s values (resolved, as ``to_dict`` writes them) at the "part.field" ``keys``."""
+    data = config.resolved().to_dict()
+    return {k: data[k] if "." not in k else data[k.split(".")[0]][k.split(".")[1]] for k in keys}
+
+
+#: Presets redesigned on purpose since 0.1 (issue 13: Table 7's quick and cpu grids at gain 1.02).
 REDESIGNED = {"table7/quick", "table7/cpu"}
 
 
 @pytest.mark.parametrize("key", sorted(set(json.loads(LEGACY.read_text())) - REDESIGNED))
 def test_every_preset_of_version_0_1_is_the_same_grid(key: str) -> None:
-    """The configs 0.1 wrote for every preset (recorded then) mean exactly the runs the presets make now:
-    same runs, same order, same labels — so their run folders are found and kept."""
+    """The runs 0.1 recorded for every preset are the runs the presets make now: same runs, same order, same
+    labels, every recorded setting the same (the dense baseline at no target)."""
     table, preset = key.split("/")
     old = json.loads(LEGACY.read_text())[key]
     new = EXPERIMENTS.get(table).runs(preset, train={"device": "auto"})
-    assert [RunConfig.from_dict(c).resolved() for c in old] == new
-    assert [identity(c) for c in old] == [identity(c.to_dict()) for c in new]
     assert [_legacy_label(c) for c in old] == [c.label for c in new]
+    for flat, config in zip(old, new, strict=True):
+        recorded = _recorded(flat)
+        assert _stated(config, recorded) == recorded, config.label
+    assert all(c.method.degree is None and c.method.sparsity is None for c in new if c.method.name == "dense")
 
 
 @pytest.mark.parametrize("key", sorted(REDESIGNED))
-def test_a_redesigned_preset_keeps_its_old_runs_readable(key: str) -> None:
-    """A redesigned preset is a new grid (no old run is silently reused as a new one), and every
-    config 0.1 wrote for it still reads as the run it was."""
+def test_a_redesigned_preset_is_a_new_grid(key: str) -> None:
+    """A redesigned preset makes none of the runs 0.1 recorded for it (no old run is mistaken for a new one)."""
     table, preset = key.split("/")
-    old = [RunConfig.from_dict(c).resolved() for c in json.loads(LEGACY.read_text())[key]]
+    old = [_recorded(c) for c in json.loads(LEGACY.read_text())[key]]
     new = EXPERIMENTS.get(table).runs(preset, train={"device": "auto"})
-    assert not [c for c in old if identity(c.to_dict()) in [identity(n.to_dict()) for n in new]]
-    assert {c.label for c in old} and all(c.experiment == table for c in old)
+    assert old and all(c["experiment"] == table for c in old)
+    assert not [c for c in old if any(_stated(n, c) == c for n in new)]
 
 
-def test_a_flat_sao_train_config_of_version_0_1_reads() -> None:
-    flat = {"experiment": "table7", "method": "sao", "depth": 50, "seed": 0, "epochs": 10, "dataset": "mnist5k",
-            "data_root": None, "degree": 4, "gain": 1.1, "batch_size": 128, "lr": 0.01, "device": "auto",
-            "activation": "tanh", "momentum": 0.9, "weight_decay": 1e-4, "nesterov": False, "schedule": "constant",
-            "warmup_epochs": 0, "max_grad_norm": None, "amp": None, "cudnn_benchmark": False}
-    cfg = from_flat(flat)
-    assert (cfg.model, cfg.method, cfg.data) == (ModelConfig("fnn", 50, activation="tanh", gain=1.1),
-                                                 MethodConfig("sao", degree=4), DataConfig("mnist5k", None, 128))
-    assert cfg.train == TrainConfig(epochs=10, lr=0.01)
-    # the same run as the reproduce config of 0.1, which left the optional keys out
-    short = {k: flat[k] for k in ("experiment", "method", "depth", "seed", "epochs", "dataset", "data_root",
-                                  "degree", "gain", "batch_size", "lr", "device")}
-    assert identity(short) == identity(flat)
+@pytest.mark.parametrize("stored", [
+    pytest.param(json.loads(LEGACY.read_text())["table7/paper"][0], id="flat-0.1-fnn"),
+    pytest.param(json.loads(LEGACY.read_text())["table8/quick"][0], id="flat-0.1-cnn"),
+    pytest.param({**RunConfig().to_dict(), "format": 1}, id="format-1"),
+    pytest.param({k: v for k, v in RunConfig().to_dict().items() if k != "format"}, id="no-format"),
+    pytest.param({**RunConfig().to_dict(), "format": "2"}, id="format-as-text"),
+])
+def test_an_old_or_flat_config_is_refused_clearly(stored: dict[str, Any]) -> None:
+    """Formats written before the first release are not read: a clear ValueError naming the format, no guess."""
+    found = stored.get("format")
+    message = rf"config format {re.escape(repr(found))} is not known \(this version reads 2\)"
+    with pytest.raises(ValueError, match=message):
+        RunConfig.from_dict(stored)
+    with pytest.raises(ValueError, match=message):
+        identity(stored)
+    assert RunConfig.from_dict(RunConfig().to_dict()) == RunConfig()  # the current format reads
 
 
 def test_identity_ignores_what_does_not_change_a_run() -> None:
-    """Where the data lie, fused or not, and the multistep settings under another schedule: the same run."""
+    """Where the data lie, the device, the execution route, and the multistep settings under another schedule:
+    the same run."""
     cfg = RunConfig(train=TrainConfig(epochs=2))
     for other in (dataclasses.replace(cfg, data=DataConfig(root="elsewhere")),
-                  dataclasses.replace(cfg, train=TrainConfig(epochs=2, fused=False, milestones=(1,), gamma=0.5))):
-        assert identity(other.to_dict()) == identity(cfg.to_dict())
+                  dataclasses.replace(cfg, train=TrainConfig(epochs=2, fused=False, milestones=(1,), gamma=0.5)),
+                  dataclasses.replace(cfg, train=TrainConfig(epochs=2, device="cpu", cudnn_benchmark=True))):
+        assert identity(other.to_dict()) == identity(cfg.to_dict()) == other.identity() == cfg.identity()
     multistep = dataclasses.replace(cfg, train=TrainConfig(epochs=2, schedule="multistep"))
     assert identity(multistep.to_dict()) != identity(dataclasses.replace(
         multistep, train=TrainConfig(epochs=2, schedule="multistep", milestones=(1,))).to_dict())
     with pytest.raises(ValueError, match="invalid run config"):
         identity({**cfg.to_dict(), "model": {"name": "fnn", "depth": "10"}})
+
+
+def test_the_execution_only_settings_are_declared_on_the_fields() -> None:
+    assert set(execution_settings()) == {"data.root", "train.device", "train.cudnn_benchmark", "train.fused"}
+    declared = {f"{part}.{f.name}" for part in PARTS for f in dataclasses.fields(type(getattr(RunConfig(), part)))
+                if f.metadata.get(EXECUTION)}
+    assert declared == set(execution_settings())
+    only_with = {f.name: f.metadata[ONLY_WITH] for f in dataclasses.fields(TrainConfig) if ONLY_WITH in f.metadata}
+    assert only_with == {"milestones": ("schedule", "multistep"), "gamma": ("schedule", "multistep")}
+
+
+#: Another valid value of every run-config field ("part.field"), against :data:`IDENTITY_BASE`.
+OTHER_VALUE: dict[str, Any] = {
+    "model.name": "cnn_eco", "model.depth": 2, "model.width": 16, "model.activation": "relu", "model.head": "conv",
+    "model.gain": 1.5, "method.name": "lrp", "method.degree": 2, "method.sparsity": 0.75, "data.name": "cifar10",
+    "data.root": "elsewhere", "data.batch_size": 64, "data.augment": True, "data.normalize": "feature",
+    "train.epochs": 3, "train.lr": 0.1, "train.momentum": 0.5, "train.weight_decay": 0.0, "train.nesterov": True,
+    "train.schedule": "cosine", "train.milestones": (1,), "train.gamma": 0.5, "train.warmup_epochs": 1,
+    "train.seed": 1, "train.device": "cpu", "train.isometry_probe": 0, "train.max_grad_norm": 1.0,
+    "train.amp": "bf16", "train.cudnn_benchmark": True, "train.fused": False,
+}
+IDENTITY_BASE = RunConfig(ModelConfig("cnn", 4, width=8), MethodConfig("lmp-s", degree=4), DataConfig(),
+                          TrainConfig(epochs=2), experiment="table8")
+
+
+def _changed(base: RunConfig, key: str, value: Any) -> tuple[RunConfig, RunConfig]:
+    """``(base, base with the field key set to value)``; the base adjusted where the change needs it."""
+    if key == "method.sparsity":  # a target is a degree or a sparsity: start from a sparsity
+        base = dataclasses.replace(base, method=MethodConfig(base.method.name, sparsity=0.5))
+    if key == "model.name":  # cnn_eco has no head choice: the base leaves the head to the model
+        base = dataclasses.replace(base, model=dataclasses.replace(base.model, head=None))
+    part, name = key.split(".")
+    return base, dataclasses.replace(base, **{part: dataclasses.replace(getattr(base, part), **{name: value})})
+
+
+@pytest.mark.parametrize("schedule", ["constant", "multistep"])
+def test_every_field_changes_the_identity_unless_declared_execution_only(schedule: str) -> None:
+    """Property over every field of every part: another valid value changes ``identity()`` exactly when the
+    field is not declared execution-only (``--device``-like settings); milestones and gamma only under a
+    multistep schedule. The experiment name counts too."""
+    fields = {f"{part}.{f.name}" for part in PARTS for f in dataclasses.fields(type(getattr(RunConfig(), part)))}
+    assert set(OTHER_VALUE) == fields  # a new field needs its entry here
+    start = dataclasses.replace(IDENTITY_BASE, train=dataclasses.replace(IDENTITY_BASE.train, schedule=schedule))
+    execution = set(execution_settings())
+    for key, value in OTHER_VALUE.items():
+        base, other = _changed(start, key, value)
+        assert other != base, key
+        decides = key not in execution and not (key in ("train.milestones", "train.gamma") and schedule != "multistep")
+        assert (other.identity() != base.identity()) is decides, key
+        assert identity(other.to_dict()) == other.identity() and identity(base.to_dict()) == base.identity(), key
+        assert RunConfig.from_dict(other.to_dict()) == other, key
+    assert dataclasses.replace(start, experiment=None).identity() != start.identity()
 
 
 def test_round_trip_and_unknown_keys() -> None:
@@ -116,8 +202,9 @@ def test_round_trip_and_unknown_keys() -> None:
     (lambda: MethodConfig(degree=4, sparsity=0.5), r"a degree or a sparsity, not both"),
     (lambda: MethodConfig(sparsity=1.0), r"sparsity"),
     (lambda: DataConfig("imagenet"), r"dataset='imagenet' is not known; choose from .*mnist5k"),
-    (lambda: RunConfig(ModelConfig("cnn_eco", 2), MethodConfig("eoi", sparsity=0.5)),
-     r"method='eoi' is not available for cnn_eco"),
+    (lambda: MethodConfig("dense", degree=4), r"method='dense' takes no degree or sparsity"),
+    (lambda: MethodConfig("dense", sparsity=0.5), r"method='dense' takes no degree or sparsity"),
+    (lambda: MethodConfig("lmp-s"), r"method='lmp-s' needs a degree or a sparsity"),
     (lambda: RunConfig(ModelConfig("lipconvnet", 5), MethodConfig("sao")), r"'sao' needs a degree or a sparsity"),
     (lambda: ModelConfig("fnn", width=64), r"model 'fnn' takes no width"),
     (lambda: RunConfig.from_dict({"format": 2, "model": "fnn"}), r"the model config must be a mapping"),
@@ -134,15 +221,19 @@ def test_invalid_settings_name_the_choices(make: Any, message: str) -> None:
 def test_any_valid_config_round_trips_and_its_identity_is_stable(model: str, method: str, depth: int, seed: int,
                                                                    sparsity: float | None, epochs: int, batch: int,
                                                                    gain: float) -> None:
+    target = {} if not METHODS.get(method).needs_target else {"degree": 4} if sparsity is None else {
+        "sparsity": sparsity}
     try:
-        cfg = RunConfig(ModelConfig(model, depth, gain=gain),
-                        MethodConfig(method, degree=4 if sparsity is None else None, sparsity=sparsity),
-                        DataConfig(batch_size=batch), TrainConfig(epochs=epochs, seed=seed))
-    except ValueError:  # e.g. a method the model's ECO layers do not take
+        model_config = ModelConfig(model, depth, gain=gain)
+    except ValueError:  # a depth the model's rule refuses
         return
+    cfg = RunConfig(model_config, MethodConfig(method, **target), DataConfig(batch_size=batch),
+                    TrainConfig(epochs=epochs, seed=seed))
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
     canonical = identity(cfg.to_dict())
-    assert canonical == identity(cfg.resolved().to_dict()) == identity(canonical)
+    assert canonical == identity(cfg.resolved().to_dict()) == cfg.identity() == cfg.resolved().identity()
+    assert canonical == identity(json.loads(json.dumps(cfg.to_dict())))
+    assert json.loads(json.dumps(canonical)) == canonical  # JSON-ready
     assert cfg.resolved().resolved() == cfg.resolved()
 
 
@@ -200,13 +291,15 @@ def test_flags_refuse_unknown_choices(argv: list[str]) -> None:
         _parse(argv)
 
 
-def test_a_setting_added_later_keeps_older_runs_identity() -> None:
-    """``data.normalize`` came after format 2: a stored config without it is the run at its old value."""
+def test_identity_holds_every_decisive_setting_with_no_special_cases() -> None:
+    """No setting is left out of a run's identity for its history (``data.normalize`` included): a field a stored
+    config leaves out reads as its default, and its identity is that of the full config, default included."""
     config = EXPERIMENTS.get("table7").runs("quick")[0]
     stored = config.to_dict()
-    del stored["data"]["normalize"]  # as format-2 files before the setting were written
+    del stored["data"]["normalize"]
     assert RunConfig.from_dict(stored) == config and identity(stored) == identity(config.to_dict())
-    assert "normalize" not in identity(stored)["data"]
+    assert identity(stored)["data"]["normalize"] == "dataset"
+    assert identity(stored) == {"experiment": "table7", **{part: decisive(getattr(config, part)) for part in PARTS}}
     feature = dataclasses.replace(config, data=dataclasses.replace(config.data, normalize="feature"))
     assert identity(feature.to_dict()) != identity(stored)
     assert identity(feature.to_dict())["data"]["normalize"] == "feature"
@@ -234,6 +327,9 @@ def test_a_preset_variant_is_one_more_run_per_cell_with_its_settings() -> None:
     ({"model.depth": 5}, "'model.depth' cannot be varied"),
     ({"train.seed": 7}, "'train.seed' cannot be varied"),
     ({"data.root": "elsewhere"}, "'data.root' cannot be varied"),
+    ({"train.device": "cpu"}, "'train.device' cannot be varied"),
+    ({"train.fused": False}, "'train.fused' cannot be varied"),
+    ({"train.cudnn_benchmark": True}, "'train.cudnn_benchmark' cannot be varied"),
     ({"method.degree": 2}, "a variant changes model, data, train settings"),
     ({"gain": 1.0}, "a variant changes model, data, train settings"),
 ])

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 import sao
-from helpers import deterministic, gen
+from helpers import deterministic, gen, target_for
 from sao.methods import METHODS, SparsifySummary, connection_mask
 from sao.nn import MaskedConv2d, MaskedLinear, SparseConv2d, SparseLinear
 
@@ -65,8 +65,8 @@ def run(name: str, method: str, seed: int = 0, **kwargs: object) -> tuple[nn.Mod
     """Sparsify a fresh copy at sparsity 0.9 (not exact for any of these layers' SAO degrees)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        net, summary = sao.sparsify(base(name), method, sparsity=0.9, generator=gen(seed), return_summary=True,
-                                    **kwargs)
+        net, summary = sao.sparsify(base(name), method, **target_for(method, sparsity=0.9), generator=gen(seed),
+                                    return_summary=True, **kwargs)
     return net.eval(), summary, [w for w in caught if issubclass(w.category, UserWarning)]
 
 
@@ -180,7 +180,7 @@ def test_grouped_and_depthwise_convs_stay_dense_or_raise_when_strict() -> None:
 def test_sparsified_models_deepcopy_pickle_and_save(method: str) -> None:
     """``torch.nn.utils.prune`` left a non-leaf ``weight`` attribute that ``copy.deepcopy`` refuses."""
     net = sao.sparsify(nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 4)),
-                       method, sparsity=0.5, generator=gen())
+                       method, **target_for(method, sparsity=0.5), generator=gen())
     x = torch.randn(3, 16)
     buf = io.BytesIO()
     torch.save(net, buf)
@@ -200,9 +200,10 @@ def tied_mlp() -> nn.Sequential:
 def test_a_tied_layer_stays_tied(method: str) -> None:
     net = tied_mlp()
     old = net[2]
-    net = sao.sparsify(net, method, sparsity=0.75, generator=gen())
+    net = sao.sparsify(net, method, **target_for(method, sparsity=0.75), generator=gen())
     assert net[2] is net[4]
-    _, summary = sao.sparsify(tied_mlp(), method, sparsity=0.75, generator=gen(), return_summary=True)
+    _, summary = sao.sparsify(tied_mlp(), method, **target_for(method, sparsity=0.75), generator=gen(),
+                              return_summary=True)
     assert [r.name for r in summary.layers] == ["0", "2", "6", "8"] and summary.layers[1].aliases == ("4",)
     if method.endswith("-t"):
         assert net[2].weight_orig is old.weight  # the trained Parameter, kept
@@ -304,7 +305,8 @@ def test_layers_pruned_with_torch_prune_are_left_alone_or_raise_when_strict(meth
     x = torch.randn(2, 4) if kind == "linear" else torch.randn(1, 3, 5, 5)
     expected = net(x)
     with pytest.warns(UserWarning, match="1 layer.*skipped.*pruned with torch.nn.utils.prune"):
-        net, summary = sao.sparsify(net, method, sparsity=0.75, generator=gen(), return_summary=True)
+        net, summary = sao.sparsify(net, method, **target_for(method, sparsity=0.75), generator=gen(),
+                                    return_summary=True)
     row = summary.layers[1]
     assert (row.status, row.method, row.sparsity) == ("skipped", None, pruned)
     twin = "MaskedLinear" if kind == "linear" else "MaskedConv2d"
@@ -312,7 +314,7 @@ def test_layers_pruned_with_torch_prune_are_left_alone_or_raise_when_strict(meth
     assert net[1] is layer and dict(layer._forward_pre_hooks) == hooks and hasattr(layer, "weight_orig")
     torch.testing.assert_close(net(x), expected, rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"layer '1'.*pruned with torch\.nn\.utils\.prune"):
-        sao.sparsify(pruned_model(kind), method, sparsity=0.75, strict=True)
+        sao.sparsify(pruned_model(kind), method, **target_for(method, sparsity=0.75), strict=True)
 
 
 def test_layers_with_another_computed_weight_are_left_alone() -> None:
@@ -379,7 +381,8 @@ def test_replaced_layers_keep_the_training_mode(method: str, training: bool) -> 
                         nn.Linear(8 * 16, 32), nn.Linear(32, 32), nn.Linear(32, 2)).train(training)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rg-n/rg-u skip the conv
-        net, summary = sao.sparsify(net, method, sparsity=0.75, generator=gen(), return_summary=True)
+        net, summary = sao.sparsify(net, method, **target_for(method, sparsity=0.75), generator=gen(),
+                                    return_summary=True)
     assert summary.sparsified
     assert all(m.training is training for m in net.modules())
 

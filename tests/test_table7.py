@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,9 +11,21 @@ import torch
 
 from helpers import tiny_run
 from sao.cli import main
-from sao.experiments import EXPERIMENTS, Run, RunConfig, finished_results, protocol, run_experiment, run_one
-from sao.experiments.protocol import measured_sparsity
-from sao.methods import AFTER_TRAINING, METHODS
+from sao.experiments import (
+    EXPERIMENTS,
+    MethodConfig,
+    Run,
+    RunConfig,
+    finished_results,
+    method_phase,
+    protocol,
+    run_experiment,
+    run_one,
+)
+from sao.experiments.protocol import AFTER_TRAINING, measured_sparsity
+from sao.experiments.table7 import lr_for_depth
+from sao.methods import METHODS, sparsify
+from sao.models import model_info
 
 
 def test_presets_cover_the_paper_grid() -> None:
@@ -21,7 +34,9 @@ def test_presets_cover_the_paper_grid() -> None:
     for grid in (runs, paper):
         assert {r.method.name for r in grid} == {"dense", "gmp-t", "gmp-s", "rg-u", "rg-n", "sao"}
         assert {r.model.depth for r in grid} == {50, 200, 400, 600, 800, 1000}
-        assert {r.train.seed for r in grid} == {0, 1, 2} and {r.method.degree for r in grid} == {4}
+        assert {r.train.seed for r in grid} == {0, 1, 2}
+        assert {r.method.degree for r in grid if r.method.name != "dense"} == {4}
+        assert {(r.method.degree, r.method.sparsity) for r in grid if r.method.name == "dense"} == {(None, None)}
     # the paper preset is the paper's settings; cpu and quick those of the depth-1000 study
     assert {r.train.lr for r in paper if r.model.depth == 1000} == {1e-4}
     assert {(r.data.name, r.train.epochs, r.model.gain) for r in paper} == {("mnist", 100, 1.1)}
@@ -39,7 +54,7 @@ def test_one_run_end_to_end(method: str, tmp_path: Path) -> None:
                                                              abs=1e-6)
     assert result["sparsity_dense_layers"] == 0.0
     run_dir = Path(result["run_dir"])
-    phases = ["dense", "finetune"] if METHODS.get(method).phase == AFTER_TRAINING else ["train"]
+    phases = ["dense", "finetune"] if method_phase(method) == AFTER_TRAINING else ["train"]
     assert sorted(p.name for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) == phases
     for phase in phases:
         assert (run_dir / phase / "metrics.jsonl").exists()
@@ -48,17 +63,91 @@ def test_one_run_end_to_end(method: str, tmp_path: Path) -> None:
     assert RunConfig.from_dict(json.loads((run_dir / "config.json").read_text())).method.name == method
 
 
-def test_a_version_0_1_flat_config_trains_the_same_run(tmp_path: Path) -> None:
-    """The one run function reads both formats: a 0.1 config and its typed twin give the same numbers."""
+def test_a_version_0_1_flat_config_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    """The run function reads only the current format: a flat 0.1 config is a clear error, and nothing is written."""
     typed = tiny_run("table7", "sao", depth=2)
     cfg = RunConfig.from_dict(typed.config)
     flat = {"experiment": "table7", "method": "sao", "depth": 2, "seed": 0, "epochs": 1, "dataset": "mnist5k",
             "data_root": None, "degree": 4, "gain": cfg.model.gain, "batch_size": 256, "lr": cfg.train.lr,
             "device": "cpu"}
-    a = run_one(typed, run_experiment, tmp_path / "typed")
-    b = run_one(Run("flat", flat), run_experiment, tmp_path / "flat")
-    for key in ("test_acc", "val_acc", "jacobian_var", "jacobian_mean_init", "sparsity_overall"):
-        assert a[key] == b[key], key
+    run_dir = tmp_path / "flat"
+    run_dir.mkdir()
+    with pytest.raises(ValueError, match=r"config format None is not known \(this version reads 2\)"):
+        run_experiment(flat, run_dir)
+    with pytest.raises(ValueError, match=r"config format 1 is not known"):
+        run_experiment({**typed.config, "format": 1}, run_dir)
+    assert list(run_dir.iterdir()) == []
+
+
+def test_lr_for_depth_is_table7s_rule() -> None:
+    """The paper's learning rate by depth (Table 2), owned by Table 7's module, is what its presets use."""
+    table = {1: 1e-2, 50: 1e-2, 60: 1e-2, 61: 1e-3, 200: 1e-3, 400: 1e-3, 401: 1e-4, 600: 1e-4, 1000: 1e-4}
+    assert {n: lr_for_depth(n) for n in table} == table
+    assert EXPERIMENTS.get("table7").lr_by_depth is lr_for_depth
+    assert all(r.train.lr == lr_for_depth(r.model.depth) for r in EXPERIMENTS.get("table7").runs("paper"))
+    with pytest.raises(ValueError, match="depth"):
+        lr_for_depth(0)
+    with pytest.raises(TypeError, match="depth"):
+        lr_for_depth(2.0)
+
+
+def _tiny_data() -> dict[str, torch.utils.data.DataLoader]:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 12, generator=g), torch.randint(0, 3, (64,), generator=g)
+    return {k: DataLoader(TensorDataset(x, y), batch_size=32) for k in ("train", "val")}
+
+
+@pytest.mark.parametrize("phase", [protocol.AT_INIT, protocol.AFTER_TRAINING, protocol.NEVER])
+def test_train_with_method_applies_the_method_at_its_phase(tmp_path: Path, phase: str) -> None:
+    """``train_with_method(model, phase, apply, ...)``: ``apply`` runs once, on the model as the phase has it
+    (freshly built; after the dense phase trained it), or never; the phase folders are the protocol's."""
+    from sao.training import TrainConfig
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.Tanh(), torch.nn.Linear(16, 16), torch.nn.Tanh(),
+                                torch.nn.Linear(16, 3))
+    start = model[2].weight.detach().clone()
+    seen: list[bool] = []
+
+    def apply(net: torch.nn.Module) -> None:
+        seen.append(torch.equal(net[2].weight.detach(), start))  # untrained yet?
+        sparsify(net, "lmp-t", sparsity=0.5)
+
+    cfg = TrainConfig(epochs=1, lr=0.05, device="cpu", isometry_probe=0)
+    result = protocol.train_with_method(model, phase, apply, _tiny_data(), cfg, tmp_path)
+    assert result["status"] == "completed" and "run_dir" not in result
+    folders = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    if phase == protocol.NEVER:
+        assert seen == [] and folders == ["train"] and result["sparsity_sparse_layers"] == 0.0
+    else:
+        assert seen == [phase == protocol.AT_INIT]  # at init: the fresh model; after training: the trained one
+        assert folders == (["train"] if phase == protocol.AT_INIT else ["dense", "finetune"])
+        assert result["connection_sparsity_min"] == result["connection_sparsity_max"] == 0.5
+
+
+@pytest.mark.parametrize("method", sorted(METHODS.names()))
+def test_a_run_gives_its_method_only_the_settings_it_takes(method: str) -> None:
+    config = EXPERIMENTS.get("table7").runs("paper")[0]
+    config = dataclasses.replace(config, method=MethodConfig(method, **({"degree": 4} if METHODS.get(
+        method).needs_target else {})), model=dataclasses.replace(config.model, gain=1.3, activation="relu"))
+    settings = protocol.method_settings(config)
+    taken = {f.name for f in dataclasses.fields(METHODS.get(method).settings_type)}
+    assert settings == {k: v for k, v in {"gain": 1.3, "activation": "relu"}.items() if k in taken}
+    METHODS.get(method).settings(**settings)  # accepted as they are
+    if method.endswith("-t"):
+        assert settings == {}
+
+
+def test_build_model_builds_every_model_dense() -> None:
+    for table in ("table7", "table8", "table11", "table12"):
+        run = EXPERIMENTS.get(table).runs("quick")[0]
+        info = model_info(run.model.name)
+        shallow = dataclasses.replace(run, model=dataclasses.replace(run.model, depth=info.depths[0], width=(
+            None if info.width_arg is None else 4)))
+        model = protocol.build_model(shallow, info.input_shape, 10, torch.Generator().manual_seed(0))
+        assert measured_sparsity(model)["connection_sparsity_max"] == 0.0, table
 
 
 class Killed(KeyboardInterrupt):
@@ -158,23 +247,27 @@ def test_reproduce_sweep_flags_enter_the_run_configs(tmp_path: Path, monkeypatch
 
 
 def test_a_method_without_a_target_is_applied_not_trained_dense(tmp_path: Path) -> None:
-    """Only the dense baseline trains the model as it is; a registered method without a target is applied."""
-    from helpers import gen  # noqa: F401  (keeps the helpers importable here)
-    from sao.methods import SparsifyMethod
+    """Only the dense baseline trains the model as it is; a registered method without a target is applied (at init:
+    the harness gives any method not in METHOD_PHASES that phase), with no target and no settings."""
+    from sao.methods import SparsifyMethod, SparsifyRequest
     from sao.nn import MaskedLinear
 
     class Half(SparsifyMethod):
-        def sparsify_layers(self, layers, settings):  # keep the first half of every row
+        def sparsify_layers(self, layers, request):  # keep the first half of every row
+            assert isinstance(request, SparsifyRequest) and (request.degree, request.sparsity) == (None, None)
             return [MaskedLinear.from_dense(m, torch.arange(m.in_features).expand(m.out_features, -1)
                                             < m.in_features // 2) for _, m in layers]
 
     METHODS.register("half", Half())
     try:
-        with pytest.warns(UserWarning, match="off their target"):  # it ignores the degree the run asks for
-            result = run_one(tiny_run("table7", "half", depth=2), run_experiment, tmp_path)
+        run = tiny_run("table7", "half", depth=2)
+        assert RunConfig.from_dict(run.config).method == MethodConfig("half")
+        assert method_phase("half") == protocol.AT_INIT
+        result = run_one(run, run_experiment, tmp_path)
     finally:
         METHODS.unregister("half")
     assert result["sparsity_sparse_layers"] == pytest.approx(0.5)
+    assert sorted(p.name for p in Path(result["run_dir"]).iterdir() if p.is_dir()) == ["train"]
 
 
 def test_cli_experiment_alone_picks_its_model_and_its_rules(tmp_path: Path) -> None:

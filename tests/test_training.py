@@ -16,12 +16,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from helpers import gen
 from sao.training import (
+    EXECUTION,
     METRIC_KEYS,
+    ONLY_WITH,
     TrainConfig,
+    decisive,
+    execution_fields,
     jacobian_spectrum,
     load_checkpoint,
     lr_factor,
-    lr_for_depth,
     read_metrics,
     resolve_device,
     schedule,
@@ -172,13 +175,6 @@ def test_schedules_take_any_config_with_the_attributes_they_read() -> None:
     assert build_optimizer(nn.Linear(2, 2), plain).param_groups[0]["lr"] == pytest.approx(0.1)
 
 
-def test_lr_for_depth() -> None:
-    table = {1: 1e-2, 50: 1e-2, 60: 1e-2, 61: 1e-3, 200: 1e-3, 400: 1e-3, 401: 1e-4, 600: 1e-4, 1000: 1e-4}
-    assert {n: lr_for_depth(n) for n in table} == table
-    with pytest.raises(ValueError, match="depth"):
-        lr_for_depth(0)
-
-
 @pytest.mark.parametrize(("field", "value", "match"), [
     ("schedule", "linear", "unknown lr schedule 'linear'; choose from: constant, cosine, multistep"),
     ("epochs", 0, r"TrainConfig.epochs must be an integer >= 1, got 0"),
@@ -211,6 +207,58 @@ def test_changed_config_is_refused(tmp_path: Path) -> None:
     train(_model(), _loaders(), cfg, tmp_path, progress=False)
     with pytest.raises(ValueError, match=r"different config \(lr: 0.05 → 0.1\)"):
         train(_model(), _loaders(), TrainConfig(epochs=1, lr=0.1, device="cpu", isometry_probe=0), tmp_path)
+
+
+#: Another valid value of every TrainConfig field (against RESUMED below).
+OTHER_TRAIN_VALUE = {"epochs": 2, "lr": 0.1, "momentum": 0.5, "weight_decay": 0.0, "nesterov": True,
+                     "schedule": "cosine", "milestones": (1,), "gamma": 0.5, "warmup_epochs": 1, "seed": 1,
+                     "device": "auto", "isometry_probe": 2, "max_grad_norm": 1.0, "amp": "bf16",
+                     "cudnn_benchmark": True, "fused": False}
+
+
+@pytest.mark.parametrize("schedule", ["constant", "multistep"])
+def test_a_resume_may_change_exactly_the_execution_only_settings(tmp_path: Path, schedule: str) -> None:
+    """Property over every field: a run re-invoked with one setting changed resumes (here: returns its result) when
+    the field is declared execution-only (device, cudnn_benchmark, fused) or does not apply (milestones and gamma
+    under another schedule), and is refused naming the field otherwise: the resume check reads the same
+    declaration as a run's identity (:func:`sao.training.decisive`)."""
+    assert set(OTHER_TRAIN_VALUE) == {f.name for f in dataclasses.fields(TrainConfig)}  # a new field needs an entry
+    assert set(execution_fields(TrainConfig)) == {"device", "cudnn_benchmark", "fused"}
+    cfg = TrainConfig(epochs=1, lr=0.05, device="cpu", isometry_probe=0, schedule=schedule)
+    first = train(_model(), _loaders(test=False), cfg, tmp_path, progress=False)
+    for name, value in OTHER_TRAIN_VALUE.items():
+        changed = dataclasses.replace(cfg, **{name: value})
+        assert changed != cfg
+        decides = name in decisive(cfg) or name in decisive(changed)
+        assert decides is (name not in execution_fields(TrainConfig)
+                           and not (name in ("milestones", "gamma") and schedule != "multistep")), name
+        if decides:
+            with pytest.raises(ValueError, match=rf"different config \(.*\b{name}: "):
+                train(_model(), _loaders(test=False), changed, tmp_path, progress=False)
+        else:
+            assert train(_model(), _loaders(test=False), changed, tmp_path, progress=False) == first, name
+
+
+def test_a_checkpoint_with_an_unknown_setting_is_refused(tmp_path: Path) -> None:
+    """A checkpoint's config reads as a TrainConfig: a field this version does not know is an error, not ignored."""
+    cfg = TrainConfig(epochs=1, lr=0.05, device="cpu", isometry_probe=0)
+    train(_model(), _loaders(test=False), cfg, tmp_path, progress=False)
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    ckpt["config"]["label_smoothing"] = 0.1  # e.g. a setting retired before the first release
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"unknown TrainConfig fields \['label_smoothing'\]"):
+        train(_model(), _loaders(test=False), cfg, tmp_path, progress=False)
+
+
+def test_decisive_drops_the_execution_settings_and_the_inapplicable_ones() -> None:
+    assert set(TrainConfig().to_dict()) - set(decisive(TrainConfig())) == {
+        "device", "cudnn_benchmark", "fused", "milestones", "gamma"}
+    multistep = TrainConfig(schedule="multistep", milestones=[2, 4])
+    assert set(TrainConfig().to_dict()) - set(decisive(multistep)) == {"device", "cudnn_benchmark", "fused"}
+    assert decisive(multistep)["milestones"] == [2, 4]  # JSON-ready, as to_dict gives it
+    for f in dataclasses.fields(TrainConfig):
+        assert bool(f.metadata.get(EXECUTION)) is (f.name in execution_fields(TrainConfig))
+        assert f.metadata.get(ONLY_WITH) in (None, ("schedule", "multistep"))
 
 
 def test_bad_loaders(tmp_path: Path) -> None:

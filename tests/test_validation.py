@@ -27,6 +27,7 @@ from sao.data import DataOptions, Splits, loaders, stratified_split
 from sao.data._splits import ShardedBatchSampler
 from sao.experiments.config import DataConfig, MethodConfig, ModelConfig
 from sao.experiments.launchers import LaunchOptions
+from sao.experiments.table7 import lr_for_depth
 from sao.init import (
     delta_orthogonal_,
     eco_,
@@ -55,7 +56,7 @@ from sao.topology import (
     resolve_degree,
     valid_degrees,
 )
-from sao.training import TrainConfig, lr_factor, lr_for_depth, probe_batch
+from sao.training import TrainConfig, lr_factor, probe_batch
 
 
 def gen() -> torch.Generator:
