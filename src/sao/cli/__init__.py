@@ -1,11 +1,17 @@
 """The ``sao`` command line: one module per command, one error boundary (:func:`main`).
 
 Each command is a module of this package with ``HELP`` (one line), ``add_arguments(parser)`` and
-``run(args) -> exit status``, registered in :data:`COMMANDS`. :func:`main` turns user errors
-into one line on stderr: a ``ValueError`` (bad settings, unknown names) or an ``OSError``
-(missing data, unreadable folders) exits 2, a grid with failed runs exits 1 naming them
-(:class:`sao.experiments.FailedRuns`), as does a run another driver is training
-(:class:`sao.experiments.RunClaimed`); Ctrl-C exits 130. Anything else is a bug and keeps its
+``run(args) -> exit status``, registered in :data:`COMMANDS`, and optionally ``resolve(args)``,
+which turns the parsed flags into the command's settings (stored on ``args``) as part of parsing.
+
+Every flag is checked before anything runs: each value by its type (:mod:`sao.cli._types`), the
+flags together by ``resolve``; either error is one line naming the flag, exit status 2
+("sao train: error: argument --depth: ... (see sao train --help)"). :func:`main` returns that
+status rather than exiting, and turns the user errors of a run into one line on stderr: a
+``ValueError`` (bad settings, unknown names) or an ``OSError`` (missing data, unreadable folders)
+exits 2, a grid with failed runs exits 1 naming them (:class:`sao.experiments.FailedRuns`), as
+does a run another driver is training (:class:`sao.experiments.RunClaimed`); Ctrl-C exits 130
+(a sweep stops at once and resumes on the next call). Anything else is a bug and keeps its
 traceback.
 
 Commands built on the harness need the ``experiments`` extra. Without it they still show in
@@ -19,7 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any, NoReturn
 
@@ -35,6 +41,10 @@ for _name in ("demo", "train", "reproduce", "report", "analyze"):
     COMMANDS.register(_name, f"sao.cli.{_name}")
 
 
+#: The attribute of the parsed arguments naming the command run (``"sao analyze spectrum"``), for its messages.
+PROG = "prog"
+
+
 def _module(name: str) -> ModuleType:
     return importlib.import_module(COMMANDS.get(name))
 
@@ -43,19 +53,30 @@ class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (and a pointer to ``--help``), exit status 2.
 
     With ``missing`` (the parser of a command whose extra is not installed) it takes any arguments,
-    so that running the command reaches :func:`main`, which says what to install.
+    so that running the command reaches :func:`main`, which says what to install. With ``resolve``
+    (a command's), the parsed flags are resolved together; a ``ValueError`` is an argument error.
     """
 
-    def __init__(self, *args: Any, missing: MissingExtra | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, missing: MissingExtra | None = None,
+                 resolve: Callable[[argparse.Namespace], None] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.missing = missing
+        self.resolve = resolve
 
     def parse_known_args(self, args: Sequence[str] | None = None,
                          namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
-        """Parse as usual, or, for a command whose extra is not installed, take every argument."""
+        """Parse as usual and resolve, or, for a command whose extra is not installed, take every argument."""
         if self.missing is not None:
             return (namespace if namespace is not None else argparse.Namespace()), []
-        return super().parse_known_args(args, namespace)
+        namespace, extras = super().parse_known_args(args, namespace)
+        if not hasattr(namespace, PROG):  # the innermost command's parser is done first
+            setattr(namespace, PROG, self.prog)
+        if self.resolve is not None and not extras:  # unknown arguments are the error to report first
+            try:
+                self.resolve(namespace)
+            except ValueError as err:
+                self.error(str(err))
+        return namespace, extras
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -72,31 +93,43 @@ def build_parser() -> argparse.ArgumentParser:
         except MissingExtra as err:
             sub.add_parser(name, help=f"(needs the {err.extra} extra: pip install 'sao[{err.extra}]')", missing=err)
             continue
-        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP))
+        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP,
+                                            resolve=getattr(module, "resolve", None)))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (module docstring)."""
     try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, --version or an argument error, already printed
+        return int(done.code or 0)
+    except KeyboardInterrupt:
+        print("sao: interrupted", file=sys.stderr)
+        return 130
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; its user errors are one line on stderr (module docstring)."""
+    try:
         from sao.experiments import FailedRuns, RunClaimed
 
         run_failures: tuple[type[Exception], ...] = (FailedRuns, RunClaimed)
     except MissingExtra:
         run_failures = ()  # no command that runs experiments can run
-
-    args = build_parser().parse_args(argv)
+    prog = getattr(args, PROG, f"sao {args.command}")
     try:
         return _module(args.command).run(args)
     except MissingExtra as err:
         print(MissingExtra(f"sao {args.command}", err.extra, err.missing), file=sys.stderr)
         return 2
     except run_failures as err:
-        print(f"sao {args.command}: {err}", file=sys.stderr)
+        print(f"{prog}: {err}", file=sys.stderr)
         return 1
     except (ValueError, OSError) as err:
-        print(f"sao {args.command}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"sao {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -6,6 +6,11 @@ Each field of :class:`~sao.experiments.ModelConfig`, :class:`~sao.experiments.Me
 ``metadata["help"]``, its type, and the registry's names as ``choices``. Every flag defaults to
 ``None`` (= not given), so :func:`apply_flags` changes only what the user typed and the rest keeps
 the defaults of the dataclasses or of the experiment the run belongs to.
+
+Values are checked in two steps, both reported as an argument error naming the flag: each value
+alone by its type (:mod:`sao.cli._types`: integers within 64 bits, finite numbers, seeds), and
+the config it builds by the dataclasses themselves, their errors blamed on the flags that cause
+them (:func:`sao.cli._types.blame`) — so a field added to a config is checked with no code here.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 import torch
 
+from sao.cli._types import SEED, Integer, Real, blame
 from sao.data import NORMALIZATIONS, list_datasets
 from sao.experiments import DataConfig, MethodConfig, ModelConfig, RunConfig
 from sao.methods import METHODS
@@ -26,7 +32,7 @@ from sao.models import MODELS
 from sao.training import SCHEDULES, TrainConfig, resolve_device
 from sao.training.config import AMP_DTYPES
 
-__all__ = ["SECTIONS", "add_config_flags", "apply_flags", "check_device", "given"]
+__all__ = ["SECTIONS", "add_config_flags", "apply_flags", "check_device", "flag_name", "given"]
 
 #: Part of :class:`RunConfig` → its dataclass.
 SECTIONS: dict[str, type] = {"model": ModelConfig, "method": MethodConfig, "data": DataConfig, "train": TrainConfig}
@@ -41,8 +47,21 @@ _CHOICES: dict[tuple[str, str], Callable[[], list[str]]] = {
 }
 
 
+#: The value type of a field's annotation (others: the annotation itself, e.g. ``str``).
+_TYPES: dict[Any, Callable[[str], Any]] = {int: Integer(), float: Real()}
+
+#: Fields whose values need a narrower type than their annotation's: ``(section, field) → type``.
+_NARROWER: dict[tuple[str, str], Callable[[str], Any]] = {("train", "seed"): SEED}
+
+
 def _flag(field: dataclasses.Field) -> str:
     return field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+
+
+def flag_name(key: str) -> str:
+    """The flag of config field ``key`` (``"section.field"``), e.g. ``"train.batch_size"`` → ``"--batch-size"``."""
+    section, name = key.split(".")
+    return _flag(next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name))
 
 
 def _base_type(hint: Any) -> tuple[Any, bool]:
@@ -84,7 +103,7 @@ def _add(group: Any, field: dataclasses.Field, key: str, hint: Any, default: Any
     if kind is bool:
         options["action"] = argparse.BooleanOptionalAction
     else:
-        options["type"] = kind
+        options["type"] = _NARROWER.get(tuple(key.split(".")), _TYPES.get(kind, kind))
         options["metavar"] = field.name.upper()
         if sequence:
             options["nargs"] = "+"
@@ -96,14 +115,28 @@ def _add(group: Any, field: dataclasses.Field, key: str, hint: Any, default: Any
 
 
 def apply_flags(config: RunConfig, args: argparse.Namespace) -> RunConfig:
-    """``config`` with every flag the user gave (not ``None``) written into its field."""
+    """``config`` with every flag the user gave (not ``None``) written into its field.
+
+    Raises:
+        ValueError: the config the flags make is invalid; the error names the flags to blame.
+    """
+    values = {key: getattr(args, key) for key in _keys() if given(args, key)}
+    return blame(lambda chosen: _applied(config, chosen), values, flag_name)
+
+
+def _keys() -> list[str]:
+    return [f"{section}.{f.name}" for section, kind in SECTIONS.items() for f in dataclasses.fields(kind) if f.init]
+
+
+def _applied(config: RunConfig, values: dict[str, Any]) -> RunConfig:
+    """``config`` with ``values`` (``"section.field"`` → value) written into its fields."""
     parts = {}
-    for section, part in ((s, getattr(config, s)) for s in SECTIONS):
-        given = {f.name: getattr(args, f"{section}.{f.name}") for f in dataclasses.fields(part)
-                 if getattr(args, f"{section}.{f.name}", None) is not None}
-        if section == "method" and given.keys() & {"degree", "sparsity"}:
-            given = {"degree": None, "sparsity": None, **given}  # a target given replaces the other
-        parts[section] = dataclasses.replace(part, **given) if given else part
+    for section in SECTIONS:
+        chosen = {key.split(".")[1]: value for key, value in values.items() if key.split(".")[0] == section}
+        if section == "method" and chosen.keys() & {"degree", "sparsity"}:
+            chosen = {"degree": None, "sparsity": None, **chosen}  # a target given replaces the other
+        part = getattr(config, section)
+        parts[section] = dataclasses.replace(part, **chosen) if chosen else part
     return dataclasses.replace(config, **parts)
 
 

@@ -9,57 +9,53 @@ from pathlib import Path
 
 from sao._registry import Registry
 from sao.analysis import jacobian, reachability, singular_values, spectrum
+from sao.cli._types import SEED, Folder, Integer, Listing, Real
 
 __all__ = ["ANALYSES", "HELP", "add_arguments", "run"]
 
 HELP = "spectra, reachability, singular values, Jacobians (paper Figs. 7-11, Table 6)"
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
+#: The value types of the flags: sizes, depths and degrees are positive integers, lists comma-separated;
+#: method names are checked by the analysis, which names the known ones.
+_COUNT = Integer(low=1)
+_COUNTS = Listing(_COUNT)
+_NAMES = Listing(str)
+_SPARSITY = Real(0.0, 1.0, high_open=True)
+_GAIN = Real(0.0, low_open=True)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("analysis"), help="output folder (default ./analysis)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--out", type=Folder(), default=Path("analysis"), help="output folder (default ./analysis)")
+    parser.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
 
 
 def _spectrum_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sizes", type=_ints, default=(128, 256, 512, 1024), help="nodes per side (default 128,...,1024)")
-    p.add_argument("--degree", type=int, default=4, help="degree (default 4)")
+    p.add_argument("--sizes", type=_COUNTS, default=(128, 256, 512, 1024), help="nodes per side (default 128,...,1024)")
+    p.add_argument("--degree", type=_COUNT, default=4, help="degree (default 4)")
 
 
 def _reachability_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--methods", type=_names, default=reachability.DEFAULT_METHODS, help="comma-separated methods")
-    p.add_argument("--width", type=int, default=256, help="layer width (default 256)")
-    p.add_argument("--depth", type=int, default=8, help="layers (default 8)")
-    p.add_argument("--degree", type=int, default=4, help="SAO degree; other methods match its sparsity (default 4)")
+    p.add_argument("--methods", type=_NAMES, default=reachability.DEFAULT_METHODS, help="comma-separated methods")
+    p.add_argument("--width", type=_COUNT, default=256, help="layer width (default 256)")
+    p.add_argument("--depth", type=_COUNT, default=8, help="layers (default 8)")
+    p.add_argument("--degree", type=_COUNT, default=4, help="SAO degree; other methods match its sparsity (default 4)")
 
 
 def _singular_values_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--methods", type=_names, default=singular_values.DEFAULT_METHODS, help="comma-separated methods")
-    p.add_argument("--width", type=int, default=256, help="layer width (default 256)")
+    p.add_argument("--methods", type=_NAMES, default=singular_values.DEFAULT_METHODS, help="comma-separated methods")
+    p.add_argument("--width", type=_COUNT, default=256, help="layer width (default 256)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--degree", type=int, default=None, help="SAO degree (default 2 = 99.2%% sparse at 256)")
-    group.add_argument("--sparsity", type=float, default=None, help="sparsity instead of a degree")
-    p.add_argument("--repeats", type=int, default=10, help="independent layers pooled (default 10)")
+    group.add_argument("--degree", type=_COUNT, default=None, help="SAO degree (default 2 = 99.2%% sparse at 256)")
+    group.add_argument("--sparsity", type=_SPARSITY, default=None, help="sparsity instead of a degree")
+    p.add_argument("--repeats", type=_COUNT, default=10, help="independent layers pooled (default 10)")
 
 
 def _jacobian_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--methods", type=_names, default=jacobian.DEFAULT_METHODS, help="comma-separated methods")
-    p.add_argument("--depths", type=_ints, default=jacobian.DEFAULT_DEPTHS, help="depths N (default 50,...,1000)")
-    p.add_argument("--degree", type=int, default=4, help="SAO degree (default 4)")
-    p.add_argument("--gain", type=float, default=1.1, help="weight gain (default 1.1, the paper's)")
+    p.add_argument("--methods", type=_NAMES, default=jacobian.DEFAULT_METHODS, help="comma-separated methods")
+    p.add_argument("--depths", type=_COUNTS, default=jacobian.DEFAULT_DEPTHS, help="depths N (default 50,...,1000)")
+    p.add_argument("--degree", type=_COUNT, default=4, help="SAO degree (default 4)")
+    p.add_argument("--gain", type=_GAIN, default=1.1, help="weight gain (default 1.1, the paper's)")
 
 
 def _run_singular_values(a: argparse.Namespace) -> list[Path]:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import textwrap
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from sao.cli._flags import add_config_flags, check_device
+from sao.cli._flags import add_config_flags, check_device, flag_name, given
+from sao.cli._types import Folder, Integer, Real, blame
 from sao.experiments import (
     EXPERIMENTS,
     LAUNCHERS,
@@ -27,7 +30,7 @@ from sao.experiments import (
 from sao.experiments.protocol import load_splits
 from sao.reports import write_report
 
-__all__ = ["HELP", "add_arguments", "run"]
+__all__ = ["HELP", "LAUNCH_FLAGS", "add_arguments", "resolve", "run"]
 
 HELP = "reproduce a table of the paper: sweep, resume, report"
 
@@ -51,8 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", choices=EXPERIMENTS.names(), help="which table of the paper")
     p.add_argument("--preset", default="quick", help="the grid to run (default quick; each table's presets are "
                                                      "listed below)")
-    p.add_argument("--out", type=Path, default=None, help="sweep folder (default runs/EXPERIMENT-PRESET)")
-    p.add_argument("--workers", type=int, default=1, help="local: runs in parallel (processes; default 1)")
+    p.add_argument("--out", type=Folder(), default=None, help="sweep folder (default runs/EXPERIMENT-PRESET)")
+    p.add_argument("--workers", type=Integer(), default=None, help="local: runs in parallel (processes; default 1)")
     p.add_argument("--no-wait", dest="wait", action="store_false",
                    help="do not wait for runs another driver is training (default: wait, then report all)")
     add_config_flags(p, only=SWEEP_FLAGS)
@@ -60,20 +63,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="local (processes on this machine, default) or ray (one Ray task per run)")
     p.add_argument("--address", default=None, help="ray: cluster address, e.g. auto or ray://HEAD:10001 "
                                                    "(default: RAY_ADDRESS, else a local instance)")
-    p.add_argument("--cpus-per-run", type=int, default=None, help="ray: CPUs (and torch threads) per run (default 1)")
-    p.add_argument("--gpus-per-run", type=float, default=None,
+    p.add_argument("--cpus-per-run", type=Integer(), default=None, help="ray: CPUs (and torch threads) per run "
+                                                                        "(default 1)")
+    p.add_argument("--gpus-per-run", type=Real(), default=None,
                    help="ray: GPUs per run, fractions below 1 share a GPU (default 0)")
 
 
+#: The launcher flags: flag → (the :class:`LaunchOptions` field it sets, the launcher it is for).
+LAUNCH_FLAGS = {"--workers": ("workers", "local"), "--address": ("address", "ray"),
+                "--cpus-per-run": ("cpus_per_run", "ray"), "--gpus-per-run": ("gpus_per_run", "ray")}
+
+
 def _options(args: argparse.Namespace) -> LaunchOptions:
-    ray_flags = {"--address": args.address, "--cpus-per-run": args.cpus_per_run, "--gpus-per-run": args.gpus_per_run}
-    if args.launcher != "ray" and any(v is not None for v in ray_flags.values()):
-        raise ValueError(f"{', '.join(f for f, v in ray_flags.items() if v is not None)} need --launcher ray")
-    if args.launcher == "ray" and args.workers != 1:
-        raise ValueError("--workers is for --launcher local; Ray runs as many runs as the cluster has room for")
-    return LaunchOptions(workers=args.workers, address=args.address,
-                         cpus_per_run=1 if args.cpus_per_run is None else args.cpus_per_run,
-                         gpus_per_run=0 if args.gpus_per_run is None else args.gpus_per_run)
+    """The launcher's options of the flags given (the others keep LaunchOptions' defaults); each must be for it."""
+    chosen = {flag: getattr(args, name) for flag, (name, _) in LAUNCH_FLAGS.items() if getattr(args, name) is not None}
+    wrong = [flag for flag in chosen if LAUNCH_FLAGS[flag][1] != args.launcher]
+    if wrong:
+        raise ValueError("; ".join(f"argument {flag}: only for --launcher {LAUNCH_FLAGS[flag][1]}" for flag in wrong))
+    return blame(lambda values: LaunchOptions(**{LAUNCH_FLAGS[flag][0]: v for flag, v in values.items()}), chosen,
+                 str)
+
+
+def _configs(args: argparse.Namespace) -> list[RunConfig]:
+    """The preset's run configs with the sweep flags given; a bad value is blamed on its flag."""
+    spec = EXPERIMENTS.get(args.experiment)
+    chosen = {key: getattr(args, key) for key in SWEEP_FLAGS if given(args, key)}
+
+    def build(values: Mapping[str, Any]) -> list[RunConfig]:
+        train = {key.split(".")[1]: v for key, v in values.items() if key.startswith("train.")}
+        return spec.runs(args.preset, data_root=values.get("data.root"), train=train)
+
+    return blame(build, chosen, flag_name)
+
+
+def resolve(args: argparse.Namespace) -> None:
+    """``args.options`` (:class:`LaunchOptions`) and ``args.configs`` (the runs) of the flags, on devices
+    this machine has."""
+    args.options = _options(args)
+    args.configs = _configs(args)
+    for device in sorted({c.train.device for c in args.configs}):
+        check_device(device)
 
 
 def check_data(configs: list[RunConfig]) -> None:
@@ -86,20 +115,13 @@ def check_data(configs: list[RunConfig]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = EXPERIMENTS.get(args.experiment)
-    options = _options(args)
-    train = {key.split(".")[1]: getattr(args, key) for key in SWEEP_FLAGS
-             if key.startswith("train.") and getattr(args, key) is not None}
-    configs = spec.runs(args.preset, data_root=getattr(args, "data.root"), train=train)
+    spec, configs = EXPERIMENTS.get(args.experiment), args.configs
     out = args.out or Path("runs") / f"{args.experiment}-{args.preset}"
     store = RunStore(out, identity=identity)
     runs = [Run(label, c.to_dict()) for label, c in zip(spec.run_labels(args.preset), configs, strict=True)]
-    todo = [c for c, run in zip(configs, runs, strict=True) if store.result(run) is None]
-    for device in sorted({c.train.device for c in todo}):
-        check_device(device)
-    check_data(todo)
+    check_data([c for c, run in zip(configs, runs, strict=True) if store.result(run) is None])
     start = time.perf_counter()
-    run_grid(runs, run_experiment, out, launcher=args.launcher, options=options, store=store, wait=args.wait)
+    run_grid(runs, run_experiment, out, launcher=args.launcher, options=args.options, store=store, wait=args.wait)
     print(f"sweep finished in {time.perf_counter() - start:.0f} s: {out}")
     for path in write_report(out, out, spec):
         print(path)

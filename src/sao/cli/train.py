@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sao.cli._flags import add_config_flags, apply_flags, check_device, given
+from sao.cli._types import Folder
 from sao.experiments import (
     EXPERIMENTS,
     ModelConfig,
@@ -27,7 +28,7 @@ from sao.experiments import (
 )
 from sao.training.distributed import init_from_env, is_main_process, shutdown
 
-__all__ = ["HELP", "add_arguments", "run", "run_config"]
+__all__ = ["HELP", "add_arguments", "resolve", "run", "run_config"]
 
 HELP = "train one run of any registered model and method (resumable; data-parallel under torchrun)"
 
@@ -43,8 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_flags(parser, defaults=_base(home) if home else None,
                      note=f"Defaults shown: --model {ModelConfig().name} ({home}); another model or --experiment "
                           "takes that table's settings.")
-    parser.add_argument("--out", type=Path, default=Path("runs/train"),
+    parser.add_argument("--out", type=Folder(), default=Path("runs/train"),
                         help="parent folder of the run folder (default runs/train)")
+
+
+def resolve(args: argparse.Namespace) -> None:
+    """``args.config``: the run config of the flags (:func:`run_config`), on a device this machine has."""
+    args.config = run_config(args)
+    check_device(args.config.train.device)
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
@@ -76,8 +83,7 @@ def _base(experiment: str) -> RunConfig:
 
 def run(args: argparse.Namespace) -> int:
     """One run; under ``torchrun`` a data-parallel one (``--batch-size`` is the global batch)."""
-    config = run_config(args)
-    check_device(config.train.device)
+    config = args.config
     init_from_env(config.train.device)
     main = is_main_process()  # asked before the group is gone
     try:
