@@ -58,13 +58,11 @@ def test_write_report_files_and_unfinished_and_damaged_runs_are_not_reported(tmp
     assert "Table 7" in text and "Skipped 1 damaged run folder(s): sao-N500-s0-0123456789ab" in text
 
 
-def test_a_sweep_of_version_0_1_is_reported(tmp_path: Path) -> None:
-    """Run folders written by 0.1 (flat config.json) are read as the typed configs they mean."""
+def test_a_one_seed_sweep_is_reported_with_its_deviations(tmp_path: Path) -> None:
     for method, acc in (("sao", 0.9), ("gmp-s", 0.1)):
-        flat = {"experiment": "table7", "method": method, "depth": 50, "seed": 0, "epochs": 5,
-                "dataset": "mnist5k", "data_root": None, "degree": 4, "gain": 1.1, "batch_size": 32, "lr": 0.01,
-                "device": "auto"}
-        run_one(Run(f"{method}-N50-s0", flat), lambda c, d, g, acc=acc: {"status": "completed", "test_acc": acc},
+        cfg = RunConfig(ModelConfig("fnn", 50, gain=1.1), MethodConfig(method, degree=4), DataConfig(batch_size=32),
+                        TrainConfig(epochs=5, lr=0.01), experiment="table7")
+        run_one(Run(cfg.label, cfg.to_dict()), lambda c, d, g, acc=acc: {"status": "completed", "test_acc": acc},
                 tmp_path)
     write_report(tmp_path)
     text = (tmp_path / "report.md").read_text()
@@ -74,20 +72,31 @@ def test_a_sweep_of_version_0_1_is_reported(tmp_path: Path) -> None:
             "epochs 5 (paper 100), 1 seed (paper 3).") in text
 
 
+def test_a_config_of_another_format_is_a_damaged_folder(tmp_path: Path) -> None:
+    """A flat config (the format of 0.1, never released) is listed as damaged, not reported."""
+    make_sweep(tmp_path)
+    folder = tmp_path / "flat-0123456789ab"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"experiment": "table7", "method": "sao", "depth": 10}))
+    (folder / "result.json").write_text(json.dumps({"status": "completed", "test_acc": 0.9}))
+    results, damaged = load_results(tmp_path)
+    assert len(results) == 8 and [p.name for p, _ in damaged] == ["flat-0123456789ab"]
+
+
 def test_empty_sweep_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no finished runs"):
         write_report(tmp_path)
 
 
 def test_runs_that_differ_beyond_the_seed_are_never_averaged(tmp_path: Path) -> None:
-    """Two folders of one method and depth that differ in a setting (here the device) get a row each."""
-    for device, acc in (("cpu", 0.9), ("auto", 0.5)):
-        cfg = RunConfig(ModelConfig("fnn", 10), train=TrainConfig(epochs=1, device=device))
+    """Two folders of one method and depth that differ in a setting (here the weight decay) get a row each."""
+    for decay, acc in ((0.0, 0.9), (1e-4, 0.5)):
+        cfg = RunConfig(ModelConfig("fnn", 10), train=TrainConfig(epochs=1, weight_decay=decay))
         run_one(Run(cfg.label, cfg.to_dict()), lambda c, d, g, acc=acc: {"status": "completed", "test_acc": acc},
                 tmp_path)
     results, _ = load_results(tmp_path)
     rows = {r["method"]: r["N=10"] for r in table_rows(results)}
-    assert rows == {"sao (device auto)": "50.00", "sao (device cpu)": "**90.00**"}
+    assert rows == {"sao (weight decay 0.0001)": "50.00", "sao (weight decay 0)": "**90.00**"}
 
 
 @pytest.mark.parametrize("bad", [{"depth": 2.0}, {"depth": "10"}, {"lr": "0.1"}, {"model": None}])
@@ -95,9 +104,11 @@ def test_configs_with_wrong_types_are_damaged_folders_not_crashes(tmp_path: Path
     make_sweep(tmp_path)
     folder = tmp_path / "odd-0123456789ab"
     folder.mkdir()
-    flat = {"experiment": "table7", "method": "sao", "depth": 10, "seed": 0, "epochs": 1, "dataset": "mnist5k",
-            "data_root": None, "degree": 4, "gain": 1.1, "batch_size": 32, "lr": 0.01, "device": "auto", **bad}
-    (folder / "config.json").write_text(json.dumps(flat))
+    config = RunConfig(ModelConfig("fnn", 10), experiment="table7").to_dict()
+    for key, value in bad.items():
+        part = next((p for p in ("model", "train") if key in config[p]), None)
+        (config[part] if part else config)[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
     results, damaged = load_results(tmp_path)
     assert len(results) == 8 and [p.name for p, _ in damaged] == ["odd-0123456789ab"]
 
@@ -142,3 +153,40 @@ def test_a_setting_identity_leaves_out_at_its_old_value_is_still_a_deviation() -
                                                               normalize="feature"), paper.train, "table7")
     assert deviations_note([(c, {}) for c in t7.runs("paper") if c != paper] + [(feature, {})], t7) == (
         "Deviations from the paper's settings: normalize feature (paper dataset).")
+
+
+def _add_table8_run(out: Path) -> None:
+    cfg = RunConfig(ModelConfig("cnn", 2), MethodConfig("sao", sparsity=0.5), train=TrainConfig(epochs=1),
+                    experiment="table8")
+    run_one(Run(cfg.label, cfg.to_dict()), fake_run, out)
+
+
+def test_a_report_of_a_table_the_folder_does_not_hold_is_refused_naming_those_it_holds(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Once Table 8's title was printed over Table 7's runs."""
+    from sao.cli import main
+
+    make_sweep(tmp_path)
+    with pytest.raises(ValueError, match=r"holds no finished runs of table8, only runs of table7 \(8 runs\)"):
+        write_report(tmp_path, tmp_path / "report", EXPERIMENTS.get("table8"))
+    assert not (tmp_path / "report").exists()
+    assert main(["report", str(tmp_path), "--experiment", "table8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sao report: error: ") and "table7 (8 runs)" in err
+
+
+def test_a_report_of_one_table_leaves_out_the_runs_of_others_and_says_how_many(tmp_path: Path) -> None:
+    make_sweep(tmp_path)
+    _add_table8_run(tmp_path)
+    write_report(tmp_path, tmp_path / "t7", EXPERIMENTS.get("table7"))
+    text = (tmp_path / "t7" / "report.md").read_text()
+    assert text.startswith(f"## {EXPERIMENTS.get('table7').title} ")
+    assert "Left out the runs of other tables: table8 (1 run)." in text
+    assert "sao 50%" not in text and "cnn" not in text and "| sao |" in text
+    write_report(tmp_path, tmp_path / "t8", EXPERIMENTS.get("table8"))
+    text = (tmp_path / "t8" / "report.md").read_text()
+    assert text.startswith(f"## {EXPERIMENTS.get('table8').title} ") and "sao 50%" in text and "N=10" not in text
+    assert "Left out the runs of other tables: table7 (8 runs)." in text
+    write_report(tmp_path, tmp_path / "all")  # without a table: every run, and which tables they are of
+    text = (tmp_path / "all" / "report.md").read_text()
+    assert text.startswith("## Sweep ") and "The runs are of several tables: table7 (8 runs), table8 (1 run)" in text

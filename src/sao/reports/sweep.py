@@ -1,8 +1,8 @@
 """Turn a sweep folder into tables and figures: rows method, columns depth, mean ± std over seeds.
 
 Reads the sweep through the run store (:class:`sao.experiments.RunStore`): only *finished* runs,
-of this version's format or of version 0.1's, each as its typed
-:class:`~sao.experiments.RunConfig`; damaged folders are listed, never reported. A run's
+each as its typed :class:`~sao.experiments.RunConfig`; damaged folders (a config.json of another
+format among them) are listed, never reported. A run's
 ``result.json`` holds the metrics named in :data:`METRICS` (a run that diverged reports its
 accuracies as they were when it stopped, and is counted). A run with a sparsity (the CNN tables)
 gets its own row, labelled ``"method sparsity%"`` (:func:`row_label`).
@@ -11,8 +11,9 @@ gets its own row, labelled ``"method sparsity%"`` (:func:`row_label`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,10 @@ from matplotlib.ticker import MaxNLocator
 
 from sao._files import plt, save_figure, write_table
 from sao.experiments import EXPERIMENTS, ExperimentSpec, ModelConfig, RunConfig, RunStore, identity
-from sao.experiments.config import ADDED_LATER
 from sao.experiments.protocol import training_history
 
 __all__ = ["METRICS", "Result", "aggregate", "deviations_note", "load_results", "row_label", "row_labels",
-           "settings_note", "table_rows", "training_curves", "write_report"]
+           "runs_of", "settings_note", "table_rows", "training_curves", "write_report"]
 
 METRICS = ("test_acc", "val_acc", "jacobian_mean", "jacobian_var")
 
@@ -36,9 +36,14 @@ Result = tuple[RunConfig, Mapping[str, Any]]
 def load_results(sweep_dir: Path) -> tuple[list[Result], list[tuple[Path, str]]]:
     """The finished runs of a sweep folder (typed) and its damaged folders ``(folder, what is wrong)``."""
     store = RunStore(Path(sweep_dir), identity=identity)
-    results = [(RunConfig.from_dict(r["config"]), {k: v for k, v in r.items() if k != "config"})
+    results = [(_stored_config(Path(r["run_dir"])), {k: v for k, v in r.items() if k != "config"})
                for r in store.finished()]
     return results, store.damaged()
+
+
+def _stored_config(run_dir: Path) -> RunConfig:
+    """The typed config a finished run folder holds (the store's ``"config"`` is only what decides the run)."""
+    return RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
 
 
 def row_label(config: RunConfig) -> str:
@@ -154,20 +159,23 @@ def write_report(sweep_dir: Path, out: Path | None = None, experiment: Experimen
     ``accuracy_vs_depth`` and ``jacobian_vs_depth``, and — for the deepest depth — every epoch's test
     accuracy and Jacobian mean (``training_curves.md``/``.csv``/``.png``, :func:`training_curves`) into ``out``.
 
-    ``experiment`` gives the title and the paper's numbers (default: the experiment the runs
-    name, when they all name one); the numbers are shown only beside runs on the paper's dataset.
+    ``experiment`` gives the title and the paper's numbers, and only its runs (those whose config
+    names it) are reported; the runs of other tables are left out, and the notes say how many.
+    Default: every run, under the experiment they name when they all name one. The paper's numbers
+    are shown only beside runs on the paper's dataset.
 
     Raises:
-        ValueError: if ``sweep_dir`` holds no finished run.
+        ValueError: if ``sweep_dir`` holds no finished run (of ``experiment``: naming the tables it holds).
     """
     results, damaged = load_results(Path(sweep_dir))
     if not results:
         raise ValueError(f"no finished runs in {sweep_dir} (a run is finished once its result.json is written)")
+    results, left_out = runs_of(results, experiment, sweep_dir)
     experiment = experiment or _named_experiment(results)
     title, known = _title_and_known(results, experiment)
     notes = settings_note(results)
-    deviations = deviations_note(results, experiment)
-    notes += f" {deviations}" if deviations else ""
+    for note in (deviations_note(results, experiment), left_out):
+        notes += f" {note}" if note else ""
     if damaged:
         notes += f" Skipped {len(damaged)} damaged run folder(s): " + "; ".join(f"{p.name} ({why})"
                                                                               for p, why in damaged)
@@ -214,6 +222,31 @@ def training_curves(sweep_dir: Path, results: Sequence[Result], depth: int) -> l
                          "test_acc": None if acc is None else round(100.0 * acc, 2),
                          "jacobian_mean": line.get("jacobian_mean")})
     return sorted(rows, key=lambda row: (row["method"], row["seed"]))  # stable: each run's lines stay in order
+
+
+def runs_of(results: Sequence[Result], experiment: ExperimentSpec | None, sweep_dir: Path) -> tuple[list[Result], str]:
+    """The runs of ``experiment`` (every run when ``None``) and a note on the runs of other tables (``""``: none).
+
+    Raises:
+        ValueError: none of ``results`` (the runs of ``sweep_dir``) is of ``experiment``; it names the
+            tables they are of.
+    """
+    if experiment is None:
+        tables = Counter(config.experiment for config, _ in results)
+        return list(results), (f"The runs are of several tables: {_tables(tables)} (sao report --experiment NAME "
+                                "reports one)." if len(tables) > 1 else "")
+    name = experiment.base.experiment
+    kept = [(config, result) for config, result in results if config.experiment == name]
+    others = Counter(config.experiment for config, _ in results if config.experiment != name)
+    if not kept:
+        raise ValueError(f"{sweep_dir} holds no finished runs of {name}, only runs of {_tables(others)}")
+    return kept, f"Left out the runs of other tables: {_tables(others)}." if others else ""
+
+
+def _tables(counts: Counter) -> str:
+    """``"table7 (8 runs), table10 (1 run)"``: how many runs each table (``None``: no table) has."""
+    return ", ".join(f"{table or 'no table'} ({n} run{'s' * (n > 1)})" for table, n in sorted(
+        counts.items(), key=lambda item: (len(item[0] or ""), item[0] or "")))
 
 
 def _named_experiment(results: Sequence[Result]) -> ExperimentSpec | None:
@@ -314,10 +347,9 @@ def deviations_note(results: Sequence[Result], experiment: ExperimentSpec | None
 
 
 def _flat_canonical(config: RunConfig) -> dict[str, Any]:
-    """What decides a run, flat; the settings :func:`identity` leaves out at their old value are put back."""
-    flat = {f"{part}.{k}": v for part, values in identity(config.to_dict()).items() if isinstance(values, dict)
+    """What decides a run (:meth:`RunConfig.identity`), flat: ``{"part.field": value}``."""
+    return {f"{part}.{k}": v for part, values in config.identity().items() if isinstance(values, dict)
             for k, v in values.items()}
-    return {**{f"{part}.{key}": before for (part, key), before in ADDED_LATER.items()}, **flat}
 
 
 def _order(key: str) -> int:
