@@ -91,27 +91,37 @@ def _driver(tmp_path: Path, source: str) -> tuple[Path, dict[str, str]]:
     return tmp_path / "driver.py", {**os.environ, "PYTHONPATH": path, "SAO_TEST_LOG": str(log)}
 
 
+def _slow_sweep(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """``argv`` started with runs of 60 s, in a process group of its own."""
+    return subprocess.Popen(argv, env={**env, "SAO_TEST_SECONDS": "60"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _interrupt(proc: subprocess.Popen, to_group: bool) -> tuple[int, float, str]:
+    """Send SIGINT: to the whole process group, as Ctrl-C in a terminal does, or to the driver only.
+
+    Returns ``(exit status, when it was sent, stderr)``; fails unless it exits within :data:`EXIT_WITHIN` s.
+    """
+    sent = time.time()
+    (os.killpg if to_group else os.kill)(proc.pid, signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=EXIT_WITHIN)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {EXIT_WITHIN:g} s after Ctrl-C")
+    return proc.returncode, sent, err
+
+
 def _interrupt_when_two_run(argv: list[str], env: dict[str, str], log: Path, to_group: bool) -> tuple[int, float,
                                                                                                        str]:
-    """Start ``argv`` with slow runs, send SIGINT once two runs train; ``(exit status, signal time, stderr)``.
-
-    ``to_group``: to the whole process group, as Ctrl-C in a terminal does; else to the driver only.
-    """
-    proc = subprocess.Popen(argv, env={**env, "SAO_TEST_SECONDS": "60"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    """Start ``argv`` with slow runs and :func:`_interrupt` it once two runs train."""
+    proc = _slow_sweep(argv, env)
     try:
         deadline = time.monotonic() + 120
         while sum(map(len, _starts(log).values())) < 2:
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             assert time.monotonic() < deadline, "the runs did not start"
             time.sleep(0.05)
-        sent = time.time()
-        (os.killpg if to_group else os.kill)(proc.pid, signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=EXIT_WITHIN)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"still running {EXIT_WITHIN:g} s after Ctrl-C")
-        return proc.returncode, sent, err
+        return _interrupt(proc, to_group)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -152,6 +162,26 @@ def test_ctrl_c_stops_reproduce_workers_and_the_rerun_finishes(tmp_path: Path, t
     starts = _starts(log)
     assert len(starts) == 8 and len([p for p in out.iterdir() if (p / "result.json").exists()]) == 8
     assert {name: len(times) for name, times in starts.items() if len(times) > 1} == dict.fromkeys(interrupted, 2)
+
+
+def test_ctrl_c_while_the_workers_start_is_quiet(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal while the worker processes still import: exit 130, no traceback of theirs."""
+    driver, env = _driver(tmp_path, CLI_DRIVER)
+    proc = _slow_sweep([sys.executable, str(driver), "reproduce", "table7", "--preset", "quick", "--workers", "2",
+                        "--out", str(tmp_path / "sweep")], env)
+    try:
+        head = ""
+        while "worker processes" not in head and proc.poll() is None:
+            head += proc.stderr.readline() if proc.stderr else ""
+        time.sleep(0.3)  # the workers are being started: importing torch takes longer
+        status, sent, err = _interrupt(proc, to_group=True)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert status == 130 and "Traceback" not in err and err.strip().splitlines()[-1] == "sao reproduce: interrupted", (
+        head + err)
+    assert all(t < sent for times in _starts(tmp_path / "log").values() for t in times)
 
 
 def test_ctrl_c_stops_a_ray_grid_and_the_rerun_finishes(tmp_path: Path) -> None:

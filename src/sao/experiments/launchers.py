@@ -117,9 +117,12 @@ class _WorkerInterrupt:
 
     @classmethod
     def install(cls, stop: Any) -> None:
+        """Handle SIGINT from now on; one held back while the worker started (:func:`_sigint_held`) arrives now."""
         cls.stop = stop
         signal.signal(signal.SIGINT, cls._on_sigint)
         threading.Thread(target=cls._forward, daemon=True, name="sao-stop").start()
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
     @classmethod
     def _on_sigint(cls, signum: int, frame: object) -> None:
@@ -144,6 +147,20 @@ class _WorkerInterrupt:
             return attempt(run, run_fn, store)
         finally:
             cls.running = False
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Hold SIGINT back in this thread (pending, not lost) while it starts worker processes: they inherit
+    the mask, so a Ctrl-C while they import is taken once they can handle it, not as a traceback."""
+    if not hasattr(signal, "pthread_sigmask"):  # no POSIX signal masks (Windows)
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _init_worker(threads: int, stop: Any) -> None:
@@ -193,7 +210,8 @@ def _collect_local(pool: ProcessPoolExecutor, todo: list[Run], run_fn: RunFuncti
                    log: Log) -> LaunchReport:
     """Submit every run to ``pool`` and log each as it ends; a worker's ``KeyboardInterrupt`` is raised here."""
     report = LaunchReport()
-    futures = {pool.submit(_WorkerInterrupt.attempt, run, run_fn, store): run for run in todo}
+    with _sigint_held():  # submitting starts the workers
+        futures = {pool.submit(_WorkerInterrupt.attempt, run, run_fn, store): run for run in todo}
     for i, future in enumerate(as_completed(futures), 1):
         report.record(futures[future], f"[{i}/{len(todo)}]", future.result, log)
     return report
