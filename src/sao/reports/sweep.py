@@ -112,7 +112,7 @@ def table_rows(results: Sequence[Result], metric: str = "test_acc", scale: float
     shown as ``(k diverged)``; their metrics are left out.
 
     >>> from sao.experiments import MethodConfig, ModelConfig
-    >>> runs = [(RunConfig(ModelConfig(depth=10), MethodConfig(m, degree=4)), {"test_acc": a})
+    >>> runs = [(RunConfig(ModelConfig(depth=10), MethodConfig(m, degree=None if m == "dense" else 4)), {"test_acc": a})
     ...         for m, a in (("sao", 0.9), ("sao", 0.8), ("dense", 0.7), ("dense", 0.6), ("rg-n", 0.5))]
     >>> for row in table_rows(runs, known={("dense", 10): 60.0}):
     ...     print(row)
