@@ -279,3 +279,12 @@ def test_errors_of_the_console_command_are_one_line() -> None:
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "argument --width" in proc.stderr, proc.stderr
     assert main(["--version"]) == 0
+
+
+def test_a_method_without_a_target_drops_the_tables_target() -> None:
+    """``--method dense`` on Table 7 (degree 4): the baseline takes no degree, so the table's is dropped."""
+    from sao.experiments import MethodConfig
+
+    assert build_parser().parse_args(["train", "--method", "dense"]).config.method == MethodConfig("dense")
+    assert build_parser().parse_args(["train", "--method", "gmp-s"]).config.method == MethodConfig("gmp-s", degree=4)
+    assert main(["train", "--method", "dense", "--degree", "4"]) == 2

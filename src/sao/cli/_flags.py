@@ -133,11 +133,20 @@ def _applied(config: RunConfig, values: dict[str, Any]) -> RunConfig:
     parts = {}
     for section in SECTIONS:
         chosen = {key.split(".")[1]: value for key, value in values.items() if key.split(".")[0] == section}
-        if section == "method" and chosen.keys() & {"degree", "sparsity"}:
-            chosen = {"degree": None, "sparsity": None, **chosen}  # a target given replaces the other
+        if section == "method":
+            chosen = _target(chosen)
         part = getattr(config, section)
         parts[section] = dataclasses.replace(part, **chosen) if chosen else part
     return dataclasses.replace(config, **parts)
+
+
+def _target(chosen: dict[str, Any]) -> dict[str, Any]:
+    """The method fields to change: a target given replaces the other; a method that takes none drops the base's."""
+    if chosen.keys() & {"degree", "sparsity"}:
+        return {"degree": None, "sparsity": None, **chosen}
+    if "name" in chosen and not METHODS.get(chosen["name"]).needs_target:
+        return {**chosen, "degree": None, "sparsity": None}
+    return chosen
 
 
 def check_device(device: str) -> None:
