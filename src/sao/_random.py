@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ACTIVATIONS", "check_activation", "check_generator", "draw_device"]
+__all__ = ["ACTIVATIONS", "SEED_LIMIT", "check_activation", "check_generator", "draw_device"]
 
 #: Activations the initializers are built for; ``"relu"`` selects the mirrored construction.
 ACTIVATIONS = ("linear", "tanh", "relu")
+#: Run seeds are below this: a run seeds numpy too, which takes ``0 <= seed < 2**32`` (torch takes more).
+SEED_LIMIT = 2**32
 
 
 def draw_device(generator: torch.Generator | None) -> torch.device:

@@ -113,9 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     """Run the parsed command; its user errors are one line on stderr (module docstring)."""
     try:
-        from sao.experiments import FailedRuns, RunClaimed
+        from sao.experiments import FailedRuns, LeaseLost, RunClaimed
 
-        run_failures: tuple[type[Exception], ...] = (FailedRuns, RunClaimed)
+        run_failures: tuple[type[Exception], ...] = (FailedRuns, RunClaimed, LeaseLost)
     except MissingExtra:
         run_failures = ()  # no command that runs experiments can run
     prog = getattr(args, PROG, f"sao {args.command}")

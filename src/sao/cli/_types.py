@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sao._random import SEED_LIMIT
+
 __all__ = ["INT64", "SEED", "Folder", "Integer", "Listing", "Real", "blame"]
 
 T = TypeVar("T")
@@ -83,7 +85,7 @@ class Integer:
 
 
 #: A random seed: what every generator a run seeds takes (``numpy.random.seed``: below 2**32; torch takes more).
-SEED = Integer(0, 2**32 - 1)
+SEED = Integer(0, SEED_LIMIT - 1)
 
 
 @dataclass(frozen=True)

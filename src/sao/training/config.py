@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from sao._random import SEED_LIMIT
 from sao._validation import as_int, as_real
 from sao.training.schedule import SCHEDULES
 
@@ -119,6 +120,7 @@ class TrainConfig:
         check("epochs", as_int, minimum=1)
         for name in ("warmup_epochs", "isometry_probe", "seed"):
             check(name, as_int, minimum=0)
+        _check("seed", self.seed, self.seed < SEED_LIMIT, "below 2**32 (the seeds numpy takes)")
         for name in ("lr", "gamma"):
             check(name, as_real, low=0.0, low_open=True)
         for name in ("momentum", "weight_decay"):
