@@ -21,7 +21,7 @@ from typing import Any
 from matplotlib.ticker import MaxNLocator
 
 from sao._files import plt, save_figure, write_table
-from sao.experiments import EXPERIMENTS, ExperimentSpec, ModelConfig, RunConfig, RunStore, identity
+from sao.experiments import EXPERIMENTS, ExperimentSpec, ModelConfig, RunConfig, RunStore, execution_settings, identity
 from sao.experiments.protocol import training_history
 
 __all__ = ["METRICS", "Result", "aggregate", "deviations_note", "load_results", "row_label", "row_labels",
@@ -267,7 +267,7 @@ def _title_and_known(results: Sequence[Result], experiment: ExperimentSpec | Non
 
 
 #: Settings that name a run's place in the grid (or where it ran), not what it computes.
-_GRID_KEYS = ("method.name", "model.depth", "train.seed", "method.sparsity", "data.root", "train.device")
+_GRID_KEYS = ("method.name", "model.depth", "train.seed", "method.sparsity", *execution_settings())
 
 
 def _flat(config: RunConfig) -> dict[str, Any]:
@@ -306,7 +306,7 @@ def settings_note(results: Sequence[Result]) -> str:
     keys = [k for k in configs[0][1] if k not in _GRID_KEYS]
     shared = [k for k in keys if all(flat.get(k) == configs[0][1].get(k) for _, flat in configs)]
     parts = [f"{_short(k)} {_value(configs[0][1][k])}" for k in sorted(shared, key=_order)
-             if k in _ALWAYS or configs[0][1][k] != defaults.get(k)]
+             if k in _ALWAYS or configs[0][1][k] not in (None, defaults.get(k))]  # None: "not set" says nothing
     varying = [_varying(k, configs) for k in keys if k not in shared]
     return "Settings: " + ", ".join(parts) + "".join(f"; {v}" for v in varying) + \
         "; the rest at their defaults (sao train --help)."
