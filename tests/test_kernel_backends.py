@@ -131,3 +131,33 @@ def test_a_registered_chain_backend_is_what_the_compiled_chain_runs() -> None:
     assert backend.calls == 1 and chain.last_decision.route == "compiled"
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
     torch.testing.assert_close(*(torch.autograd.grad(y.sum(), x, retain_graph=True)[0] for y in (got, want)))
+
+
+def test_only_backends_register() -> None:
+    with pytest.raises(TypeError, match="must be an instance of ConvKernel"):
+        CONV_KERNELS.register("xpu", 42)
+    with pytest.raises(TypeError, match="must be an instance of ChainKernel"):
+        CHAIN_KERNELS.register("xpu", ReferenceChain)  # the class, not an instance
+    assert "xpu" not in CONV_KERNELS and "xpu" not in CHAIN_KERNELS
+
+
+class WrongShapeConv(ReferenceConv):
+    def forward(self, x, blocks, bias, perms, geometry, num_blocks):
+        return super().forward(x, blocks, bias, perms, geometry, num_blocks)[..., :-1]
+
+
+class NoneChain(ReferenceChain):
+    def run(self, x, layers, activations, indices=None):
+        return None
+
+
+@pytest.mark.parametrize("mode", ["compiled", "auto"])
+def test_a_backend_returning_the_wrong_thing_fails_loudly(mode: str) -> None:
+    conv = SparseConv2d(8, 8, 3, padding=1, degree=2, generator=torch.Generator().manual_seed(0))
+    with registered(CONV_KERNELS, "cpu", WrongShapeConv()), sao.nn.fusion(mode), \
+            pytest.raises(RuntimeError, match=r"WrongShapeConv returned \(2, 8, 6, 5\).*expected \(2, 8, 6, 6\)"):
+        conv(torch.randn(2, 8, 6, 6))
+    layers = [SparseLinear(16, 16, degree=4, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    chain = FusedSparseChain(layers, [nn.Tanh() for _ in layers], fusion=mode)
+    with registered(CHAIN_KERNELS, "cpu", NoneChain()), pytest.raises(RuntimeError, match="NoneChain returned"):
+        chain(torch.randn(4, 16))

@@ -19,6 +19,7 @@ from sao.methods import (
     InitSettings,
     NoSettings,
     PruneMethod,
+    RandomGraphSettings,
     RedrawSettings,
     SparsifyMethod,
     SparsifyRequest,
@@ -170,9 +171,10 @@ def test_everything_after_the_method_is_keyword_only() -> None:
 
 
 #: The settings type of every built-in method (the keyword arguments sparsify takes for it).
-SETTINGS_TYPES = {"sao": InitSettings, "rg-n": InitSettings, "rg-u": InitSettings, "dense": RedrawSettings,
-                  "lmp-s": RedrawSettings, "gmp-s": RedrawSettings, "lrp": RedrawSettings, "rg-s": RedrawSettings,
-                  "eoi": RedrawSettings, "lmp-t": NoSettings, "gmp-t": NoSettings, "rg-t": NoSettings}
+SETTINGS_TYPES = {"sao": InitSettings, "rg-n": RandomGraphSettings, "rg-u": RandomGraphSettings,
+                  "dense": RedrawSettings, "lmp-s": RedrawSettings, "gmp-s": RedrawSettings, "lrp": RedrawSettings,
+                  "rg-s": RedrawSettings, "eoi": RedrawSettings, "lmp-t": NoSettings, "gmp-t": NoSettings,
+                  "rg-t": NoSettings}
 
 
 def test_every_built_in_method_declares_its_settings() -> None:
@@ -181,6 +183,7 @@ def test_every_built_in_method_declares_its_settings() -> None:
         assert METHODS.get(name).settings_type is kind, name
     assert [f.name for f in dataclasses.fields(InitSettings)] == ["backend", "activation", "gain"]
     assert [f.name for f in dataclasses.fields(RedrawSettings)] == ["activation", "gain"]
+    assert [f.name for f in dataclasses.fields(RandomGraphSettings)] == ["backend", "gain"]
     assert dataclasses.fields(NoSettings) == ()
 
 

@@ -51,13 +51,16 @@ FLAT_KEYS = {"experiment": "experiment", "model": "model.name", "depth": "model.
 
 def _recorded(flat: dict[str, Any]) -> dict[str, Any]:
     """The settings a recorded 0.1 config states, by "part.field" (this file's reading of it; sao reads no 0.1
-    config). The dense baseline's target is left out: dense takes none since issue 20."""
+    config). The dense baseline's target is left out: dense takes none since issue 20; so are the multistep
+    settings under another schedule."""
     out = {FLAT_KEYS[k]: v for k, v in flat.items()}
     out.setdefault("model.name", "fnn")
     if not MODELS.get(out["model.name"]).heads:  # 0.1 wrote a head for every CNN; the ECO models have no choice
         out.pop("model.head", None)
     if flat["method"] == "dense":
         out.pop("method.degree", None), out.pop("method.sparsity", None)
+    if out.get("train.schedule", "constant") != "multistep":  # they decide nothing there (issue 20 clamped them)
+        out.pop("train.milestones", None), out.pop("train.gamma", None)
     return out
 
 

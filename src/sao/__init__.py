@@ -4,9 +4,9 @@ Esguerra, Nasir, Tang, Tumian & Ho, "Sparsity-Aware Orthogonal Initialization of
 Neural Networks", IEEE Access 11 (2023).
 """
 
-from sao import init, methods, nn, spectral, topology
+from sao import init, methods, models, nn, spectral, topology
 from sao.methods import sparsify
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "init", "methods", "nn", "sparsify", "spectral", "topology"]
+__all__ = ["__version__", "init", "methods", "models", "nn", "sparsify", "spectral", "topology"]

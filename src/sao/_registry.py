@@ -15,15 +15,18 @@ class Registry(Generic[T]):
     Args:
         kind: what is registered, used in messages (e.g. ``"sparsify method"``).
         path: where the registry lives, for the hint on how to add to it.
+        of: if given, every registered object must be an instance of it (``TypeError`` otherwise).
     """
 
-    def __init__(self, kind: str, path: str) -> None:
-        self.kind, self.path = kind, path
+    def __init__(self, kind: str, path: str, of: type | None = None) -> None:
+        self.kind, self.path, self.of = kind, path, of
         self._items: dict[str, T] = {}
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
         """Register ``obj`` under ``name`` (or use as a decorator); re-registering warns."""
         def add(item: T) -> T:
+            if self.of is not None and not isinstance(item, self.of):
+                raise TypeError(f"a {self.kind} must be an instance of {self.of.__name__}, got {item!r}")
             if name in self._items:
                 warnings.warn(f"{self.kind} {name!r} was already registered; overwriting it", stacklevel=3)
             self._items[name] = item

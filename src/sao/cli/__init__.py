@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -127,6 +128,9 @@ def _run(args: argparse.Namespace) -> int:
     except run_failures as err:
         print(f"{prog}: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader of stdout left (`sao report DIR | head`): not an input error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit must not fail
+        return 141
     except (ValueError, OSError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2

@@ -184,7 +184,8 @@ class ExperimentSpec:
         if self.lr_by_depth is not None:
             derived["lr"] = self.lr_by_depth(depth)
         if self.milestones_at is not None:
-            derived["milestones"] = tuple(int(f * epochs) for f in self.milestones_at)
+            # at least epoch 1: a milestone at 0 would cut the lr before the first step (a run of < 4 epochs)
+            derived["milestones"] = tuple(max(1, int(f * epochs)) for f in self.milestones_at)
         return derived
 
     def twin(self, preset: str, config: RunConfig) -> RunConfig:

@@ -2,8 +2,8 @@
 
 Methods are registered by name in :data:`METHODS` (how to add one: :mod:`sao.methods._base`);
 each declares what it takes: a target (:attr:`SparsifyMethod.needs_target`) and its own typed
-settings (:attr:`SparsifyMethod.settings_type`: :class:`InitSettings`, :class:`RedrawSettings`
-or :class:`NoSettings`). The pruning baselines are a :class:`PruneMethod` with a
+settings (:attr:`SparsifyMethod.settings_type`: :class:`InitSettings`, :class:`RandomGraphSettings`,
+:class:`RedrawSettings` or :class:`NoSettings`). The pruning baselines are a :class:`PruneMethod` with a
 :class:`PruningRule` (:mod:`sao.methods.prune_methods`).
 """
 
@@ -23,7 +23,7 @@ from sao.methods._base import (
 )
 from sao.methods._summary import LayerReport, SparsifySummary
 from sao.methods.eoi_method import EOIMethod
-from sao.methods.init_methods import InitMethod, InitSettings
+from sao.methods.init_methods import InitMethod, InitSettings, RandomGraphSettings
 from sao.methods.prune_methods import (
     PRUNING_RULES,
     GlobalMagnitudeRule,
@@ -50,6 +50,7 @@ __all__ = [
     "NoSettings",
     "PruneMethod",
     "PruningRule",
+    "RandomGraphSettings",
     "RandomRule",
     "RedrawSettings",
     "SAOMaskRule",

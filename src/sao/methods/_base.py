@@ -274,7 +274,9 @@ def _measured(module: nn.Module) -> float | None:
         mask = connection_mask(module)
     except (ValueError, AttributeError, RuntimeError):  # no weight, or an uninitialised (lazy) one
         return None
-    return None if mask.numel() == 0 else 1.0 - float(mask.double().mean())
+    if mask.numel() == 0 or mask.is_meta:  # a meta layer has no values to measure
+        return None
+    return 1.0 - float(mask.double().mean())
 
 
 def _shape(module: nn.Module) -> tuple[int, ...]:
@@ -425,11 +427,12 @@ def sparsify(model: M, method: str = "sao", *, degree: int | None = None, sparsi
         return_summary: also return the :class:`SparsifySummary`.
         verbose: print the summary.
         **settings: the method's own settings, the fields of its
-            :attr:`~SparsifyMethod.settings_type` (``sao``, ``rg-n``, ``rg-u``: ``backend``
+            :attr:`~SparsifyMethod.settings_type` (``sao``: ``backend``
             (``"blocked"``, fast, memory ∝ density, or ``"masked"``, the paper's way),
             ``activation`` (``"relu"`` selects the mirrored SAO construction) and ``gain``;
-            the ``-s`` pruning methods and ``dense``: ``activation``, ``gain`` of the orthogonal
-            redraw; ``eoi``: ``gain``; the ``-t`` methods: none).
+            ``rg-n``/``rg-u``: ``backend`` and ``gain``; the ``-s`` pruning methods, ``dense`` and
+            ``eoi``: ``activation`` (the mirrored Delta-orthogonal redraw of convolutions) and
+            ``gain``; the ``-t`` methods: none).
 
     Returns:
         ``model``, changed in place; ``(model, summary)`` with ``return_summary=True``.
@@ -437,10 +440,11 @@ def sparsify(model: M, method: str = "sao", *, degree: int | None = None, sparsi
     Raises:
         ValueError: on an unknown method/backend/activation/exclude choice, both or (for a
             method that needs one) neither of ``degree``/``sparsity`` (or either for one that
-            takes no target), a value out of range, a single-layer model, or with
+            takes no target), a value out of range, a model that is itself a weight layer, or with
             ``strict=True`` a layer that cannot take the request (the message names the layer
             and the valid values).
-        TypeError: a setting the method does not take (the message names those it takes),
+        TypeError: a model that is not an ``nn.Module``, a non-bool ``strict``, a setting the
+            method does not take (the message names those it takes),
             ``degree`` not an integer or ``sparsity``/``gain`` not a real number.
 
     Example:
@@ -456,17 +460,21 @@ def sparsify(model: M, method: str = "sao", *, degree: int | None = None, sparsi
         >>> row.name, row.degree, row.target, row.sparsity, row.status, len(caught)
         ('2', 8, 0.9, 0.875, 'nearest', 1)
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be True or False, got {strict!r}")
     chosen = METHODS.get(method)
     degree, sparsity = _target(degree, sparsity, chosen)
-    request = SparsifyRequest(degree, sparsity, chosen.settings(**settings), generator, bool(strict))
+    request = SparsifyRequest(degree, sparsity, chosen.settings(**settings), generator, strict)
     slots = find_layers(model, exclude)
-    if any(s.role == "target" and s.name == "" for s in slots):
+    if any(s.name == "" for s in slots):
         raise ValueError("sparsify changes the layers inside a model; to make a single layer sparse, "
                          "build sao.nn.SparseLinear / SparseConv2d directly")
     plans: dict[str, LayerPlan] = {}
     refused: dict[str, str] = {}
     for slot in slots:
-        where = f"layer {slot.name!r} ({slot.module})"
+        where = f"layer {slot.name!r} ({type(slot.module).__name__})"
         if slot.role == "skipped" and strict and slot.refused_when_strict:
             raise ValueError(f"{where}: {slot.reason}; name it in exclude= (with the first and last layers: a list "
                              "replaces exclude='first_last') or pass strict=False")
@@ -504,6 +512,9 @@ def sparsify(model: M, method: str = "sao", *, degree: int | None = None, sparsi
     asked = f"degree={degree}" if degree is not None else (f"sparsity={sparsity:g}" if sparsity is not None else "")
     summary = SparsifySummary(method, asked, bool(strict), tuple(rows))
     message = summary.warning()
+    if message is None and not targets:
+        message = (f"sparsify({method!r}) changed no layer: every weight layer of the model is excluded (see "
+                   "return_summary=True; exclude='first_last' keeps the first and last dense)")
     if message is not None:
         warnings.warn(message, UserWarning, stacklevel=2)
     if verbose:

@@ -129,6 +129,9 @@ def _exclusions(slots: list[LayerSlot], exclude: Exclude) -> dict[int, str]:
         if slots and exclude in ("first_last", "last"):
             out.setdefault(len(slots) - 1, f"last layer (exclude={exclude!r})")
         return out
+    if not isinstance(exclude, Collection) or not all(isinstance(n, str) for n in exclude):
+        raise TypeError(f"exclude must be one of {', '.join(EXCLUDE_CHOICES)}, a collection of layer names or a "
+                        f"predicate (name, module) -> bool, got {exclude!r}")
     names = set(exclude)
     known = {n for s in slots for n in s.names}
     if names - known:

@@ -13,7 +13,7 @@ from sao.methods._base import METHODS, LayerPlan, SparsifyMethod, SparsifyReques
 from sao.methods._layers import layer_dims
 from sao.nn import BACKENDS, ECOConv2d, MaskedConv2d, MaskedLinear, SparseConv2d, SparseLinear
 
-__all__ = ["InitMethod", "InitSettings"]
+__all__ = ["InitMethod", "InitSettings", "RandomGraphSettings"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class InitSettings:
         gain: weight multiplier.
 
     Raises:
-        ValueError: an unknown backend or activation, a gain that is not finite.
+        ValueError: an unknown backend or activation, a gain that is not finite and positive.
         TypeError: a gain that is not a real number.
     """
 
@@ -36,10 +36,34 @@ class InitSettings:
     gain: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend={self.backend!r} is not supported; choose from {', '.join(BACKENDS)}")
+        _check_backend_and_gain(self)
         check_activation(self.activation)
-        object.__setattr__(self, "gain", as_real(self.gain, "gain"))
+
+
+@dataclass(frozen=True)
+class RandomGraphSettings:
+    """The settings of RG-N and RG-U: Gaussian/uniform values on an SAO topology, the same for any activation.
+
+    Attributes:
+        backend: as :class:`InitSettings`.
+        gain: weight multiplier.
+
+    Raises:
+        ValueError: an unknown backend, a gain that is not finite and positive.
+        TypeError: a gain that is not a real number.
+    """
+
+    backend: str = "blocked"
+    gain: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_backend_and_gain(self)
+
+
+def _check_backend_and_gain(settings: InitSettings | RandomGraphSettings) -> None:
+    if settings.backend not in BACKENDS:
+        raise ValueError(f"backend={settings.backend!r} is not supported; choose from {', '.join(BACKENDS)}")
+    object.__setattr__(settings, "gain", as_real(settings.gain, "gain", low=0.0, low_open=True))
 
 
 def _is_conv(module: nn.Module) -> bool:
@@ -71,7 +95,11 @@ class InitMethod(SparsifyMethod):
 
     @property
     def settings_type(self) -> type:
-        return InitSettings
+        """:class:`InitSettings` where an init builds the mirrored (ReLU) construction, else
+        :class:`RandomGraphSettings` (the activation would change nothing)."""
+        inits = [(self.linear_init, 0), (self.conv_init, 2)]
+        relu_aware = any(get_layer_init(name, dims).mirrored == "for-relu" for name, dims in inits if name)
+        return InitSettings if relu_aware else RandomGraphSettings
 
     def plan_layer(self, name: str, module: nn.Module, request: SparsifyRequest) -> LayerPlan:
         if isinstance(module, ECOConv2d):
@@ -84,7 +112,7 @@ class InitMethod(SparsifyMethod):
         init = get_layer_init(self.conv_init if conv else self.linear_init, 2 if conv else 0)
         if conv:
             init.check_kernel(module.kernel_size)
-        mirrored = bool(init.topology_kind(check_activation(request.settings.activation)))
+        mirrored = bool(init.topology_kind(check_activation(getattr(request.settings, "activation", "linear"))))
         return degree_plan(*layer_dims(module), request, mirrored)
 
     def sparsify_layers(self, layers: list[tuple[str, nn.Module]], request: SparsifyRequest) -> list[nn.Module]:
@@ -95,7 +123,8 @@ class InitMethod(SparsifyMethod):
         if isinstance(module, ECOConv2d):
             return module.redrawn(degree=degree, backend=s.backend, gain=s.gain, generator=r.generator)
         w = module.weight_orig if isinstance(module, MaskedLinear | MaskedConv2d) else module.weight
-        common = {"degree": degree, "bias": module.bias is not None, "backend": s.backend, "activation": s.activation,
+        common = {"degree": degree, "bias": module.bias is not None, "backend": s.backend,
+                  "activation": getattr(s, "activation", "linear"),
                   "gain": s.gain, "generator": r.generator, "device": w.device, "dtype": w.dtype}
         if not _is_conv(module):
             return SparseLinear(module.in_features, module.out_features, init=self.linear_init, **common)

@@ -221,7 +221,7 @@ class RedrawSettings:
         gain: weight multiplier of the redraw.
 
     Raises:
-        ValueError: an unknown activation, a gain that is not finite.
+        ValueError: an unknown activation, a gain that is not finite and positive.
         TypeError: a gain that is not a real number.
     """
 
@@ -230,7 +230,7 @@ class RedrawSettings:
 
     def __post_init__(self) -> None:
         check_activation(self.activation)
-        object.__setattr__(self, "gain", as_real(self.gain, "gain"))
+        object.__setattr__(self, "gain", as_real(self.gain, "gain", low=0.0, low_open=True))
 
 
 def _is_linear(module: nn.Module) -> bool:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from sao.nn._extension import CompiledExtension, kernel_readable
-from sao.nn.kernels import CONV_KERNELS, ConvKernel, sparse_conv_reference
+from sao.nn.kernels import CONV_KERNELS, ConvKernel, checked_output, sparse_conv_reference
 
 __all__ = ["SparseConvFunction", "load_conv_kernel", "sparse_conv"]
 
@@ -88,6 +88,26 @@ def _ops(device: torch.device) -> ConvKernel:
     return CONV_KERNELS.get(device.type)
 
 
+def _forward(x: Tensor, blocks: Tensor, bias: Tensor | None, perms: tuple[Tensor, Tensor],
+             geometry: tuple[Pair, Pair, Pair], num_blocks: int) -> Tensor:
+    """The backend's forward, its output checked (:func:`sao.nn.kernels.checked_output`)."""
+    backend = _ops(x.device)
+    (sh, sw), (ph, pw), (dh, dw) = geometry
+    kh, kw = blocks.shape[2:]
+    size = ((x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+    y = backend.forward(x, blocks, bias, perms, geometry, num_blocks)
+    return checked_output(y, (x.shape[0], blocks.shape[0], *size), x, backend)
+
+
+def _backward(grad_y: Tensor, x: Tensor, blocks: Tensor, perms: tuple[Tensor, Tensor],
+              geometry: tuple[Pair, Pair, Pair], num_blocks: int, needs: tuple[bool, bool]) -> list[Tensor | None]:
+    """The backend's ``[grad_x, grad_blocks]``, each checked where wanted."""
+    backend = _ops(x.device)
+    grads = list(backend.backward(grad_y, x, blocks, perms, geometry, num_blocks, needs))
+    return [checked_output(g, t.shape, t, backend) if need else None
+            for g, t, need in zip(grads, (x, blocks), needs, strict=True)]
+
+
 class SparseConvFunction(torch.autograd.Function):
     """``y = sparse_conv(x)`` through the kernel backend of ``x``'s device (:data:`sao.nn.CONV_KERNELS`), both ways.
 
@@ -100,7 +120,7 @@ class SparseConvFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, blocks: Tensor, bias: Tensor | None, row_perm: Tensor, col_perm: Tensor,
                 geometry: tuple[Pair, Pair, Pair], num_blocks: int) -> Tensor:
-        y = _ops(x.device).forward(x, blocks, bias, (row_perm, col_perm), geometry, num_blocks)
+        y = _forward(x, blocks, bias, (row_perm, col_perm), geometry, num_blocks)
         ctx.save_for_backward(x, blocks, bias, row_perm, col_perm)
         ctx.geometry, ctx.num_blocks = geometry, num_blocks
         return y
@@ -113,7 +133,7 @@ class SparseConvFunction(torch.autograd.Function):
         if torch.is_grad_enabled() or not kernel_readable(grad_y):
             grads = _differentiable_backward(grad_y, (x, blocks, bias), (row_perm, col_perm), ctx)
             return (*grads, None, None, None, None)
-        grad_x, grad_w = _ops(x.device).backward(grad_y, x, blocks, (row_perm, col_perm), ctx.geometry,
+        grad_x, grad_w = _backward(grad_y, x, blocks, (row_perm, col_perm), ctx.geometry,
                                                  ctx.num_blocks, (need_x, need_w))
         grad_b = grad_y.sum((0, 2, 3)) if need_b else None
         return (grad_x if need_x else None, grad_w if need_w else None, grad_b, None, None, None, None)
@@ -146,4 +166,4 @@ def sparse_conv(x: Tensor, blocks: Tensor, bias: Tensor | None, row_perm: Tensor
              col_perm if col_perm.is_contiguous() else col_perm.contiguous())
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, blocks, bias)):
         return SparseConvFunction.apply(x, blocks, bias, *perms, geometry, num_blocks)
-    return _ops(x.device).forward(x, blocks, bias, perms, geometry, num_blocks)  # nothing to differentiate
+    return _forward(x, blocks, bias, perms, geometry, num_blocks)  # nothing to differentiate

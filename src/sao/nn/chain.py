@@ -42,7 +42,7 @@ from sao.nn.dispatch import (
     probe_isolation,
     resolve_fusion_mode,
 )
-from sao.nn.kernels import CHAIN_KERNELS
+from sao.nn.kernels import CHAIN_KERNELS, checked_output
 from sao.nn.linear import SparseLinear
 
 __all__ = ["ELEMENTWISE", "KERNEL_ACTIVATIONS", "ExecutionPlan", "FusedSequential", "FusedSparseChain",
@@ -201,7 +201,8 @@ class FusedSparseChain(nn.Module):
         lead = x.shape[:-1]
         if route == "compiled":
             backend = CHAIN_KERNELS.get(x.device.type)
-            return backend.run(x, list(self.layers), self._kernel_names, self._chain_indices())
+            y = backend.run(x, list(self.layers), self._kernel_names, self._chain_indices())
+            return checked_output(y, (*lead, self.layers[-1].out_features), x, backend)
         y = chain_reference(x.reshape(-1, x.shape[-1]), chain_params(self.layers), self._chain_indices(),
                             list(self.activations))
         return y.reshape(*lead, y.shape[-1])

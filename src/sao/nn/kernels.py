@@ -25,7 +25,8 @@ from torch import Tensor
 
 from sao._registry import Registry
 
-__all__ = ["CHAIN_KERNELS", "CONV_KERNELS", "ChainKernel", "ConvKernel", "KernelBackend", "sparse_conv_reference"]
+__all__ = ["CHAIN_KERNELS", "CONV_KERNELS", "ChainKernel", "ConvKernel", "KernelBackend", "checked_output",
+           "sparse_conv_reference"]
 
 Pair = tuple[int, int]
 Geometry = tuple[Pair, Pair, Pair]
@@ -98,6 +99,21 @@ class ChainKernel(KernelBackend):
 
 
 #: Convolution kernel backends by device type (``"cpu"``, ``"cuda"`` built in).
-CONV_KERNELS: Registry[ConvKernel] = Registry("convolution kernel backend", "sao.nn.CONV_KERNELS")
+CONV_KERNELS: Registry[ConvKernel] = Registry("convolution kernel backend", "sao.nn.CONV_KERNELS", of=ConvKernel)
 #: Chain kernel backends by device type (``"cpu"``, ``"cuda"`` built in).
-CHAIN_KERNELS: Registry[ChainKernel] = Registry("chain kernel backend", "sao.nn.CHAIN_KERNELS")
+CHAIN_KERNELS: Registry[ChainKernel] = Registry("chain kernel backend", "sao.nn.CHAIN_KERNELS", of=ChainKernel)
+
+
+def checked_output(y: object, like: tuple[int, ...], reference: Tensor, backend: KernelBackend) -> Tensor:
+    """``y``, a backend's output, if it is a tensor of shape ``like`` with ``reference``'s dtype and device.
+
+    Raises:
+        RuntimeError: naming the backend and what it returned instead (a backend that computes something
+            else must fail loudly, never pass it on).
+    """
+    if not isinstance(y, Tensor) or tuple(y.shape) != tuple(like) or y.dtype != reference.dtype \
+            or y.device != reference.device:
+        got = (f"{tuple(y.shape)} {y.dtype} on {y.device}" if isinstance(y, Tensor) else type(y).__name__)
+        raise RuntimeError(f"kernel backend {type(backend).__name__} returned {got}; expected {tuple(like)} "
+                           f"{reference.dtype} on {reference.device}")
+    return y

@@ -271,7 +271,8 @@ _GRID_KEYS = ("method.name", "model.depth", "train.seed", "method.sparsity", *ex
 
 
 def _flat(config: RunConfig) -> dict[str, Any]:
-    return {f"{part}.{k}": v for part, values in config.to_dict().items() if isinstance(values, dict)
+    """The settings that decide the run (:meth:`RunConfig.identity`: no execution-only or inapplicable ones), flat."""
+    return {f"{part}.{k}": v for part, values in config.identity().items() if isinstance(values, dict)
             for k, v in values.items()}
 
 
