@@ -305,9 +305,11 @@ def settings_note(results: Sequence[Result]) -> str:
     configs = [(config, _flat(config.resolved())) for config, _ in results]
     defaults = _flat(RunConfig(model=dataclasses.replace(ModelConfig(), name=results[0][0].model.name)).resolved())
     keys = [k for k in configs[0][1] if k not in _GRID_KEYS]
-    shared = [k for k in keys if all(flat.get(k) == configs[0][1].get(k) for _, flat in configs)]
-    parts = [f"{_short(k)} {_value(configs[0][1][k])}" for k in sorted(shared, key=_order)
-             if k in _ALWAYS or configs[0][1][k] not in (None, defaults.get(k))]  # None: "not set" says nothing
+    # None is "not set" (the dense baseline's degree): it says nothing, so it neither varies nor is printed
+    values = {k: [flat[k] for _, flat in configs if flat.get(k) is not None] for k in keys}
+    shared = [k for k in keys if all(v == values[k][0] for v in values[k])]
+    parts = [f"{_short(k)} {_value(values[k][0])}" for k in sorted(shared, key=_order)
+             if values[k] and (k in _ALWAYS or values[k][0] != defaults.get(k))]
     varying = [_varying(k, configs) for k in keys if k not in shared]
     return "Settings: " + ", ".join(parts) + "".join(f"; {v}" for v in varying) + \
         "; the rest at their defaults (sao train --help)."
