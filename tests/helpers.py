@@ -91,12 +91,9 @@ def method_settings(method: str, **offered: Any) -> dict[str, Any]:
     A method refuses settings it does not take (``TypeError``); a test that offers e.g. ``backend=``
     or ``gain=`` to every method passes each only what it takes.
     """
-    import dataclasses
-
     from sao.methods import METHODS
 
-    taken = {f.name for f in dataclasses.fields(METHODS.get(method).settings_type)}
-    return {k: v for k, v in offered.items() if k in taken}
+    return METHODS.get(method).offered(**offered)
 
 
 def target_for(method: str, **target: Any) -> dict[str, Any]:

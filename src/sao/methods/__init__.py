@@ -11,6 +11,7 @@ from sao.methods import eoi_method, init_methods, prune_methods
 from sao.methods._base import (
     EXCLUDE_CHOICES,
     METHODS,
+    CommonSettings,
     Exclude,
     LayerPlan,
     NoSettings,
@@ -39,6 +40,7 @@ __all__ = [
     "EXCLUDE_CHOICES",
     "METHODS",
     "PRUNING_RULES",
+    "CommonSettings",
     "EOIMethod",
     "Exclude",
     "GlobalMagnitudeRule",

@@ -75,6 +75,7 @@ from typing import Any, Literal, TypeVar, overload
 import torch
 from torch import Tensor, nn
 
+from sao._random import check_activation
 from sao._registry import Registry
 from sao._validation import as_int, as_real
 from sao.methods._layers import (
@@ -87,13 +88,13 @@ from sao.methods._layers import (
     weight_shape,
 )
 from sao.methods._summary import LayerReport, SparsifySummary
-from sao.nn import ECOConv2d
+from sao.nn import BACKENDS, ECOConv2d
 from sao.nn.dispatch import share_timer
 from sao.nn.masked import kernel_connections
 from sao.topology import nearest_degree, resolve_degree
 
-__all__ = ["EXCLUDE_CHOICES", "METHODS", "Exclude", "LayerPlan", "NoSettings", "SparsifyMethod", "SparsifyRequest",
-           "connection_mask", "degree_plan", "sparsify", "target_layers"]
+__all__ = ["EXCLUDE_CHOICES", "METHODS", "CommonSettings", "Exclude", "LayerPlan", "NoSettings", "SparsifyMethod",
+           "SparsifyRequest", "connection_mask", "degree_plan", "sparsify", "target_layers"]
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -127,6 +128,27 @@ class LayerPlan:
 @dataclass(frozen=True)
 class NoSettings:
     """The settings of a method that has none of its own (its :attr:`SparsifyMethod.settings_type`)."""
+
+
+class CommonSettings:
+    """Base of a method's settings dataclass: checks the settings the built-in methods share, where it has them.
+
+    ``backend`` must be one of :data:`sao.nn.BACKENDS`, ``activation`` one the initializers take
+    (``"relu"`` selects the mirrored construction), ``gain`` a finite positive real (stored as ``float``).
+    A subclass with a ``__post_init__`` of its own calls ``super().__post_init__()``.
+
+    Raises:
+        ValueError: an unknown backend or activation, a gain that is not finite and positive.
+        TypeError: a gain that is not a real number.
+    """
+
+    def __post_init__(self) -> None:
+        backend = getattr(self, "backend", BACKENDS[0])
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r} is not supported; choose from {', '.join(BACKENDS)}")
+        check_activation(getattr(self, "activation", "linear"))
+        if hasattr(self, "gain"):
+            object.__setattr__(self, "gain", as_real(self.gain, "gain", low=0.0, low_open=True))
 
 
 @dataclass(frozen=True)

@@ -7,18 +7,17 @@ from dataclasses import dataclass
 from torch import nn
 
 from sao._random import check_activation
-from sao._validation import as_real
 from sao.init.registry import get_layer_init
-from sao.methods._base import METHODS, LayerPlan, SparsifyMethod, SparsifyRequest, degree_plan
+from sao.methods._base import METHODS, CommonSettings, LayerPlan, SparsifyMethod, SparsifyRequest, degree_plan
 from sao.methods._layers import layer_dims
-from sao.nn import BACKENDS, ECOConv2d, MaskedConv2d, MaskedLinear, SparseConv2d, SparseLinear
+from sao.nn import ECOConv2d, MaskedConv2d, MaskedLinear, SparseConv2d, SparseLinear
 
 __all__ = ["InitMethod", "InitSettings", "RandomGraphSettings"]
 
 
 @dataclass(frozen=True)
-class InitSettings:
-    """The settings of SAO, RG-N and RG-U (:class:`InitMethod`).
+class InitSettings(CommonSettings):
+    """The settings of SAO (:class:`InitMethod` with an init that builds the mirrored ReLU construction).
 
     Attributes:
         backend: ``"blocked"`` (fast, memory ∝ density) or ``"masked"`` (the paper's way), see
@@ -27,21 +26,16 @@ class InitSettings:
         gain: weight multiplier.
 
     Raises:
-        ValueError: an unknown backend or activation, a gain that is not finite and positive.
-        TypeError: a gain that is not a real number.
+        ValueError, TypeError: as :class:`~sao.methods.CommonSettings`.
     """
 
     backend: str = "blocked"
     activation: str = "tanh"
     gain: float = 1.0
 
-    def __post_init__(self) -> None:
-        _check_backend_and_gain(self)
-        check_activation(self.activation)
-
 
 @dataclass(frozen=True)
-class RandomGraphSettings:
+class RandomGraphSettings(CommonSettings):
     """The settings of RG-N and RG-U: Gaussian/uniform values on an SAO topology, the same for any activation.
 
     Attributes:
@@ -49,21 +43,16 @@ class RandomGraphSettings:
         gain: weight multiplier.
 
     Raises:
-        ValueError: an unknown backend, a gain that is not finite and positive.
-        TypeError: a gain that is not a real number.
+        ValueError, TypeError: as :class:`~sao.methods.CommonSettings`.
     """
 
     backend: str = "blocked"
     gain: float = 1.0
 
-    def __post_init__(self) -> None:
-        _check_backend_and_gain(self)
 
-
-def _check_backend_and_gain(settings: InitSettings | RandomGraphSettings) -> None:
-    if settings.backend not in BACKENDS:
-        raise ValueError(f"backend={settings.backend!r} is not supported; choose from {', '.join(BACKENDS)}")
-    object.__setattr__(settings, "gain", as_real(settings.gain, "gain", low=0.0, low_open=True))
+def _activation(settings: InitSettings | RandomGraphSettings) -> str:
+    """The activation the layers are drawn for; RG's settings have none (its draws are the same for any)."""
+    return getattr(settings, "activation", "linear")
 
 
 def _is_conv(module: nn.Module) -> bool:
@@ -112,7 +101,7 @@ class InitMethod(SparsifyMethod):
         init = get_layer_init(self.conv_init if conv else self.linear_init, 2 if conv else 0)
         if conv:
             init.check_kernel(module.kernel_size)
-        mirrored = bool(init.topology_kind(check_activation(getattr(request.settings, "activation", "linear"))))
+        mirrored = bool(init.topology_kind(check_activation(_activation(request.settings))))
         return degree_plan(*layer_dims(module), request, mirrored)
 
     def sparsify_layers(self, layers: list[tuple[str, nn.Module]], request: SparsifyRequest) -> list[nn.Module]:
@@ -124,7 +113,7 @@ class InitMethod(SparsifyMethod):
             return module.redrawn(degree=degree, backend=s.backend, gain=s.gain, generator=r.generator)
         w = module.weight_orig if isinstance(module, MaskedLinear | MaskedConv2d) else module.weight
         common = {"degree": degree, "bias": module.bias is not None, "backend": s.backend,
-                  "activation": getattr(s, "activation", "linear"),
+                  "activation": _activation(s),
                   "gain": s.gain, "generator": r.generator, "device": w.device, "dtype": w.dtype}
         if not _is_conv(module):
             return SparseLinear(module.in_features, module.out_features, init=self.linear_init, **common)

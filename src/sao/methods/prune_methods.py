@@ -58,11 +58,17 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from sao._random import check_activation
 from sao._registry import Registry
-from sao._validation import as_real
 from sao.init import delta_orthogonal_, orthogonal_
-from sao.methods._base import METHODS, LayerPlan, NoSettings, SparsifyMethod, SparsifyRequest, degree_plan
+from sao.methods._base import (
+    METHODS,
+    CommonSettings,
+    LayerPlan,
+    NoSettings,
+    SparsifyMethod,
+    SparsifyRequest,
+    degree_plan,
+)
 from sao.methods._layers import layer_dims
 from sao.methods.pruning import global_magnitude_masks, magnitude_mask, random_mask
 from sao.nn import ECOConv2d, MaskedConv2d, MaskedLinear, SparseConv2d
@@ -212,7 +218,7 @@ def pruning_rule(rule: PruningRule | str | None) -> PruningRule | None:
 
 
 @dataclass(frozen=True)
-class RedrawSettings:
+class RedrawSettings(CommonSettings):
     """The settings of methods that redraw a layer orthogonal before pruning it (``-s``, ``dense``, ``eoi``).
 
     Attributes:
@@ -221,16 +227,11 @@ class RedrawSettings:
         gain: weight multiplier of the redraw.
 
     Raises:
-        ValueError: an unknown activation, a gain that is not finite and positive.
-        TypeError: a gain that is not a real number.
+        ValueError, TypeError: as :class:`~sao.methods.CommonSettings`.
     """
 
     activation: str = "tanh"
     gain: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_activation(self.activation)
-        object.__setattr__(self, "gain", as_real(self.gain, "gain", low=0.0, low_open=True))
 
 
 def _is_linear(module: nn.Module) -> bool:
