@@ -161,3 +161,18 @@ def test_a_backend_returning_the_wrong_thing_fails_loudly(mode: str) -> None:
     chain = FusedSparseChain(layers, [nn.Tanh() for _ in layers], fusion=mode)
     with registered(CHAIN_KERNELS, "cpu", NoneChain()), pytest.raises(RuntimeError, match="NoneChain returned"):
         chain(torch.randn(4, 16))
+
+
+class DetachedChain(ReferenceChain):
+    def run(self, x, layers, activations, indices=None):
+        return super().run(x, layers, activations, indices).detach()
+
+
+def test_a_chain_backend_that_drops_the_gradient_fails_loudly() -> None:
+    layers = [SparseLinear(16, 16, degree=4, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    chain = FusedSparseChain(layers, [nn.Tanh() for _ in layers], fusion="compiled")
+    with registered(CHAIN_KERNELS, "cpu", DetachedChain()):
+        with pytest.raises(RuntimeError, match="DetachedChain returned an output detached from autograd"):
+            chain(torch.randn(4, 16))
+        with torch.no_grad():
+            assert chain(torch.randn(4, 16)).shape == (4, 16)  # no gradient wanted: a detached output is right

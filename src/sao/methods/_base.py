@@ -535,8 +535,9 @@ def sparsify(model: M, method: str = "sao", *, degree: int | None = None, sparsi
     summary = SparsifySummary(method, asked, bool(strict), tuple(rows))
     message = summary.warning()
     if message is None and not targets:
-        message = (f"sparsify({method!r}) changed no layer: every weight layer of the model is excluded (see "
-                   "return_summary=True; exclude='first_last' keeps the first and last dense)")
+        message = (f"sparsify({method!r}) changed no layer: the model has no weight layer sparsify could change, "
+                   "or every one is excluded (see return_summary=True; exclude='first_last' keeps the first and "
+                   "last dense)")
     if message is not None:
         warnings.warn(message, UserWarning, stacklevel=2)
     if verbose:

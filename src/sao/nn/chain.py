@@ -202,10 +202,15 @@ class FusedSparseChain(nn.Module):
         if route == "compiled":
             backend = CHAIN_KERNELS.get(x.device.type)
             y = backend.run(x, list(self.layers), self._kernel_names, self._chain_indices())
-            return checked_output(y, (*lead, self.layers[-1].out_features), x, backend)
+            return checked_output(y, (*lead, self.layers[-1].out_features), x, backend,
+                                  gradients_wanted=lambda: self._gradients_wanted(x))
         y = chain_reference(x.reshape(-1, x.shape[-1]), chain_params(self.layers), self._chain_indices(),
                             list(self.activations))
         return y.reshape(*lead, y.shape[-1])
+
+    def _gradients_wanted(self, x: Tensor) -> bool:
+        """Whether a call on ``x`` builds an autograd graph (``x`` or a parameter requires grad, grad mode on)."""
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
 
     def forward(self, x: Tensor) -> Tensor:
         check_features(x, self.layers[0].in_features, "SparseLinear")  # the plain model's error

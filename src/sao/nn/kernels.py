@@ -16,7 +16,7 @@ through PyTorch ops. How to write one: ``docs/extending.md``, "A kernel backend"
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -104,8 +104,11 @@ CONV_KERNELS: Registry[ConvKernel] = Registry("convolution kernel backend", "sao
 CHAIN_KERNELS: Registry[ChainKernel] = Registry("chain kernel backend", "sao.nn.CHAIN_KERNELS", of=ChainKernel)
 
 
-def checked_output(y: object, like: tuple[int, ...], reference: Tensor, backend: KernelBackend) -> Tensor:
-    """``y``, a backend's output, if it is a tensor of shape ``like`` with ``reference``'s dtype and device.
+def checked_output(y: object, like: tuple[int, ...], reference: Tensor, backend: KernelBackend, *,
+                   gradients_wanted: Callable[[], bool] | None = None) -> Tensor:
+    """``y``, a backend's output, if it is a tensor of shape ``like`` with ``reference``'s dtype and device,
+    and part of the autograd graph where ``gradients_wanted()`` (asked only of an output that is not: the
+    common case costs nothing) — a detached output would drop the gradients silently.
 
     Raises:
         RuntimeError: naming the backend and what it returned instead (a backend that computes something
@@ -116,4 +119,7 @@ def checked_output(y: object, like: tuple[int, ...], reference: Tensor, backend:
         got = (f"{tuple(y.shape)} {y.dtype} on {y.device}" if isinstance(y, Tensor) else type(y).__name__)
         raise RuntimeError(f"kernel backend {type(backend).__name__} returned {got}; expected {tuple(like)} "
                            f"{reference.dtype} on {reference.device}")
+    if not y.requires_grad and gradients_wanted is not None and gradients_wanted():
+        raise RuntimeError(f"kernel backend {type(backend).__name__} returned an output detached from autograd "
+                           "where gradients are wanted")
     return y
