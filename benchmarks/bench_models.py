@@ -94,6 +94,7 @@ from _common import (
     set_threads,
     write_json,
 )
+from sao.methods.adapters import adapt_layers
 from sao.models import cnn, fnn
 from sao.nn import SparseConv2d, SparseLinear, fusable_container, fuse_sparse_chains, fusion
 
@@ -292,6 +293,14 @@ def macs_per_sample(dense: nn.Module, shape: tuple[int, ...]) -> tuple[float, di
     return counter.get_total_flops() / 2, per_layer
 
 
+def standard_form(dense: nn.Module) -> nn.Module:
+    """A copy of ``dense`` whose adaptable modules are in the standard form sparsify sees (attention with its
+    four projections as ``nn.Linear`` layers: ``sao.methods.adapters``), so its layers have the sparse model's names."""
+    copied = copy.deepcopy(dense)
+    adapt_layers(copied)
+    return copied
+
+
 def flop_ratio(total: float, per_layer: dict[str, float], densities: dict[str, float]) -> float:
     return total / (total - sum(per_layer[n] * (1.0 - d) for n, d in densities.items()))
 
@@ -395,7 +404,7 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict], info_rows: 
     _, shape, peer_wanted = MODELS[name]
     started = time.perf_counter()
     dense, _, _ = build(name, args.seed)
-    flops = macs_per_sample(dense, shape)
+    flops = macs_per_sample(standard_form(dense), shape)
     profiles: dict[str, dict[str, Any]] = {}
     inputs = {mode: data(shape, batch_of(mode, args), args.seed) for mode in args.modes}
     for sparsity in args.sparsities:

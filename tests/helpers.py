@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import subprocess
@@ -146,3 +147,14 @@ def report_checks(checks: dict[str, Callable[[], object]]) -> None:
         except Exception as exc:  # reported per check, asserted in pytest
             results[name] = f"{type(exc).__name__}: {exc}"
     print(json.dumps(results))
+
+
+def assert_round_trips(net: nn.Module, other: nn.Module, x: torch.Tensor, expected: torch.Tensor) -> None:
+    """``other`` (another draw of ``net``'s architecture) loads ``net``'s ``state_dict`` and a ``torch.save``/
+    ``torch.load`` copy of ``net`` is made; both compute ``expected`` on ``x`` bit for bit."""
+    other.load_state_dict(net.state_dict())
+    torch.testing.assert_close(other(x), expected, rtol=0, atol=0)
+    buf = io.BytesIO()
+    torch.save(net, buf)
+    buf.seek(0)
+    torch.testing.assert_close(torch.load(buf, weights_only=False)(x), expected, rtol=0, atol=0)

@@ -78,7 +78,7 @@ def test_eco_layers_are_weight_layers_like_any_other() -> None:
     stack = nn.Sequential(*[ECOConv2d(4, 4, 3, input_size=9, generator=gen(i)) for i in range(3)])
     assert [n for n, _ in target_layers(stack)] == ["1"]
     assert [n for n, _ in target_layers(stack, "none")] == ["0", "1", "2"]
-    with pytest.raises(ValueError, match="not weight layers"):
+    with pytest.raises(ValueError, match="neither weight layers"):
         target_layers(lip, ["stage3.0.conv"])  # the inner conv is part of its ECO layer, not a weight layer
 
 

@@ -66,7 +66,7 @@ def test_exclude_choices(exclude: object, expected: list[str]) -> None:
 def test_exclude_errors() -> None:
     with pytest.raises(ValueError, match="first_last, first, last, none"):
         target_layers(mlp(), "middle")
-    with pytest.raises(ValueError, match="not weight layers"):
+    with pytest.raises(ValueError, match="neither weight layers"):
         target_layers(mlp(), ["1"])
 
 

@@ -4,10 +4,11 @@ Methods are registered by name in :data:`METHODS` (how to add one: :mod:`sao.met
 each declares what it takes: a target (:attr:`SparsifyMethod.needs_target`) and its own typed
 settings (:attr:`SparsifyMethod.settings_type`: :class:`InitSettings`, :class:`RandomGraphSettings`,
 :class:`RedrawSettings` or :class:`NoSettings`). The pruning baselines are a :class:`PruneMethod` with a
-:class:`PruningRule` (:mod:`sao.methods.prune_methods`).
+:class:`PruningRule` (:mod:`sao.methods.prune_methods`). Modules other than ``nn.Linear``/``nn.Conv2d``
+(``nn.MultiheadAttention``, GPT-2's ``Conv1D``) are reached through layer adapters (:mod:`sao.methods.adapters`).
 """
 
-from sao.methods import eoi_method, init_methods, prune_methods
+from sao.methods import adapters, eoi_method, init_methods, prune_methods
 from sao.methods._base import (
     EXCLUDE_CHOICES,
     METHODS,
@@ -23,6 +24,7 @@ from sao.methods._base import (
     target_layers,
 )
 from sao.methods._summary import LayerReport, SparsifySummary
+from sao.methods.adapters import ADAPTERS, LayerAdapter, class_path, linear_from_transposed
 from sao.methods.eoi_method import EOIMethod
 from sao.methods.init_methods import InitMethod, InitSettings, RandomGraphSettings
 from sao.methods.prune_methods import (
@@ -37,6 +39,7 @@ from sao.methods.prune_methods import (
 )
 
 __all__ = [
+    "ADAPTERS",
     "EXCLUDE_CHOICES",
     "METHODS",
     "PRUNING_RULES",
@@ -46,6 +49,7 @@ __all__ = [
     "GlobalMagnitudeRule",
     "InitMethod",
     "InitSettings",
+    "LayerAdapter",
     "LayerPlan",
     "LayerReport",
     "LocalMagnitudeRule",
@@ -59,10 +63,13 @@ __all__ = [
     "SparsifyMethod",
     "SparsifyRequest",
     "SparsifySummary",
+    "adapters",
+    "class_path",
     "connection_mask",
     "degree_plan",
     "eoi_method",
     "init_methods",
+    "linear_from_transposed",
     "prune_methods",
     "sparsify",
     "target_layers",

@@ -88,6 +88,7 @@ from sao.methods._layers import (
     weight_shape,
 )
 from sao.methods._summary import LayerReport, SparsifySummary
+from sao.methods.adapters import adapt_layers, restore_unchanged
 from sao.nn import BACKENDS, ECOConv2d
 from sao.nn.dispatch import share_timer
 from sao.nn.masked import kernel_connections
@@ -305,7 +306,7 @@ def _shape(module: nn.Module) -> tuple[int, ...]:
     """The weight shape for the summary; ``()`` where it is not known yet (lazy modules)."""
     try:
         return weight_shape(module)
-    except (ValueError, RuntimeError):
+    except (ValueError, RuntimeError, AttributeError):  # no weight: an adaptable module left as it is
         return ()
 
 
@@ -389,14 +390,21 @@ def sparsify(model: M, method: str = "sao", *, degree: int | None = None, sparsi
     (this is sparsity *before* training; biases start at zero), except for the ``-t`` methods,
     which prune the layers as they are (their Parameters are kept).
 
+    **Adapted modules.** Modules with a layer adapter (:mod:`sao.methods.adapters`:
+    ``nn.MultiheadAttention``, GPT-2's ``Conv1D``) are first put into their standard form (a
+    :class:`~sao.nn.SparseMultiheadAttention` with ``nn.Linear`` projections ``q_proj``, ``k_proj``,
+    ``v_proj``, ``out_proj``; an ``nn.Linear``), whose layers are then weight layers like any
+    other; where none of them changed, the original module is put back. On an error the model is
+    left as it was.
+
     **Which layers.** The weight layers in ``named_modules`` order — every ``nn.Linear`` and
     convolution (``Conv1d``/``Conv3d``/transposed ones included) and sao's own layers
     (:mod:`sao.methods._layers`) — minus ``exclude`` (the first and the last by default,
     counted over all of them). Left as they are, each with its reason in the summary:
 
-    - subclasses of ``nn.Linear``/``nn.Conv2d`` (e.g. ``NonDynamicallyQuantizableLinear``, the
-      ``out_proj`` of ``nn.MultiheadAttention``, whose owner reads ``.weight`` and never calls
-      its ``forward``): never replaced, with or without ``strict``;
+    - subclasses of ``nn.Linear``/``nn.Conv2d`` (their owner may read ``.weight`` without calling
+      their ``forward``, or they may compute something else): never replaced, with or without
+      ``strict``;
     - kinds sao does not sparsify (``nn.Conv1d``, ``nn.Conv3d``, ``nn.ConvTranspose*d``, SOC
       layers), and layers already sparse (:class:`~sao.nn.SparseLinear`,
       :class:`~sao.nn.SparseConv2d`; sparsify builds from dense layers, so a second call with
@@ -489,25 +497,38 @@ def sparsify(model: M, method: str = "sao", *, degree: int | None = None, sparsi
     chosen = METHODS.get(method)
     degree, sparsity = _target(degree, sparsity, chosen)
     request = SparsifyRequest(degree, sparsity, chosen.settings(**settings), generator, strict)
-    slots = find_layers(model, exclude)
-    if any(s.name == "" for s in slots):
+    if any(True for _ in _whole_model_layers(model)):
         raise ValueError("sparsify changes the layers inside a model; to make a single layer sparse, "
                          "build sao.nn.SparseLinear / SparseConv2d directly")
-    plans: dict[str, LayerPlan] = {}
-    refused: dict[str, str] = {}
-    for slot in slots:
-        where = f"layer {slot.name!r} ({type(slot.module).__name__})"
-        if slot.role == "skipped" and strict and slot.refused_when_strict:
-            raise ValueError(f"{where}: {slot.reason}; name it in exclude= (with the first and last layers: a list "
-                             "replaces exclude='first_last') or pass strict=False")
-        if slot.role != "target":
-            continue
-        try:
-            plans[slot.name] = chosen.plan_layer(slot.name, slot.module, request)
-        except ValueError as err:
-            if strict:
-                raise ValueError(f"{where}: {err}") from None
-            refused[slot.name] = f"{method!r} cannot build this layer: {err}"
+    adapted = adapt_layers(model)
+    try:
+        summary = _sparsify_adapted(model, chosen, request, exclude, method)
+    except BaseException:
+        restore_unchanged(model, adapted, everything=True)
+        raise
+    restore_unchanged(model, adapted)
+    message = summary.warning()
+    if message is None and not summary.sparsified:
+        message = (f"sparsify({method!r}) changed no layer: the model has no weight layer sparsify could change, "
+                   "or every one is excluded (see return_summary=True; exclude='first_last' keeps the first and "
+                   "last dense)")
+    if message is not None:
+        warnings.warn(message, UserWarning, stacklevel=2)
+    if verbose:
+        print(summary)
+    return (model, summary) if return_summary else model
+
+
+def _whole_model_layers(model: nn.Module) -> list[LayerSlot]:
+    """The weight layer that is the model itself, if it is one (sparsify changes layers inside a model)."""
+    return [s for s in find_layers(model, "none") if s.name == ""]
+
+
+def _sparsify_adapted(model: nn.Module, chosen: SparsifyMethod, request: SparsifyRequest, exclude: Exclude,
+                      method: str) -> SparsifySummary:
+    """Plan and replace the weight layers of ``model`` (adaptable modules already in standard form); the summary."""
+    slots = find_layers(model, exclude)
+    plans, refused = _plans(slots, chosen, request, method)
     shapes = {id(s.module): _shape(s.module) for s in slots}
     targets = [s for s in slots if s.name in plans]
     # what a layer that may be sparse already (masked, ECO) was; -t methods change those in place
@@ -531,18 +552,30 @@ def sparsify(model: M, method: str = "sao", *, degree: int | None = None, sparsi
         else:
             rows.append(_report(slot, shape, now, slot.role, slot.reason))
     rows = _off_target(rows, plans, before)
+    degree, sparsity = request.degree, request.sparsity
     asked = f"degree={degree}" if degree is not None else (f"sparsity={sparsity:g}" if sparsity is not None else "")
-    summary = SparsifySummary(method, asked, bool(strict), tuple(rows))
-    message = summary.warning()
-    if message is None and not targets:
-        message = (f"sparsify({method!r}) changed no layer: the model has no weight layer sparsify could change, "
-                   "or every one is excluded (see return_summary=True; exclude='first_last' keeps the first and "
-                   "last dense)")
-    if message is not None:
-        warnings.warn(message, UserWarning, stacklevel=2)
-    if verbose:
-        print(summary)
-    return (model, summary) if return_summary else model
+    return SparsifySummary(method, asked, bool(request.strict), tuple(rows))
+
+
+def _plans(slots: list[LayerSlot], chosen: SparsifyMethod, request: SparsifyRequest,
+           method: str) -> tuple[dict[str, LayerPlan], dict[str, str]]:
+    """The method's plan of each target, and why it refused the others (``strict`` raises instead)."""
+    plans: dict[str, LayerPlan] = {}
+    refused: dict[str, str] = {}
+    for slot in slots:
+        where = f"layer {slot.name!r} ({type(slot.module).__name__})"
+        if slot.role == "skipped" and request.strict and slot.refused_when_strict:
+            raise ValueError(f"{where}: {slot.reason}; name it in exclude= (with the first and last layers: a list "
+                             "replaces exclude='first_last') or pass strict=False")
+        if slot.role != "target":
+            continue
+        try:
+            plans[slot.name] = chosen.plan_layer(slot.name, slot.module, request)
+        except ValueError as err:
+            if request.strict:
+                raise ValueError(f"{where}: {err}") from None
+            refused[slot.name] = f"{method!r} cannot build this layer: {err}"
+    return plans, refused
 
 
 def connection_mask(module: nn.Module) -> Tensor:

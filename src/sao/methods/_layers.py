@@ -8,6 +8,8 @@ sao's own layers (:class:`~sao.nn.SparseLinear`, :class:`~sao.nn.SparseConv2d`,
 :class:`~sao.nn.SOCConv2d`, :class:`~sao.nn.ECOConv2d`). Every one is a row of the summary and
 counts for ``exclude="first"``/``"last"``, also those sparsify cannot replace, so the first and
 last layers are the model's, not the first and last that sparsify happens to support.
+Modules with a layer adapter (:mod:`sao.methods.adapters`) are weight layers too: :func:`sao.sparsify`
+puts them into their standard form before it looks, so those left are the ones it could not adapt.
 A module reachable under several names (a tied layer) is one weight layer with all its names
 (``named_modules(remove_duplicate=False)``), so one replacement goes to every place.
 
@@ -23,7 +25,7 @@ Each weight layer gets one decision that does not depend on the method:
   ``weight_norm``, ``parametrize``: a replacement would drop the hook; see
   :func:`sao.nn.reparametrization`); a *subclass* of
   ``nn.Linear``/``nn.Conv2d`` — its owner may use it without calling its ``forward``
-  (``nn.MultiheadAttention`` reads ``out_proj.weight`` directly), or the subclass may change
+  (as ``nn.MultiheadAttention`` reads ``out_proj.weight``), or the subclass may change
   what the layer computes, so a replacement could be ignored or wrong; a *grouped or
   depthwise* convolution (SAO, the Delta constructions and the kernel-level pruning baselines
   are defined for ``groups=1``); a layer whose weight or bias Parameter is *shared* with
@@ -39,6 +41,7 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from sao.methods.adapters import adapter_for, refusal
 from sao.nn import ECOConv2d, MaskedConv2d, MaskedLinear, SOCConv2d, SparseConv2d, SparseLinear, reparametrization
 
 __all__ = ["EXCLUDE_CHOICES", "Exclude", "LayerSlot", "find_layers", "layer_dims", "target_layers", "weight_shape"]
@@ -109,7 +112,7 @@ def _places(model: nn.Module) -> list[tuple[tuple[str, ...], nn.Module]]:
 
 def _weight_layers(model: nn.Module) -> list[LayerSlot]:
     """The weight layers (module docstring), not looking inside one another (an ECO layer's inner conv)."""
-    places = [(names, m) for names, m in _places(model) if isinstance(m, _KINDS)]
+    places = [(names, m) for names, m in _places(model) if isinstance(m, _KINDS) or adapter_for(m) is not None]
     inside = {id(sub) for _, m in places for sub in m.modules() if sub is not m}
     return [LayerSlot(names, m) for names, m in places if id(m) not in inside]
 
@@ -133,11 +136,17 @@ def _exclusions(slots: list[LayerSlot], exclude: Exclude) -> dict[int, str]:
         raise TypeError(f"exclude must be one of {', '.join(EXCLUDE_CHOICES)}, a collection of layer names or a "
                         f"predicate (name, module) -> bool, got {exclude!r}")
     names = set(exclude)
-    known = {n for s in slots for n in s.names}
-    if names - known:
-        raise ValueError(f"exclude names {sorted(names - known)} are not weight layers (nn.Linear, convolutions, "
-                         f"sao layers) of the model; layers are: {[n for s in slots for n in s.names]}")
-    return {i: "excluded by name" for i, s in enumerate(slots) if names & set(s.names)}
+
+    def named(slot: LayerSlot) -> bool:
+        return any(n == name or n.startswith(f"{name}.") for n in slot.names for name in names)
+
+    unknown = {name for name in names if not any(n == name or n.startswith(f"{name}.")
+                                                 for s in slots for n in s.names)}
+    if unknown:
+        raise ValueError(f"exclude names {sorted(unknown)} are neither weight layers (nn.Linear, convolutions, "
+                         "sao layers, adapted layers' parts) of the model nor modules holding some; layers are: "
+                         f"{[n for s in slots for n in s.names]}")
+    return {i: "excluded by name" for i, s in enumerate(slots) if named(s)}
 
 
 def _owners(model: nn.Module) -> dict[int, list[str]]:
@@ -153,6 +162,9 @@ def _owners(model: nn.Module) -> dict[int, list[str]]:
 def _kind_reason(m: nn.Module) -> str | None:
     """Why sparsify cannot take a layer of this kind or state (module docstring); ``None`` if it can."""
     kind = type(m).__name__
+    if adapter_for(m) is not None:
+        return (f"{kind} left as it is: {refusal(m) or 'sparsify puts it into its standard form first'} "
+                "(sao.methods.adapters)")
     if isinstance(m, SparseLinear | SparseConv2d) or (isinstance(m, ECOConv2d) and isinstance(m.conv, SparseConv2d)
                                                       and m.conv.num_blocks > 1):
         degree = (m.conv if isinstance(m, ECOConv2d) else m).degree
@@ -225,9 +237,14 @@ def target_layers(model: nn.Module, exclude: Exclude = "first_last") -> list[tup
         model: any module.
         exclude: ``"first_last"`` (default), ``"first"``, ``"last"``, ``"none"``, a collection
             of module names, or a predicate ``(name, module) -> bool`` returning ``True`` for
-            layers to leave dense. A collection of names keeps *exactly* those layers dense: it
-            replaces ``"first_last"``, so to keep the first and last weight layers dense as well,
-            name them too (e.g. ``exclude=["conv1", "encoder.out_proj", "fc"]``; the warning about
-            skipped layers prints the list that keeps the current choice).
+            layers to leave dense. A collection of names keeps *exactly* those layers dense (the
+            name of a module that holds weight layers, e.g. an attention module or a ResNet
+            stage, keeps all of them dense): it replaces ``"first_last"``, so to keep the first and
+            last weight layers dense as well, name them too (e.g. ``exclude=["conv1", "layer4",
+            "fc"]``; the warning about skipped layers prints the list that keeps the current choice).
+
+    Raises:
+        ValueError: for an unknown ``exclude`` choice or a name that is neither a weight layer nor
+            a module holding one.
     """
     return [(s.name, s.module) for s in find_layers(model, exclude) if s.role == "target"]
