@@ -1,0 +1,192 @@
+"""``form="auto"``: the operator form ONNX Runtime runs fastest, measured per layer shape.
+
+For a sparse layer every candidate — ``"dense"`` and each block form (:data:`sao.export.FORMS`) at each block
+count it can run with (the layer's ``g``, ``g/2``, … down to 2: :meth:`LayerSpec.coarsenings`) — is built as
+it runs in the deployable model (a linear block form with its gather and, conservatively, its own transposes
+into and out of the feature-major layout; a convolution with its channel gather; the activation that follows
+the layer, which ONNX Runtime fuses into ``Conv``/``Gemm``), exported with the same exporter, and timed in an
+ONNX Runtime session with the requested thread count on an input of the requested batch size.
+
+So that weights come from the level of the memory hierarchy they come from in the model, a candidate is timed
+as ``copies`` distinct copies of the layer (as many as the model has layers of that shape, up to
+:data:`MAX_COPIES` and :data:`FOOTPRINT_BYTES` of dense weights): chained where the layer keeps its input's
+shape, else side by side and summed. The time per copy is the median over runs divided by ``copies``.
+Candidates are measured once per shape signature (:class:`FormTimer` caches them; pass one timer to several
+calls to share its measurements).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sao.export._forms import FORMS
+from sao.export._modules import FromFeatureMajor, Gather, ToFeatureMajor
+from sao.export._onnx import export_proto, ort_session, require
+from sao.export._spec import LayerSpec
+
+__all__ = ["FOOTPRINT_BYTES", "MAX_COPIES", "Candidate", "FormTimer", "candidates", "copies_for"]
+
+MAX_COPIES = 256
+#: dense weight bytes the copies of one measurement span at most (beyond the last-level cache of usual CPUs)
+FOOTPRINT_BYTES = 64 << 20
+MIN_RUNS, MAX_RUNS, MIN_TIME_S = 5, 200, 0.25
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to run a layer: a form and, for a block form, its number of blocks."""
+
+    form: str
+    groups: int = 1
+
+    @property
+    def label(self) -> str:
+        return self.form if not FORMS.get(self.form).blocked else f"{self.form}/{self.groups}"
+
+
+def candidates(spec: LayerSpec) -> list[Candidate]:
+    """Every candidate for ``spec``: ``dense``, then each available block form at each of its block counts."""
+    found = [Candidate("dense")]
+    for name in FORMS:
+        form = FORMS.get(name)
+        if form.blocked and form.unavailable(spec) is None:
+            found += [Candidate(name, g) for g in spec.coarsenings()]
+    return found
+
+
+def copies_for(spec: LayerSpec, count: int) -> int:
+    """How many copies time a layer that the model holds ``count`` times (see the module docstring)."""
+    dense_bytes = spec.dense.weight.numel() * spec.dense.weight.element_size()
+    return max(1, min(count, MAX_COPIES, math.ceil(FOOTPRINT_BYTES / max(dense_bytes, 1))))
+
+
+class _FeatureMajorCandidate(nn.Module):
+    """A linear block form as a lone layer: into the feature-major layout, gather, block product, activation,
+    back."""
+
+    def __init__(self, gather: nn.Module, core: nn.Module, act: nn.Module, rank: int) -> None:
+        super().__init__()
+        self.enter, self.gather, self.core, self.act = ToFeatureMajor(), gather, core, act
+        self.exit = FromFeatureMajor(rank)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.exit(self.act(self.core(self.gather(self.enter(x)))), x)
+
+
+def _candidate_module(spec: LayerSpec, candidate: Candidate, activation: nn.Module | None, rank: int,
+                      generator: torch.Generator) -> nn.Module:
+    lowered = FORMS.get(candidate.form).lower(spec, candidate.groups if candidate.form != "dense" else None)
+    act = activation if activation is not None else nn.Identity()
+    if lowered.in_order is None:
+        return nn.Sequential(lowered.core, act).eval()
+    gather = Gather(1, torch.randperm(spec.in_features, generator=generator))
+    if lowered.feature_major:
+        return _FeatureMajorCandidate(gather, lowered.core, act, rank).eval()
+    return nn.Sequential(gather, lowered.core, act).eval()
+
+
+def replicate(proto: Any, copies: int, chain: bool) -> Any:
+    """``copies`` renamed copies of the one-input, one-output ONNX model ``proto``: chained (each copy's output
+    is the next one's input) or side by side on the same input with a ``Sum`` of their outputs."""
+    onnx = require("onnx")
+    graph = proto.graph
+    source, sink = graph.input[0].name, graph.output[0].name
+    nodes, initializers, outputs, previous = [], [], [], source
+    for i in range(copies):
+        names = {source: previous if chain else source, "": ""}
+
+        def rename(name: str, i: int = i, names: dict[str, str] = names) -> str:
+            return names.setdefault(name, f"c{i}/{name}")
+
+        for tensor in graph.initializer:
+            copied = onnx.TensorProto()
+            copied.CopyFrom(tensor)
+            copied.name = rename(tensor.name)
+            initializers.append(copied)
+        for node in graph.node:
+            copied = onnx.NodeProto()
+            copied.CopyFrom(node)
+            copied.input[:] = [rename(n) for n in node.input]
+            copied.output[:] = [rename(n) for n in node.output]
+            copied.name = f"c{i}/{node.name}"
+            nodes.append(copied)
+        previous = rename(sink)
+        outputs.append(previous)
+    if not chain:
+        nodes.append(onnx.helper.make_node("Sum", outputs, ["total"]))
+        previous = "total"
+    out = onnx.helper.make_tensor_value_info(previous, graph.output[0].type.tensor_type.elem_type, None)
+    new = onnx.helper.make_graph(nodes, "copies", list(graph.input), [out], initializers)
+    model = onnx.helper.make_model(new, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
+    model.functions.extend(proto.functions)
+    return model
+
+
+def _time(session: Any, x: Tensor) -> float:
+    """Median seconds of one run of ``session`` on ``x`` (after a warm-up run), over at least :data:`MIN_RUNS`
+    runs and :data:`MIN_TIME_S` seconds."""
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    session.run(None, feed)
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < MIN_RUNS or (time.perf_counter() - started < MIN_TIME_S and len(times) < MAX_RUNS):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@dataclass
+class FormTimer:
+    """Measures and caches the candidates' times (seconds per layer call) per shape signature.
+
+    Args:
+        threads: ONNX Runtime intra-op threads of the timing sessions.
+        verbose: print progress to stderr.
+        seed: the random gathers of the candidates.
+    """
+
+    threads: int = 1
+    verbose: bool = True
+    seed: int = 0
+    cache: dict[tuple, dict[str, float]] = field(default_factory=dict)
+    log: Callable[[str], None] = field(default=lambda message: print(message, file=sys.stderr, flush=True))
+
+    @staticmethod
+    def signature(spec: LayerSpec, shape: tuple[int, ...], activation: nn.Module | None, copies: int) -> tuple:
+        dense = spec.dense
+        conv = ((tuple(dense.kernel_size), tuple(dense.stride), str(dense.padding), tuple(dense.dilation),
+                 dense.padding_mode) if spec.kind == "conv" else ())
+        return (spec.kind, spec.in_features, spec.out_features, spec.num_blocks, spec.bias is not None, conv,
+                shape, type(activation).__name__, copies)
+
+    def measure(self, name: str, spec: LayerSpec, shape: tuple[int, ...], activation: nn.Module | None,
+                copies: int) -> dict[str, float]:
+        """Seconds per call of each candidate (by label) for ``spec`` on inputs of ``shape`` (batch included)."""
+        key = (*self.signature(spec, shape, activation, copies), self.threads)
+        if key in self.cache:
+            return self.cache[key]
+        generator = torch.Generator().manual_seed(self.seed)
+        x = torch.randn(shape, generator=generator)
+        times: dict[str, float] = {}
+        for candidate in candidates(spec):
+            module = _candidate_module(spec, candidate, activation, len(shape), generator)
+            with torch.no_grad():
+                chain = tuple(module(x).shape) == tuple(shape)
+            proto = replicate(export_proto(module, x), copies, chain)
+            times[candidate.label] = _time(ort_session(proto, self.threads), x) / copies
+            if self.verbose:
+                self.log(f"[sao.export] {name}: {candidate.label:<12} {times[candidate.label] * 1e6:9.1f} µs "
+                         f"(batch {shape[0]}, {copies} cop{'ies' if copies > 1 else 'y'}, "
+                         f"{'chained' if chain else 'summed'})")
+        self.cache[key] = times
+        return times
