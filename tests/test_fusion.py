@@ -163,7 +163,11 @@ def _close(a: torch.Tensor | None, b: torch.Tensor | None, dtype: torch.dtype) -
     if a is None or b is None:
         assert (a is None and b is None) or torch.count_nonzero(a if a is not None else b) == 0
         return
-    torch.testing.assert_close(a, b, **TOL[dtype])
+    tol = TOL[dtype]
+    # float32 rounding is relative to the tensor's scale: a second-order gradient sums terms of mixed sign, so a
+    # small entry can carry the rounding of its large neighbours (both sides are as far from float64)
+    scale = float(b.detach().abs().max()) if b.numel() else 0.0
+    torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=max(tol["atol"], tol["rtol"] * scale))
 
 
 @settings(max_examples=150)

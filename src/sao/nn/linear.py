@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,7 @@ from sao._validation import as_int
 from sao.nn._shape import check_features
 from sao.nn._sparse import SparseLayerBase
 from sao.nn.dispatch import RoutedLayer, RouteTimer
+from sao.nn.kernels import CHAIN_KERNELS, checked_output
 from sao.topology import Topology
 
 __all__ = ["SparseLinear", "blocked_linear"]
@@ -81,6 +82,16 @@ def blocked_linear(x: Tensor, blocks: Tensor, col_perm: Tensor, row_perm: Tensor
     return z.transpose(0, 1).reshape(-1, g * bm).index_select(1, row_inverse).view(*lead, g * bm)
 
 
+class _Blocked(NamedTuple):
+    """Given ``blocks`` and ``bias`` with a layer's permutations: what a chain kernel backend reads of a layer."""
+
+    blocks: Tensor
+    bias: Tensor | None
+    col_perm: Tensor
+    row_perm: Tensor
+    row_inverse: Tensor
+
+
 class SparseLinear(RoutedLayer, SparseLayerBase):
     """A linear layer ``y = x Wᵀ + b`` whose ``W`` has a fixed sparse SAO topology.
 
@@ -105,11 +116,14 @@ class SparseLinear(RoutedLayer, SparseLayerBase):
         generator: source of randomness for the topology and the values.
         device, dtype: where and how to allocate the parameters.
         fusion: how the blocked backend runs (keyword only; one of :data:`sao.nn.FUSION_MODES`, also the
-            ``fusion`` attribute): ``"auto"`` (default) takes, per call, the faster of ``"plain"`` (the
-            batched block matmul, :func:`blocked_linear`) and ``"dense"`` (one ``F.linear`` with the
-            scattered weight: faster at low sparsity), measured on this machine per input shape, dtype,
-            device, batch size, grad mode and thread count (:mod:`sao.nn.dispatch`); both compute the same
-            function (to float rounding). Every other mode runs ``"plain"``. Chains of these layers are
+            ``fusion`` attribute): ``"auto"`` (default) takes, per call, the fastest of ``"plain"`` (the
+            batched block matmul, :func:`blocked_linear`), ``"dense"`` (one ``F.linear`` with the
+            scattered weight: faster at low sparsity) and ``"compiled"`` (the layer as a chain of one through
+            the compiled chain kernel, :data:`sao.nn.CHAIN_KERNELS`, where it can run the call), measured on
+            this machine per input shape, dtype, device, batch size, grad mode and thread count
+            (:mod:`sao.nn.dispatch`); all compute the same function (to float rounding). ``"compiled"`` runs
+            that route (``ValueError`` where it cannot run the call exactly); ``"off"`` and ``"fused"`` run
+            ``"plain"``. Chains of these layers are
             fused by :class:`~sao.nn.FusedSequential`.
 
     Attributes:
@@ -160,18 +174,31 @@ class SparseLinear(RoutedLayer, SparseLayerBase):
             return F.linear(x, self.weight, self.bias)
         return self._routed_forward(x)
 
-    ROUTE_NAMES = ("plain", "dense")
+    ROUTE_NAMES = ("plain", "dense", "compiled")
+    KERNEL = "chain"
     DETERMINISTIC = ("plain",)
 
     def route_signature(self) -> tuple:
         return (self.in_features, self.out_features, self.num_blocks, self.bias is not None)
 
     def run(self, x: Tensor, route: str, blocks: Tensor, bias: Tensor | None) -> Tensor:
-        """The blocked layer on ``route`` (``"plain"`` or ``"dense"``) with these ``blocks`` and ``bias``,
-        without deciding or checking."""
+        """The blocked layer on ``route`` (``"plain"``, ``"dense"`` or ``"compiled"``) with these ``blocks`` and
+        ``bias``, without deciding or checking."""
         if route == "dense":
             return F.linear(x, self.dense_weight(blocks), bias)
+        if route == "compiled":
+            return self._compiled(x, blocks, bias)
         return blocked_linear(x, blocks, self.col_perm, self.row_perm, self.row_inverse, bias)
+
+    def _compiled(self, x: Tensor, blocks: Tensor, bias: Tensor | None) -> Tensor:
+        """The layer as a chain of one (identity activation) through the chain kernel backend of ``x``'s device:
+        the gathers are folded into the kernel's loads and stores."""
+        backend = CHAIN_KERNELS.get(x.device.type)
+        layer = _Blocked(blocks, bias, self.col_perm, self.row_perm, self.row_inverse)
+        y = backend.run(x, [layer], ("identity",))
+        wanted = lambda: torch.is_grad_enabled() and any(  # noqa: E731
+            t is not None and t.requires_grad for t in (x, blocks, bias))
+        return checked_output(y, (*x.shape[:-1], self.out_features), x, backend, gradients_wanted=wanted)
 
     def to_dense(self) -> nn.Linear:
         """A plain :class:`torch.nn.Linear` computing the same function (a copy)."""
