@@ -80,6 +80,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import sao
@@ -283,8 +284,9 @@ def macs_per_sample(dense: nn.Module, shape: tuple[int, ...]) -> tuple[float, di
     was_training = dense.training
     dense.eval()
     try:
-        # grad mode on: nn.MultiheadAttention then takes its composite path, whose matmuls are counted
-        with FlopCounterMode(display=False) as counter:
+        # grad mode on: nn.MultiheadAttention then takes its composite path; the math attention backend: its
+        # matmuls are counted (FlopCounterMode counts none of the CPU flash attention kernel's)
+        with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
             dense(torch.randn(1, *shape))
     finally:
         dense.train(was_training)
