@@ -6,6 +6,7 @@ from sao.nn._reparam import reparametrization
 from sao.nn._shape import InputShapeError
 from sao.nn._sparse import BACKENDS
 from sao.nn.activations import MaxMin
+from sao.nn.attention import SparseMultiheadAttention
 from sao.nn.chain import (
     ELEMENTWISE,
     ExecutionPlan,
@@ -42,6 +43,7 @@ __all__ = [
     "SOCConv2d",
     "SparseConv2d",
     "SparseLinear",
+    "SparseMultiheadAttention",
     "blocked_linear",
     "fusable_container",
     "fuse_sparse_chains",
