@@ -13,13 +13,13 @@ BLOCKS = [(path, code) for path in sorted(DOCS.glob("*.md"))
 
 
 def test_the_extension_guide_has_an_example_for_each_extension() -> None:
-    """A method, a model, a table and a kernel backend: one runnable example each."""
+    """A method, a model, a table, a kernel backend and a layer adapter: one runnable example each."""
     guide = (DOCS / "extending.md").read_text()
     sections = re.split(r"^## ", guide, flags=re.M)[1:]
     examples = {s.splitlines()[0].split(":")[0]: len(re.findall(r"```python\n", s)) for s in sections}
-    assert {k: examples.get(k) for k in ("A method", "A model", "A table", "A kernel backend")} == {
-        "A method": 1, "A model": 1, "A table": 1, "A kernel backend": 1}
-    assert sum(path.name == "extending.md" for path, _ in BLOCKS) == 4
+    wanted = ("A method", "A model", "A table", "A kernel backend", "A layer adapter")
+    assert {k: examples.get(k) for k in wanted} == dict.fromkeys(wanted, 1)
+    assert sum(path.name == "extending.md" for path, _ in BLOCKS) == 5
 
 
 @pytest.mark.parametrize(("path", "code"), BLOCKS, ids=[f"{p.stem}-{i}" for i, (p, _) in enumerate(BLOCKS)])
