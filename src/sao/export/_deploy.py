@@ -14,7 +14,7 @@ from torch import Tensor, fx, nn
 from sao._atomic import atomic_write_bytes
 from sao.export._fold import ELEMENTWISE_MODULES, fold, standalone, trace, unfuse
 from sao.export._forms import AUTO, FORMS, Lowered, check_form
-from sao.export._measure import Candidate, FormTimer, copies_for
+from sao.export._measure import Candidate, FormTimer
 from sao.export._onnx import batch_dim, export_proto, exportable_example, ort_session, run_session
 from sao.export._spec import LayerSpec, layer_kind
 
@@ -33,6 +33,7 @@ class LayerChoice:
             (1 without a block form).
         form: ``"dense"``, ``"grouped"`` or ``"matmul"``; ``groups``: the blocks it multiplies (``g`` or fewer,
             merged; 1 for ``"dense"``).
+        input_shape: the shape of its input on the example (``()`` if it was not called).
         times: ``form="auto"``: seconds per call of every candidate measured (by label, ``"grouped/8"``), on the
             layer's input at the requested batch size; empty for a forced form.
     """
@@ -43,6 +44,7 @@ class LayerChoice:
     num_blocks: int
     form: str
     groups: int
+    input_shape: tuple[int, ...] = ()
     times: Mapping[str, float] = field(default_factory=dict)
 
     @property
@@ -90,15 +92,15 @@ class DeployReport:
         lines = [head]
         if self.opaque:
             lines.append(f"  run whole (not traced): {', '.join(self.opaque)}")
-        shown: dict[tuple, LayerChoice] = {}
+        groups: dict[tuple, list[LayerChoice]] = {}
         for layer in self.layers:
-            shown.setdefault((layer.kind, layer.shape, layer.num_blocks, layer.label, tuple(layer.times)), layer)
-        for layer in shown.values():
-            count = sum(1 for other in self.layers if (other.kind, other.shape, other.num_blocks, other.label) ==
-                        (layer.kind, layer.shape, layer.num_blocks, layer.label))
-            times = ", ".join(f"{k} {v * 1e6:.1f} µs" for k, v in sorted(layer.times.items(), key=lambda kv: kv[1]))
-            lines.append(f"  {count:4d} x {layer.kind} {layer.shape} g={layer.num_blocks}: {layer.label}"
-                         + (f"  [{times}]" if times else ""))
+            key = (layer.kind, layer.shape, layer.num_blocks, layer.label, layer.input_shape[1:])
+            groups.setdefault(key, []).append(layer)
+        for (kind, shape, g, label, inputs), members in groups.items():
+            times = ", ".join(f"{k} {v * 1e6:.1f} µs"
+                              for k, v in sorted(members[0].times.items(), key=lambda kv: kv[1]))
+            lines.append(f"  {len(members):4d} x {kind} {shape} g={g} on (B, {', '.join(map(str, inputs))}): "
+                         f"{label}" + (f"  [{times}]" if times else ""))
         if self.max_error is not None:
             lines.append(f"  max |deployable - model| on the example: {self.max_error:.3g}")
         if self.onnx_error is not None:
@@ -179,7 +181,7 @@ def _choose(sites: dict[int, _Site], form: str, batch_size: int, timer: FormTime
             ) -> tuple[dict[int, Lowered], list[LayerChoice]]:
     counts: dict[tuple, int] = {}
     for site in sites.values():
-        key = FormTimer.signature(site.spec, site.shape or (), site.activation, 0)
+        key = FormTimer.signature(site.spec, site.shape or (), site.activation)
         counts[key] = counts.get(key, 0) + 1
     lowered: dict[int, Lowered] = {}
     choices: list[LayerChoice] = []
@@ -191,14 +193,14 @@ def _choose(sites: dict[int, _Site], form: str, batch_size: int, timer: FormTime
             result = FORMS.get("dense").lower(site.spec)
         else:
             shape = (batch_size, *site.shape[1:])
-            count = counts[FormTimer.signature(site.spec, site.shape, site.activation, 0)]
-            times = timer.measure(site.name, site.spec, shape, site.activation, copies_for(site.spec, count))
+            count = counts[FormTimer.signature(site.spec, site.shape, site.activation)]
+            times = timer.measure(site.name, site.spec, shape, site.activation, count)
             best = min(times, key=times.get)
             form_name, _, groups = best.partition("/")
             result = FORMS.get(form_name).lower(site.spec, int(groups) if groups else None)
         lowered[key] = result
         choices.append(LayerChoice(site.name, site.spec.kind, _shape_of(site.spec, site.module),
-                                   site.spec.num_blocks, result.form, result.groups, times))
+                                   site.spec.num_blocks, result.form, result.groups, site.shape or (), times))
     return lowered, choices
 
 

@@ -8,11 +8,12 @@ the layer, which ONNX Runtime fuses into ``Conv``/``Gemm``), exported with the s
 ONNX Runtime session with the requested thread count on an input of the requested batch size.
 
 So that weights come from the level of the memory hierarchy they come from in the model, a candidate is timed
-as ``copies`` distinct copies of the layer (as many as the model has layers of that shape, up to
-:data:`MAX_COPIES` and :data:`FOOTPRINT_BYTES` of dense weights): chained where the layer keeps its input's
-shape, else side by side and summed. The time per copy is the median over runs divided by ``copies``.
-Candidates are measured once per shape signature (:class:`FormTimer` caches them; pass one timer to several
-calls to share its measurements).
+as distinct copies of the layer, as many as the model has layers of that shape (:func:`copies_for`: at most
+:data:`MAX_COPIES`, and no more than :data:`FOOTPRINT_BYTES` of the candidate's weights in all, which is beyond
+the last-level cache of usual CPUs): chained where the layer keeps its input's shape, else side by side and
+summed. The time per copy is the median over runs divided by the number of copies. Candidates are measured once
+per shape signature, batch size and thread count, and exported once per shape signature (:class:`FormTimer`
+caches both; pass one timer to several calls to share them).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from sao.export._spec import LayerSpec
 
 __all__ = ["FOOTPRINT_BYTES", "MAX_COPIES", "Candidate", "FormTimer", "candidates", "copies_for"]
 
-MAX_COPIES = 256
-#: dense weight bytes the copies of one measurement span at most (beyond the last-level cache of usual CPUs)
+MAX_COPIES = 1024
+#: weight bytes the copies of one candidate span at most (beyond the last-level cache of usual CPUs)
 FOOTPRINT_BYTES = 64 << 20
 MIN_RUNS, MAX_RUNS, MIN_TIME_S = 5, 200, 0.25
 
@@ -63,10 +64,10 @@ def candidates(spec: LayerSpec) -> list[Candidate]:
     return found
 
 
-def copies_for(spec: LayerSpec, count: int) -> int:
-    """How many copies time a layer that the model holds ``count`` times (see the module docstring)."""
-    dense_bytes = spec.dense.weight.numel() * spec.dense.weight.element_size()
-    return max(1, min(count, MAX_COPIES, math.ceil(FOOTPRINT_BYTES / max(dense_bytes, 1))))
+def copies_for(module: nn.Module, count: int) -> int:
+    """How many copies of the candidate ``module`` time a layer the model holds ``count`` times (module docstring)."""
+    weight_bytes = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    return max(1, min(count, MAX_COPIES, math.ceil(FOOTPRINT_BYTES / max(weight_bytes, 1))))
 
 
 class _FeatureMajorCandidate(nn.Module):
@@ -96,8 +97,14 @@ def _candidate_module(spec: LayerSpec, candidate: Candidate, activation: nn.Modu
 
 def replicate(proto: Any, copies: int, chain: bool) -> Any:
     """``copies`` renamed copies of the one-input, one-output ONNX model ``proto``: chained (each copy's output
-    is the next one's input) or side by side on the same input with a ``Sum`` of their outputs."""
+    is the next one's input) or side by side on the same input with a ``Sum`` of their outputs.
+
+    Each copy's floating-point weights are scaled by a different factor ``1 + i·2⁻²⁰``: ONNX Runtime shares
+    initializers of equal content, which would keep one copy of the weights in the cache for all.
+    """
     onnx = require("onnx")
+    from onnx import numpy_helper
+
     graph = proto.graph
     source, sink = graph.input[0].name, graph.output[0].name
     nodes, initializers, outputs, previous = [], [], [], source
@@ -108,10 +115,10 @@ def replicate(proto: Any, copies: int, chain: bool) -> Any:
             return names.setdefault(name, f"c{i}/{name}")
 
         for tensor in graph.initializer:
-            copied = onnx.TensorProto()
-            copied.CopyFrom(tensor)
-            copied.name = rename(tensor.name)
-            initializers.append(copied)
+            values = numpy_helper.to_array(tensor)
+            if i and values.dtype.kind == "f":
+                values = values * values.dtype.type(1 + i * 2.0**-20)
+            initializers.append(numpy_helper.from_array(values, rename(tensor.name)))
         for node in graph.node:
             copied = onnx.NodeProto()
             copied.CopyFrom(node)
@@ -159,31 +166,39 @@ class FormTimer:
     verbose: bool = True
     seed: int = 0
     cache: dict[tuple, dict[str, float]] = field(default_factory=dict)
+    exported: dict[tuple, Any] = field(default_factory=dict, repr=False)
     log: Callable[[str], None] = field(default=lambda message: print(message, file=sys.stderr, flush=True))
 
     @staticmethod
-    def signature(spec: LayerSpec, shape: tuple[int, ...], activation: nn.Module | None, copies: int) -> tuple:
+    def signature(spec: LayerSpec, shape: tuple[int, ...], activation: nn.Module | None) -> tuple:
+        """What a layer's candidates depend on: kind, sizes, blocks, bias, convolution settings, the input shape
+        without its batch, the activation after it."""
         dense = spec.dense
         conv = ((tuple(dense.kernel_size), tuple(dense.stride), str(dense.padding), tuple(dense.dilation),
                  dense.padding_mode) if spec.kind == "conv" else ())
         return (spec.kind, spec.in_features, spec.out_features, spec.num_blocks, spec.bias is not None, conv,
-                shape, type(activation).__name__, copies)
+                tuple(shape[1:]), type(activation).__name__)
 
     def measure(self, name: str, spec: LayerSpec, shape: tuple[int, ...], activation: nn.Module | None,
-                copies: int) -> dict[str, float]:
-        """Seconds per call of each candidate (by label) for ``spec`` on inputs of ``shape`` (batch included)."""
-        key = (*self.signature(spec, shape, activation, copies), self.threads)
+                count: int = 1) -> dict[str, float]:
+        """Seconds per call of each candidate (by label) for ``spec`` on inputs of ``shape`` (batch included),
+        for a model holding ``count`` layers of this signature."""
+        signature = self.signature(spec, shape, activation)
+        key = (*signature, shape[0], count, self.threads)
         if key in self.cache:
             return self.cache[key]
         generator = torch.Generator().manual_seed(self.seed)
         x = torch.randn(shape, generator=generator)
         times: dict[str, float] = {}
         for candidate in candidates(spec):
-            module = _candidate_module(spec, candidate, activation, len(shape), generator)
-            with torch.no_grad():
-                chain = tuple(module(x).shape) == tuple(shape)
-            proto = replicate(export_proto(module, x), copies, chain)
-            times[candidate.label] = _time(ort_session(proto, self.threads), x) / copies
+            if (*signature, candidate) not in self.exported:
+                module = _candidate_module(spec, candidate, activation, len(shape), generator)
+                with torch.no_grad():
+                    chain = tuple(module(x).shape) == tuple(shape)
+                self.exported[(*signature, candidate)] = (export_proto(module, x), chain,
+                                                          copies_for(module, count))
+            proto, chain, copies = self.exported[(*signature, candidate)]
+            times[candidate.label] = _time(ort_session(replicate(proto, copies, chain), self.threads), x) / copies
             if self.verbose:
                 self.log(f"[sao.export] {name}: {candidate.label:<12} {times[candidate.label] * 1e6:9.1f} µs "
                          f"(batch {shape[0]}, {copies} cop{'ies' if copies > 1 else 'y'}, "

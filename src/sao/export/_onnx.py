@@ -65,9 +65,10 @@ def export_proto(module: nn.Module, example: Tensor, *, dynamic_batch: bool = Tr
     return program.model_proto
 
 
-def ort_session(model: Any, threads: int = 1) -> Any:
+def ort_session(model: Any, threads: int = 1, *, profile: str | None = None) -> Any:
     """An ONNX Runtime CPU session of ``model`` (a path or an ``onnx.ModelProto``) with ``threads`` intra-op
-    threads, one inter-op thread, all graph optimizations, warnings silenced.
+    threads, one inter-op thread, all graph optimizations, warnings silenced; with ``profile`` (a file prefix),
+    ONNX Runtime's profiler on (``session.end_profiling()`` writes the JSON trace and returns its path).
 
     Raises:
         ImportError: without ``onnxruntime`` (naming ``pip install "sao[deploy]"``).
@@ -79,6 +80,9 @@ def ort_session(model: Any, threads: int = 1) -> Any:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    if profile is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile
     source = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
