@@ -397,7 +397,6 @@ class RoutedLayer:
     bias: Tensor | None
     row_perm: Tensor
     col_perm: Tensor
-    _dense_cache: tuple | None = None  # (identities/versions/pointers, dense weight, the tensors kept alive)
     _scatter: Callable[[Tensor], Tensor]  # the dense weight of given blocks (SparseLayerBase)
 
     @property
@@ -412,28 +411,11 @@ class RoutedLayer:
     def dense_weight(self, blocks: Tensor) -> Tensor:
         """The dense weight of ``blocks`` (the ``"dense"`` route's), scattered by the layer's permutations.
 
-        Where nothing is differentiated through it and ``blocks`` is the layer's own parameter, the weight is
-        kept and reused while ``blocks`` and the permutations are unchanged (same tensors, same version
-        counters: an optimizer step, ``load_state_dict`` or any in-place change rebuilds it), so inference on
-        the ``"dense"`` route costs one dense call, as :meth:`to_dense`'s layer would. Kept only while
-        ``"dense"`` is the route measured fastest.
+        Built on every call: a kept copy could not see a change made through ``.data`` (weight clipping, a
+        hand-written EMA), which moves neither the version counter nor the storage, so it would compute with
+        stale weights; the scatter is one pass over the weight, and the route is measured with it.
         """
-        rows, cols = self.row_perm, self.col_perm
-        if ((torch.is_grad_enabled() and blocks.requires_grad) or blocks is not self._parameters.get("blocks")
-                or blocks.is_inference() or rows.is_inference() or cols.is_inference()):  # no version counters
-            return self._scatter(blocks)
-        # the tensors' identities, version counters and data pointers: an in-place change bumps the version, a
-        # `.data` swap (`.to()`, `.double()`, manual) moves the pointer; the cache holds the old storages, so a
-        # new one cannot reuse their addresses
-        key = tuple((id(t), t._version, t.data_ptr()) for t in (blocks, rows, cols))
-        cached = self._dense_cache
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        with torch.inference_mode(False), torch.no_grad():  # a normal tensor: it may meet autograd later
-            weight = self._scatter(blocks)
-        self._dense_cache = (key, weight, (blocks, rows, cols, blocks.detach(), rows.detach(), cols.detach()))
-        return weight
-
+        return self._scatter(blocks)
 
     def run(self, x: Tensor, route: str, blocks: Tensor, bias: Tensor | None) -> Tensor:
         """The layer on ``route`` with these ``blocks`` and ``bias``, without deciding or checking."""
@@ -481,8 +463,6 @@ class RoutedLayer:
         if decision is None:
             # every route of a layer is as exact as "plain" (no hooks or module identity at stake): the fastest wins
             decision = timer.choose(case, self._probe_runs(x, routes, needs_grad), x.device, margin=1.0)
-        if decision.route != "dense":
-            self._dense_cache = None  # built while probing: not kept for a route that is not taken
         self._last_case = (kind, decision, timer)
         return decision
 
@@ -512,5 +492,4 @@ class RoutedLayer:
     def __getstate__(self) -> dict:
         state = dict(super().__getstate__())  # type: ignore[misc]
         state.pop("_last_case", None)  # a copy (maybe on another machine) measures again
-        state.pop("_dense_cache", None)
         return state
