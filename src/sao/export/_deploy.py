@@ -137,6 +137,7 @@ class _Site:
     spec: LayerSpec
     shape: tuple[int, ...] | None = None
     activation: nn.Module | None = None
+    standalone: bool = True  # not a node of the traced graph: runs self-contained
 
 
 def _sites(model: nn.Module, example: Tensor, traced: fx.GraphModule | None) -> dict[int, _Site]:
@@ -158,6 +159,8 @@ def _sites(model: nn.Module, example: Tensor, traced: fx.GraphModule | None) -> 
     if traced is not None:
         modules = dict(traced.named_modules())
         for node in traced.graph.nodes:
+            if node.op == "call_module" and id(modules[node.target]) in sites:
+                sites[id(modules[node.target])].standalone = False
             if node.op == "call_module" and id(modules[node.target]) in sites and len(node.users) == 1:
                 user = next(iter(node.users))
                 follower = modules.get(user.target) if user.op == "call_module" else None
@@ -179,10 +182,12 @@ def _forced(site: _Site, form: str) -> Lowered:
 
 def _choose(sites: dict[int, _Site], form: str, batch_size: int, timer: FormTimer | None
             ) -> tuple[dict[int, Lowered], list[LayerChoice]]:
+    def signature(site: _Site) -> tuple:
+        return FormTimer.signature(site.spec, site.shape or (), site.activation, site.standalone)
+
     counts: dict[tuple, int] = {}
     for site in sites.values():
-        key = FormTimer.signature(site.spec, site.shape or (), site.activation)
-        counts[key] = counts.get(key, 0) + 1
+        counts[signature(site)] = counts.get(signature(site), 0) + 1
     lowered: dict[int, Lowered] = {}
     choices: list[LayerChoice] = []
     for key, site in sites.items():
@@ -193,8 +198,8 @@ def _choose(sites: dict[int, _Site], form: str, batch_size: int, timer: FormTime
             result = FORMS.get("dense").lower(site.spec)
         else:
             shape = (batch_size, *site.shape[1:])
-            count = counts[FormTimer.signature(site.spec, site.shape, site.activation)]
-            times = timer.measure(site.name, site.spec, shape, site.activation, count)
+            times = timer.measure(site.name, site.spec, shape, site.activation, counts[signature(site)],
+                                  site.standalone)
             best = min(times, key=times.get)
             form_name, _, groups = best.partition("/")
             result = FORMS.get(form_name).lower(site.spec, int(groups) if groups else None)

@@ -71,28 +71,29 @@ def copies_for(module: nn.Module, count: int) -> int:
 
 
 class _FeatureMajorCandidate(nn.Module):
-    """A linear block form as a lone layer: into the feature-major layout, gather, block product, activation,
-    back."""
+    """A linear block form as a lone layer: into the feature-major layout, gather, block product, activation
+    (and the gather back, for a self-contained layer), back to the input's layout."""
 
-    def __init__(self, gather: nn.Module, core: nn.Module, act: nn.Module, rank: int) -> None:
+    def __init__(self, body: nn.Module, rank: int) -> None:
         super().__init__()
-        self.enter, self.gather, self.core, self.act = ToFeatureMajor(), gather, core, act
-        self.exit = FromFeatureMajor(rank)
+        self.enter, self.body, self.exit = ToFeatureMajor(), body, FromFeatureMajor(rank)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.exit(self.act(self.core(self.gather(self.enter(x)))), x)
+        return self.exit(self.body(self.enter(x)), x)
 
 
 def _candidate_module(spec: LayerSpec, candidate: Candidate, activation: nn.Module | None, rank: int,
-                      generator: torch.Generator) -> nn.Module:
+                      generator: torch.Generator, standalone: bool) -> nn.Module:
     lowered = FORMS.get(candidate.form).lower(spec, candidate.groups if candidate.form != "dense" else None)
     act = activation if activation is not None else nn.Identity()
     if lowered.in_order is None:
         return nn.Sequential(lowered.core, act).eval()
-    gather = Gather(1, torch.randperm(spec.in_features, generator=generator))
+    body = [Gather(1, torch.randperm(spec.in_features, generator=generator)), lowered.core, act]
+    if standalone:
+        body.append(Gather(1, torch.randperm(spec.out_features, generator=generator)))
     if lowered.feature_major:
-        return _FeatureMajorCandidate(gather, lowered.core, act, rank).eval()
-    return nn.Sequential(gather, lowered.core, act).eval()
+        return _FeatureMajorCandidate(nn.Sequential(*body), rank).eval()
+    return nn.Sequential(*body).eval()
 
 
 def replicate(proto: Any, copies: int, chain: bool) -> Any:
@@ -170,20 +171,22 @@ class FormTimer:
     log: Callable[[str], None] = field(default=lambda message: print(message, file=sys.stderr, flush=True))
 
     @staticmethod
-    def signature(spec: LayerSpec, shape: tuple[int, ...], activation: nn.Module | None) -> tuple:
+    def signature(spec: LayerSpec, shape: tuple[int, ...], activation: nn.Module | None,
+                  standalone: bool = False) -> tuple:
         """What a layer's candidates depend on: kind, sizes, blocks, bias, convolution settings, the input shape
-        without its batch, the activation after it."""
+        without its batch, the activation after it, whether it runs self-contained (gathers back its outputs)."""
         dense = spec.dense
         conv = ((tuple(dense.kernel_size), tuple(dense.stride), str(dense.padding), tuple(dense.dilation),
                  dense.padding_mode) if spec.kind == "conv" else ())
         return (spec.kind, spec.in_features, spec.out_features, spec.num_blocks, spec.bias is not None, conv,
-                tuple(shape[1:]), type(activation).__name__)
+                tuple(shape[1:]), type(activation).__name__, standalone)
 
     def measure(self, name: str, spec: LayerSpec, shape: tuple[int, ...], activation: nn.Module | None,
-                count: int = 1) -> dict[str, float]:
+                count: int = 1, standalone: bool = False) -> dict[str, float]:
         """Seconds per call of each candidate (by label) for ``spec`` on inputs of ``shape`` (batch included),
-        for a model holding ``count`` layers of this signature."""
-        signature = self.signature(spec, shape, activation)
+        for a model holding ``count`` layers of this signature; ``standalone``: the layer runs self-contained
+        (inside a module that cannot be traced), so a block form also gathers its outputs back."""
+        signature = self.signature(spec, shape, activation, standalone)
         key = (*signature, shape[0], count, self.threads)
         if key in self.cache:
             return self.cache[key]
@@ -192,7 +195,7 @@ class FormTimer:
         times: dict[str, float] = {}
         for candidate in candidates(spec):
             if (*signature, candidate) not in self.exported:
-                module = _candidate_module(spec, candidate, activation, len(shape), generator)
+                module = _candidate_module(spec, candidate, activation, len(shape), generator, standalone)
                 with torch.no_grad():
                     chain = tuple(module(x).shape) == tuple(shape)
                 self.exported[(*signature, candidate)] = (export_proto(module, x), chain,
