@@ -291,6 +291,9 @@ def deployable(model: nn.Module, example_input: Tensor, *, form: str = AUTO, bat
     else:
         result = _replace_inside(prepared, sites, lowered)
         gathers = sum(2 for choice in choices if choice.form != "dense")
+    parameter = next(prepared.parameters(), None)
+    if parameter is not None:  # the gathers' indices are built on the CPU
+        result.to(parameter.device)
     result.eval()
     error = None
     if check:

@@ -293,6 +293,17 @@ class _Folder:
             return v
         return replace(v, node=self._call(ToFeatureMajor(), (v.node,), "to_feature_major"), major=v.node)
 
+    def _leave_major(self, v: Value, like: Value) -> Value:
+        """Feature-major ``v`` in ``like``'s order (gathered while rows are contiguous), out of that layout."""
+        axis = v.rank - 1
+        if like.index is not None and like.axis != axis:
+            return self._canonical(v)
+        if like.index is not None:
+            v = self._reorder(v, like.index, axis)
+        elif v.index is not None:
+            v = self._reorder(v, torch.arange(v.index.numel()), axis)
+        return self._exit_major(v)
+
     def _canonical(self, v: Value) -> Value:
         if v.index is not None:
             v = self._reorder(v, torch.arange(v.index.numel()), v.axis)
@@ -462,8 +473,8 @@ class _Folder:
         a, b = (self.env[n] for n in operands)
         if a.plain and b.plain:
             return self._other(node)
-        if (a.major is None) != (b.major is None):
-            a, b = self._exit_major(a), self._exit_major(b)
+        if (a.major is None) != (b.major is None):  # the feature-major one leaves its layout in the other's order
+            a, b = (self._leave_major(a, b), b) if a.major is not None else (a, self._leave_major(b, a))
         if a.index is not None and b.index is not None and a.axis != b.axis:
             a, b = self._canonical(a), self._canonical(b)
         axis = a.axis if a.index is not None else b.axis

@@ -94,12 +94,13 @@ class GroupedForm(Form):
         spec = spec.coarsened(groups or spec.num_blocks)
         g, bm, bn = spec.blocks.shape[:3]
         dense = spec.dense
+        factory = {"device": spec.blocks.device, "dtype": spec.blocks.dtype}
         if spec.kind == "linear":
-            core = nn.Conv1d(g * bn, g * bm, 1, groups=g, bias=spec.bias is not None)
+            core = nn.Conv1d(g * bn, g * bm, 1, groups=g, bias=spec.bias is not None, **factory)
             weight = spec.blocks.reshape(g * bm, bn, 1)
         else:
             core = nn.Conv2d(g * bn, g * bm, dense.kernel_size, dense.stride, dense.padding, dense.dilation, groups=g,
-                             bias=spec.bias is not None, padding_mode=dense.padding_mode)
+                             bias=spec.bias is not None, padding_mode=dense.padding_mode, **factory)
             weight = spec.blocks.reshape(g * bm, bn, *spec.blocks.shape[3:])
         with torch.no_grad():
             core.weight.copy_(weight)
