@@ -112,7 +112,7 @@ def test_a_dense_attention_in_standard_form_computes_what_the_original_does() ->
         mha = nn.MultiheadAttention(32, 4, batch_first=True, **options).double()
         model = nn.Sequential(nn.Identity(), mha)
         adapted = adapt_layers(model)
-        assert len(adapted) == 1 and isinstance(model[1], SparseMultiheadAttention)
+        assert len(adapted.adapted) == 1 and isinstance(model[1], SparseMultiheadAttention)
         q = torch.randn(2, 5, 32, dtype=torch.float64)
         k = torch.randn(2, 7, options.get("kdim", 32), dtype=torch.float64)
         v = torch.randn(2, 7, options.get("vdim", 32), dtype=torch.float64)
@@ -124,14 +124,17 @@ def test_a_dense_attention_in_standard_form_computes_what_the_original_does() ->
         assert model[1] is mha
 
 
-def test_pruning_methods_prune_each_projection_keeping_trained_values() -> None:
+def test_pruning_methods_prune_each_projection_keeping_trained_values_and_warn_they_are_copies() -> None:
     net = block()
     in_proj = net.attn.in_proj_weight.detach().clone()
-    net, summary = sao.sparsify(net, "lmp-t", sparsity=0.75, return_summary=True)
+    net.attn.out_proj.weight.requires_grad_(False)  # frozen stays frozen
+    with pytest.warns(UserWarning, match=r"adapted module\(s\) 'attn' .*build the optimizer after sparsify"):
+        net, summary = sao.sparsify(net, "lmp-t", sparsity=0.75, return_summary=True)
     q = net.attn.q_proj
     assert isinstance(q, MaskedLinear) and summary.layers[1].status == "applied"
     kept = q.weight_mask.bool()
     torch.testing.assert_close(q.weight_orig[kept], in_proj[:32][kept], rtol=0, atol=0)
+    assert not net.attn.out_proj.weight_orig.requires_grad and q.weight_orig.requires_grad
 
 
 @settings(max_examples=12, deadline=None)
@@ -262,14 +265,70 @@ def test_gpt2_in_standard_form_computes_what_it_did() -> None:
     with torch.no_grad():
         expected = model(ids).logits
         adapted = adapt_layers(model)
-        assert len(adapted) == 8 and all(type(a.standard) is nn.Linear for a in adapted)
+        assert len(adapted.adapted) == 8 and all(type(a.standard) is nn.Linear for a in adapted.adapted)
         torch.testing.assert_close(model(ids).logits, expected, rtol=1e-12, atol=1e-12)
     restore_unchanged(model, adapted)
     assert type(model.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
 
 
-def test_gpt2_layers_sparsify_leaves_unchanged_stay_conv1d() -> None:
+def test_gpt2_layers_sparsify_leaves_unchanged_stay_conv1d_and_are_reported_as_such() -> None:
     model = gpt2()
-    net = quiet_sparsify(model, "dense")
+    model.transformer.h[1].mlp.c_fc.register_forward_hook(lambda *_: None)
+    net, summary = quiet_sparsify(model, "dense", return_summary=True)
     assert type(net.transformer.h[0].attn.c_attn).__name__ == "Conv1D"  # the first layer: excluded, put back
     assert type(net.transformer.h[0].attn.c_proj) is nn.Linear  # redrawn orthogonal: in standard form
+    rows = {r.name: r for r in summary.layers}
+    assert rows["transformer.h.0.attn.c_attn"].kind == "Conv1D" and rows["transformer.h.0.attn.c_attn"].shape == (
+        192, 64)
+    hooked = rows["transformer.h.1.mlp.c_fc"]
+    assert hooked.status == "skipped" and hooked.kind == "Conv1D" and hooked.shape == (256, 64)
+
+
+def test_an_attention_sharing_a_parameter_or_child_with_the_model_is_left_and_reported() -> None:
+    net = nn.Sequential(nn.Linear(8, 32), nn.MultiheadAttention(32, 4), nn.MultiheadAttention(32, 4), nn.Linear(32, 2))
+    net[2].in_proj_weight = net[1].in_proj_weight
+    with pytest.warns(UserWarning, match="skipped"):
+        net, summary = sao.sparsify(net, sparsity=0.75, return_summary=True)
+    assert [r.status for r in summary.layers] == ["excluded", "skipped", "skipped", "excluded"]
+    assert "shared with '2'" in summary.layers[1].reason and net[1].in_proj_weight is net[2].in_proj_weight
+    other = block()
+    other.extra = other.attn.out_proj  # a child reachable elsewhere
+    with pytest.raises(ValueError, match=r"layer 'attn'.*child 'out_proj' is also 'extra'"):
+        sao.sparsify(other, sparsity=0.75, strict=True)
+
+
+@pytest.mark.parametrize("kind", ["load_state_dict_post", "state_dict_pre", "tensor"])
+def test_an_attention_with_any_hook_is_left_as_it_is(kind: str) -> None:
+    net = block()
+    if kind == "load_state_dict_post":
+        net.attn.register_load_state_dict_post_hook(lambda *_: None)
+    elif kind == "state_dict_pre":
+        net.attn.register_state_dict_pre_hook(lambda *_: None)
+    else:
+        net.attn.in_proj_weight.register_hook(lambda g: g)
+    with pytest.warns(UserWarning, match="skipped"):
+        net, summary = sao.sparsify(net, sparsity=0.75, return_summary=True)
+    assert type(net.attn) is nn.MultiheadAttention and "hook" in summary.layers[1].reason
+
+
+def test_an_adapter_that_fails_leaves_its_module_and_the_rest_is_sparsified() -> None:
+    net = nn.Sequential(nn.Linear(8, 32), nn.MultiheadAttention(32, 4), nn.MultiheadAttention(32, 4, dropout=1.5),
+                        nn.Linear(32, 2))
+    with pytest.warns(UserWarning, match="skipped"):
+        net, summary = sao.sparsify(net, sparsity=0.75, return_summary=True)
+    assert isinstance(net[1], SparseMultiheadAttention) and type(net[2]) is nn.MultiheadAttention
+    assert "standard form could not be built (ValueError: dropout" in summary.layers[-2].reason
+
+
+def test_an_exclude_predicate_sees_the_adapted_module_as_it_was() -> None:
+    net, summary = sao.sparsify(block(), sparsity=0.75, return_summary=True,
+                                exclude=lambda name, m: isinstance(m, nn.MultiheadAttention) or name == "out")
+    assert type(net.attn) is nn.MultiheadAttention and isinstance(net.inp, SparseLinear)
+    assert [r.status for r in summary.layers] == ["applied", *["excluded"] * 4, "applied", "excluded"]
+
+
+def test_a_model_that_is_itself_an_adaptable_layer_gets_a_way_out() -> None:
+    with pytest.raises(ValueError, match=r"nn.ModuleList\(\[layer\]\)"):
+        sao.sparsify(nn.MultiheadAttention(32, 4), sparsity=0.5)
+    wrapped = sao.sparsify(nn.ModuleList([nn.MultiheadAttention(32, 4)]), sparsity=0.5, exclude="none")[0]
+    assert isinstance(wrapped, SparseMultiheadAttention) and wrapped.q_proj.sparsity == 0.5

@@ -405,7 +405,7 @@ def test_given_projections_are_checked(change: dict, error: type, match: str) ->
 
 def test_settings_and_projections_exclude_each_other() -> None:
     projections = {name: nn.Linear(8, 8) for name in PROJECTIONS}
-    with pytest.raises(TypeError, match="sparsity, backend configure the SparseLinear projections"):
+    with pytest.raises(TypeError, match="the settings sparsity, backend apply to the SparseLinear projections"):
         SparseMultiheadAttention(8, 2, sparsity=0.5, backend="masked", projections=projections)
     with pytest.raises(ValueError, match="bias=False but projections"):
         SparseMultiheadAttention(8, 2, bias=False, projections=projections)

@@ -80,6 +80,7 @@ from sao._registry import Registry
 from sao._validation import as_int, as_real
 from sao.methods._layers import (
     EXCLUDE_CHOICES,
+    WEIGHT_LAYER_KINDS,
     Exclude,
     LayerSlot,
     find_layers,
@@ -88,7 +89,7 @@ from sao.methods._layers import (
     weight_shape,
 )
 from sao.methods._summary import LayerReport, SparsifySummary
-from sao.methods.adapters import adapt_layers, restore_unchanged
+from sao.methods.adapters import Adaptation, Adapted, adapt_layers, adapter_for, restore_unchanged
 from sao.nn import BACKENDS, ECOConv2d
 from sao.nn.dispatch import share_timer
 from sao.nn.masked import kernel_connections
@@ -220,6 +221,11 @@ class SparsifyMethod:
     @property
     def needs_target(self) -> bool:
         """Whether the method needs ``degree=`` or ``sparsity=``; a method that does not takes neither."""
+        return False
+
+    @property
+    def keeps_parameters(self) -> bool:
+        """Whether the method keeps a layer's own Parameters (prunes them in place) instead of drawing new ones."""
         return False
 
     @property
@@ -497,37 +503,47 @@ def sparsify(model: M, method: str = "sao", *, degree: int | None = None, sparsi
     chosen = METHODS.get(method)
     degree, sparsity = _target(degree, sparsity, chosen)
     request = SparsifyRequest(degree, sparsity, chosen.settings(**settings), generator, strict)
-    if any(True for _ in _whole_model_layers(model)):
-        raise ValueError("sparsify changes the layers inside a model; to make a single layer sparse, "
-                         "build sao.nn.SparseLinear / SparseConv2d directly")
-    adapted = adapt_layers(model)
+    if isinstance(model, WEIGHT_LAYER_KINDS) or adapter_for(model) is not None:
+        raise ValueError(f"sparsify changes the layers inside a model, and this model is itself a weight layer "
+                         f"({type(model).__name__}); wrap it: sao.sparsify(nn.ModuleList([layer]), ..., "
+                         "exclude='none')[0] (or build a sao.nn layer directly: SparseLinear, SparseConv2d, "
+                         "SparseMultiheadAttention)")
+    adaptation = adapt_layers(model)
     try:
-        summary = _sparsify_adapted(model, chosen, request, exclude, method)
+        summary = _sparsify_adapted(model, chosen, request, exclude, method, adaptation)
     except BaseException:
-        restore_unchanged(model, adapted, everything=True)
+        restore_unchanged(model, adaptation, everything=True)
         raise
-    restore_unchanged(model, adapted)
-    message = summary.warning()
-    if message is None and not summary.sparsified:
-        message = (f"sparsify({method!r}) changed no layer: the model has no weight layer sparsify could change, "
-                   "or every one is excluded (see return_summary=True; exclude='first_last' keeps the first and "
-                   "last dense)")
-    if message is not None:
+    kept = restore_unchanged(model, adaptation)
+    messages = [m for m in (summary.warning(), _copied_parameters(chosen, kept)) if m is not None]
+    if not messages and not summary.sparsified:
+        messages.append(f"sparsify({method!r}) changed no layer: the model has no weight layer sparsify could "
+                        "change, or every one is excluded (see return_summary=True; exclude='first_last' keeps the "
+                        "first and last dense)")
+    for message in messages:
         warnings.warn(message, UserWarning, stacklevel=2)
     if verbose:
         print(summary)
     return (model, summary) if return_summary else model
 
 
-def _whole_model_layers(model: nn.Module) -> list[LayerSlot]:
-    """The weight layer that is the model itself, if it is one (sparsify changes layers inside a model)."""
-    return [s for s in find_layers(model, "none") if s.name == ""]
+def _copied_parameters(chosen: SparsifyMethod, kept: list[Adapted]) -> str | None:
+    """The warning for a method that keeps a layer's Parameters (``-t``) applied to adapted modules, whose
+    layers hold copies: an optimizer built before sparsify would silently stop training them."""
+    if not kept or not chosen.keeps_parameters:
+        return None
+    names = ", ".join(repr(a.names[0]) for a in kept[:3]) + (" …" if len(kept) > 3 else "")
+    return (f"{chosen.describe()} keeps each layer's trained Parameters, but the layers of the {len(kept)} adapted "
+            f"module(s) {names} ({type(kept[0].original).__name__}: sao.methods.adapters) are copies of them: build "
+            "the optimizer after sparsify (one built before does not hold them)")
 
 
 def _sparsify_adapted(model: nn.Module, chosen: SparsifyMethod, request: SparsifyRequest, exclude: Exclude,
-                      method: str) -> SparsifySummary:
+                      method: str, adaptation: Adaptation) -> SparsifySummary:
     """Plan and replace the weight layers of ``model`` (adaptable modules already in standard form); the summary."""
-    slots = find_layers(model, exclude)
+    slots = find_layers(model, exclude, adaptation)
+    # a standard form that is itself the layer (Conv1D → nn.Linear) is reported as the kind the model holds
+    kinds = {id(a.standard): type(a.original).__name__ for a in adaptation.adapted}
     plans, refused = _plans(slots, chosen, request, method)
     shapes = {id(s.module): _shape(s.module) for s in slots}
     targets = [s for s in slots if s.name in plans]
@@ -546,11 +562,12 @@ def _sparsify_adapted(model: nn.Module, chosen: SparsifyMethod, request: Sparsif
         if slot.name in plans:
             plan = plans[slot.name]
             status = "nearest" if plan.nearest else "applied"
-            rows.append(_report(slot, shape, now, status, plan.note, method, plan))
+            row = _report(slot, shape, now, status, plan.note, method, plan)
         elif slot.name in refused:
-            rows.append(_report(slot, shape, now, "skipped", refused[slot.name]))
+            row = _report(slot, shape, now, "skipped", refused[slot.name])
         else:
-            rows.append(_report(slot, shape, now, slot.role, slot.reason))
+            row = _report(slot, shape, now, slot.role, slot.reason)
+        rows.append(replace(row, kind=kinds.get(id(slot.module), row.kind)))
     rows = _off_target(rows, plans, before)
     degree, sparsity = request.degree, request.sparsity
     asked = f"degree={degree}" if degree is not None else (f"sparsity={sparsity:g}" if sparsity is not None else "")

@@ -41,10 +41,11 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from sao.methods.adapters import adapter_for, refusal
+from sao.methods.adapters import Adaptation, adapter_for
 from sao.nn import ECOConv2d, MaskedConv2d, MaskedLinear, SOCConv2d, SparseConv2d, SparseLinear, reparametrization
 
-__all__ = ["EXCLUDE_CHOICES", "Exclude", "LayerSlot", "find_layers", "layer_dims", "target_layers", "weight_shape"]
+__all__ = ["EXCLUDE_CHOICES", "WEIGHT_LAYER_KINDS", "Exclude", "LayerSlot", "find_layers", "layer_dims",
+           "target_layers", "weight_shape"]
 
 EXCLUDE_CHOICES = ("first_last", "first", "last", "none")
 Exclude = str | Collection[str] | Callable[[str, nn.Module], bool]
@@ -52,7 +53,7 @@ Exclude = str | Collection[str] | Callable[[str, nn.Module], bool]
 _PLAIN = (nn.Linear, nn.Conv2d)
 _MASKED = (MaskedLinear, MaskedConv2d)
 _SAO = (SparseLinear, SparseConv2d, ECOConv2d, SOCConv2d)
-_KINDS = (nn.Linear, _ConvNd, *_MASKED, *_SAO)  # every weight layer (module docstring)
+WEIGHT_LAYER_KINDS = (nn.Linear, _ConvNd, *_MASKED, *_SAO)  # every weight layer (module docstring)
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,6 +95,9 @@ def weight_shape(module: nn.Module) -> tuple[int, ...]:
         return weight_shape(module.conv)
     if isinstance(module, SparseLinear | SparseConv2d):  # without building the dense weight of a blocked layer
         return (module.topology.out_features, module.topology.in_features, *module.kernel_size)
+    adapter = adapter_for(module)
+    if adapter is not None and adapter.shape is not None:  # e.g. a weight stored (in, out)
+        return adapter.shape(module)
     weight = getattr(module, "weight_orig", None)
     if weight is None:
         weight = module.weight
@@ -112,16 +116,21 @@ def _places(model: nn.Module) -> list[tuple[tuple[str, ...], nn.Module]]:
 
 def _weight_layers(model: nn.Module) -> list[LayerSlot]:
     """The weight layers (module docstring), not looking inside one another (an ECO layer's inner conv)."""
-    places = [(names, m) for names, m in _places(model) if isinstance(m, _KINDS) or adapter_for(m) is not None]
+    places = [(names, m) for names, m in _places(model)
+              if isinstance(m, WEIGHT_LAYER_KINDS) or adapter_for(m) is not None]
     inside = {id(sub) for _, m in places for sub in m.modules() if sub is not m}
     return [LayerSlot(names, m) for names, m in places if id(m) not in inside]
 
 
-def _exclusions(slots: list[LayerSlot], exclude: Exclude) -> dict[int, str]:
-    """``{index: reason}`` of the slots ``exclude`` names."""
+def _exclusions(slots: list[LayerSlot], exclude: Exclude, adaptation: Adaptation) -> dict[int, str]:
+    """``{index: reason}`` of the slots ``exclude`` names (a predicate also sees the adapted module a slot
+    belongs to, as it was: ``isinstance(module, nn.MultiheadAttention)`` excludes all its projections)."""
     if callable(exclude):
-        return {i: "excluded by the exclude predicate" for i, s in enumerate(slots)
-                if any(exclude(n, s.module) for n in s.names)}
+        def named(slot: LayerSlot) -> bool:
+            record = adaptation.enclosing(slot.name)
+            return (any(exclude(n, slot.module) for n in slot.names)
+                    or (record is not None and any(exclude(n, record.original) for n in record.names)))
+        return {i: "excluded by the exclude predicate" for i, s in enumerate(slots) if named(s)}
     if isinstance(exclude, str):
         if exclude not in EXCLUDE_CHOICES:
             raise ValueError(f"exclude={exclude!r} is not supported; choose from {', '.join(EXCLUDE_CHOICES)}, "
@@ -159,12 +168,12 @@ def _owners(model: nn.Module) -> dict[int, list[str]]:
     return owners
 
 
-def _kind_reason(m: nn.Module) -> str | None:
+def _kind_reason(m: nn.Module, adaptation: Adaptation) -> str | None:
     """Why sparsify cannot take a layer of this kind or state (module docstring); ``None`` if it can."""
     kind = type(m).__name__
     if adapter_for(m) is not None:
-        return (f"{kind} left as it is: {refusal(m) or 'sparsify puts it into its standard form first'} "
-                "(sao.methods.adapters)")
+        why = adaptation.refused.get(id(m), "sparsify puts it into its standard form first")
+        return f"{kind} left as it is: {why} (sao.methods.adapters)"
     if isinstance(m, SparseLinear | SparseConv2d) or (isinstance(m, ECOConv2d) and isinstance(m.conv, SparseConv2d)
                                                       and m.conv.num_blocks > 1):
         degree = (m.conv if isinstance(m, ECOConv2d) else m).degree
@@ -178,10 +187,10 @@ def _kind_reason(m: nn.Module) -> str | None:
     return None
 
 
-def _skip_reason(slot: LayerSlot, owners: dict[int, list[str]]) -> tuple[str, bool] | None:
+def _skip_reason(slot: LayerSlot, owners: dict[int, list[str]], adaptation: Adaptation) -> tuple[str, bool] | None:
     """Why a non-excluded layer cannot be replaced, and whether ``strict=True`` refuses it; ``None`` if it can."""
     m = slot.module
-    why = _kind_reason(m)
+    why = _kind_reason(m, adaptation)
     if why is not None:
         return why, True
     base = next((b for b in _PLAIN if isinstance(m, b)), None)
@@ -203,22 +212,26 @@ def _skip_reason(slot: LayerSlot, owners: dict[int, list[str]]) -> tuple[str, bo
     return None
 
 
-def find_layers(model: nn.Module, exclude: Exclude = "first_last") -> list[LayerSlot]:
+def find_layers(model: nn.Module, exclude: Exclude = "first_last",
+                adaptation: Adaptation | None = None) -> list[LayerSlot]:
     """The weight layers of ``model`` with their role (module docstring), in ``named_modules`` order.
 
     Args:
         model: any module.
         exclude: see :func:`target_layers`; applied to the weight layers in order (for
             ``"first"``/``"last"``: the first/last weight layer, whatever it is).
+        adaptation: what :func:`sao.methods.adapters.adapt_layers` did to ``model`` (its refusals are the
+            reasons of the adaptable modules left; an exclude predicate also sees the adapted modules).
     """
+    adaptation = Adaptation() if adaptation is None else adaptation
     slots = _weight_layers(model)
-    excluded = _exclusions(slots, exclude)
+    excluded = _exclusions(slots, exclude, adaptation)
     owners = _owners(model)
     out = []
     for i, slot in enumerate(slots):
         if i in excluded:
             out.append(LayerSlot(slot.names, slot.module, "excluded", excluded[i]))
-        elif (skip := _skip_reason(slot, owners)) is not None:
+        elif (skip := _skip_reason(slot, owners, adaptation)) is not None:
             out.append(LayerSlot(slot.names, slot.module, "skipped", *skip))
         else:
             out.append(slot)

@@ -349,6 +349,10 @@ class PruneMethod(SparsifyMethod):
     def settings_type(self) -> type:
         return RedrawSettings if self.reinit else NoSettings
 
+    @property
+    def keeps_parameters(self) -> bool:
+        return not self.reinit
+
     def plan_layer(self, name: str, module: nn.Module, request: SparsifyRequest) -> LayerPlan:
         self._check_layer(module, request)
         if self.rule is None:

@@ -148,6 +148,7 @@ class SparseMultiheadAttention(nn.Module):
         True
     """
 
+    merge_masks = nn.MultiheadAttention.merge_masks  # public there, and needs only ``num_heads``
     in_proj_weight: None = None
     in_proj_bias: Tensor = _FAST_PATH_OPT_OUT
     _qkv_same_embed_dim = False
@@ -186,8 +187,8 @@ class SparseMultiheadAttention(nn.Module):
         else:
             given = [k for k, v in settings.items() if v is not _SPARSE_DEFAULTS[k] and v != _SPARSE_DEFAULTS[k]]
             if given:
-                raise TypeError(f"{', '.join(given)} configure the SparseLinear projections built when projections= "
-                                "is not given; with projections= the given modules are used as they are")
+                raise TypeError(f"the settings {', '.join(given)} apply to the SparseLinear projections built when "
+                                "projections= is not given; with projections= the given modules are used as they are")
             _check_projections(projections, self._shapes(), bool(bias))
         for name in PROJECTIONS:
             self.add_module(name, projections[name])
@@ -251,8 +252,9 @@ class SparseMultiheadAttention(nn.Module):
 
         The Q/K/V weights are sliced from ``in_proj_weight``/``in_proj_bias`` (or taken from
         ``q_proj_weight``/``k_proj_weight``/``v_proj_weight``); ``out_proj``, ``bias_k``/``bias_v``, dropout,
-        ``batch_first``, ``add_zero_attn``, device, dtype and training mode are kept. A sparsify method then
-        replaces the ``nn.Linear`` projections.
+        ``batch_first``, ``add_zero_attn``, device, dtype, training mode and each weight's ``requires_grad`` are
+        kept. The projections' Parameters are new tensors (an optimizer built on ``mha`` does not hold them). A
+        sparsify method then replaces the ``nn.Linear`` projections.
 
         Raises:
             TypeError: if ``mha`` is not an ``nn.MultiheadAttention``.
@@ -274,6 +276,7 @@ class SparseMultiheadAttention(nn.Module):
             for mine, theirs in ((new.bias_k, mha.bias_k), (new.bias_v, mha.bias_v)):
                 if mine is not None:
                     mine.copy_(theirs)
+                    mine.requires_grad_(theirs.requires_grad)
         return new.train(mha.training)
 
     def to_dense(self) -> nn.MultiheadAttention:
@@ -475,6 +478,9 @@ def _linear_copy(weight: Tensor, bias: Tensor | None) -> nn.Linear:
     """A plain ``nn.Linear`` holding copies of ``weight`` ``(out, in)`` and ``bias``."""
     out_features, in_features = weight.shape
     layer = nn.Linear(in_features, out_features, bias is not None, device=weight.device, dtype=weight.dtype)
+    layer.weight.requires_grad_(weight.requires_grad)  # a frozen weight stays frozen
+    if bias is not None:
+        layer.bias.requires_grad_(bias.requires_grad)
     with torch.no_grad():
         layer.weight.copy_(weight)
         if bias is not None:
