@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import sao
-from helpers import assert_round_trips
+from helpers import assert_round_trips, deterministic
 from sao.methods import ADAPTERS, METHODS, LayerAdapter, class_path, linear_from_transposed
 from sao.methods.adapters import adapt_layers, restore_unchanged
 from sao.nn import MaskedLinear, SparseLinear, SparseMultiheadAttention
@@ -183,7 +183,7 @@ def test_a_failing_sparsify_leaves_the_model_as_it_was() -> None:
 def test_sparse_attention_state_round_trips_and_goes_back_to_dense() -> None:
     net = sao.sparsify(block(), sparsity=0.75, generator=gen())
     x = tokens()
-    with torch.no_grad():
+    with torch.no_grad(), deterministic():  # bit for bit: every copy on the same route
         expected = net(x)
         assert_round_trips(net, sao.sparsify(block(5), sparsity=0.75, generator=gen(9)), x, expected)
         dense = copy.deepcopy(net)
@@ -332,3 +332,11 @@ def test_a_model_that_is_itself_an_adaptable_layer_gets_a_way_out() -> None:
         sao.sparsify(nn.MultiheadAttention(32, 4), sparsity=0.5)
     wrapped = sao.sparsify(nn.ModuleList([nn.MultiheadAttention(32, 4)]), sparsity=0.5, exclude="none")[0]
     assert isinstance(wrapped, SparseMultiheadAttention) and wrapped.q_proj.sparsity == 0.5
+
+
+def test_an_attention_that_is_the_first_layer_is_excluded_whole() -> None:
+    torch.manual_seed(0)
+    net = nn.ModuleDict({"attn": nn.MultiheadAttention(32, 4), "mid": nn.Linear(32, 32), "head": nn.Linear(32, 2)})
+    net, summary = sao.sparsify(net, sparsity=0.75, return_summary=True)
+    assert [r.status for r in summary.layers] == ["excluded"] * 4 + ["applied", "excluded"]
+    assert type(net["attn"]) is nn.MultiheadAttention  # nothing of it changed: put back

@@ -137,9 +137,10 @@ def _exclusions(slots: list[LayerSlot], exclude: Exclude, adaptation: Adaptation
                              "a collection of layer names, or a predicate (name, module) -> bool")
         out: dict[int, str] = {}
         if slots and exclude in ("first_last", "first"):
-            out[0] = f"first layer (exclude={exclude!r})"
+            out.update(dict.fromkeys(_with_siblings(slots, 0, adaptation), f"first layer (exclude={exclude!r})"))
         if slots and exclude in ("first_last", "last"):
-            out.setdefault(len(slots) - 1, f"last layer (exclude={exclude!r})")
+            for i in _with_siblings(slots, len(slots) - 1, adaptation):
+                out.setdefault(i, f"last layer (exclude={exclude!r})")
         return out
     if not isinstance(exclude, Collection) or not all(isinstance(n, str) for n in exclude):
         raise TypeError(f"exclude must be one of {', '.join(EXCLUDE_CHOICES)}, a collection of layer names or a "
@@ -156,6 +157,15 @@ def _exclusions(slots: list[LayerSlot], exclude: Exclude, adaptation: Adaptation
                          "sao layers, adapted layers' parts) of the model nor modules holding some; layers are: "
                          f"{[n for s in slots for n in s.names]}")
     return {i: "excluded by name" for i, s in enumerate(slots) if named(s)}
+
+
+def _with_siblings(slots: list[LayerSlot], i: int, adaptation: Adaptation) -> list[int]:
+    """``[i]``, or the indices of every part of the adapted module slot ``i`` belongs to (an attention's four
+    projections are one first or last layer: its keys and values read the same input as its queries)."""
+    record = adaptation.enclosing(slots[i].name)
+    if record is None:
+        return [i]
+    return [j for j, s in enumerate(slots) if adaptation.enclosing(s.name) is record]
 
 
 def _owners(model: nn.Module) -> dict[int, list[str]]:
