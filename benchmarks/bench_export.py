@@ -18,10 +18,12 @@ For each model, sparsity and batch size:
   through ``sao.nn.fuse_sparse_chains``, its fastest exact routes), and the dense model in PyTorch.
 
 ONNX Runtime: CPU execution provider, ``--threads`` intra-op threads (1 by default), one inter-op thread,
-sequential execution, all graph optimizations. PyTorch runs with the same thread count. The four timings of a row
-are measured round-robin (``_common.measure_uncontended``: median of repeats, re-measured while other processes
-use more than 0.2 cores), so their ratios are fair under load. ``dense/sparse`` above 1: the sparse export is
-faster than the dense one. ``forms`` says which form each sparse layer took (``grouped/8``: a grouped Conv with
+sequential execution, all graph optimizations. PyTorch runs with the same thread count. For one model and batch
+size, the dense export, the sparse export of every sparsity and the eager models are timed together round-robin
+(``_common.measure_uncontended``: median of repeats, re-measured while other processes use more than 0.2 cores),
+so their ratios are fair under load. ``dense / sparse`` above 1: the sparse export is faster than the dense one;
+``less sparse / sparse``: the export at the previous (lower) sparsity over this one (below 0.95: sparser was
+slower, ✗). ``forms`` says which form each sparse layer took (``grouped/8``: a grouped Conv with
 8 groups; fewer groups than the layer's blocks means blocks merged, see ``sao.export.LayerSpec.coarsened``).
 
 ``--profile MODEL:SPARSITY:BATCH`` prints instead where ONNX Runtime spends the sparse and dense runs' time (its
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import itertools
 import json
 import sys
 import tempfile
@@ -111,86 +112,91 @@ def model(name: str, seed: int, sparsity: float | None = None) -> tuple[nn.Modul
     return built.eval(), summary
 
 
+def export_sparse(name: str, sparsity: float, sparse: nn.Module, x: torch.Tensor, args: argparse.Namespace,
+                  folder: Path, timer: FormTimer) -> tuple[Any, Any, float]:
+    """The sparse model made deployable for ``x``'s batch, written as ONNX: (report, session, seconds taken)."""
+    started = time.perf_counter()
+    deploy = deployable(sparse, x, form=args.form, batch_size=x.shape[0], threads=args.threads, timer=timer,
+                        verbose=not args.quiet)
+    report = to_onnx(deploy, x, folder / f"{name}-{sparsity:g}-b{x.shape[0]}.onnx")
+    log(str(report))
+    return report, ort_session(report.path, args.threads), time.perf_counter() - started
+
+
 def run_model(name: str, args: argparse.Namespace, folder: Path, rows: list[dict], on_row: Callable[[], None]
               ) -> None:
+    """Every sparsity of ``name`` at each batch size; the dense export, the sparse exports of all sparsities and
+    the eager models of one batch size timed together, round-robin (so rows of one batch compare directly)."""
     shape, default_sparsities = MODELS[name]
-    sparsities = args.sparsities or default_sparsities
+    sparsities = sorted(args.sparsities or default_sparsities)
     dense, _ = model(name, args.seed)
     dense_path = folder / f"{name}-dense.onnx"
     log(f"[{name}] exporting the dense model")
     to_onnx(dense, sample(shape, 2, args.seed), dense_path, form="dense", verbose=False)
     dense_session = ort_session(dense_path, args.threads)
     timer = FormTimer(threads=args.threads, verbose=not args.quiet)
-    for sparsity in sparsities:
-        log(f"[{name}] sparsity {sparsity:g}: sparsify")
-        sparse, summary = model(name, args.seed, sparsity)
-        for batch in args.batches:
-            x = sample(shape, batch, args.seed)
-            started = time.perf_counter()
-            deploy = deployable(sparse, x, form=args.form, batch_size=batch, threads=args.threads, timer=timer,
-                                verbose=not args.quiet)
-            path = folder / f"{name}-{sparsity:g}-b{batch}.onnx"
-            report = to_onnx(deploy, x, path)
-            prepare_s = time.perf_counter() - started
-            log(str(report))
-            session = ort_session(path, args.threads)
-            with torch.inference_mode():
-                expected = sparse(x)
-                dense_out = dense(x)
-            errors = {"sparse_onnx_vs_eager": max_diff(session.run(None, {"input": x.numpy()})[0], expected),
-                      "dense_onnx_vs_eager": max_diff(dense_session.run(None, {"input": x.numpy()})[0], dense_out),
-                      "scale": float(expected.abs().max())}
-            fns = {"ort_dense": ort_run(dense_session, x), "ort_sparse": ort_run(session, x),
-                   "eager_sparse": eager_run(sparse, x), "eager_dense": eager_run(dense, x)}
-            log(f"[{name}] sparsity {sparsity:g}, batch {batch}: timing {', '.join(fns)}")
-            times, other, attempts = measure_uncontended(fns, warmup=args.warmup, repeats=args.repeats,
-                                                         max_total_s=args.max_case_s, retries=args.retries,
-                                                         wait_s=args.retry_wait_s)
-            med = {k: m.median for k, m in times.items()}
-            row = {"model": name, "sparsity": sparsity, "batch": batch, "form": args.form,
-                   "forms": report.forms(), "gathers": report.gathers, "sparse_layers": len(report.layers),
-                   "overall_sparsity": summary.sparsity,
-                   **{f"{k}_s": v for k, v in med.items()}, **{f"{k}_iqr_s": m.iqr for k, m in times.items()},
-                   "dense_over_sparse": med["ort_dense"] / med["ort_sparse"],
-                   "eager_sparse_over_ort_sparse": med["eager_sparse"] / med["ort_sparse"],
+    log(f"[{name}] sparsify at {', '.join(f'{s:g}' for s in sparsities)}")
+    sparse = {s: model(name, args.seed, s) for s in sparsities}
+    for batch in args.batches:
+        x = sample(shape, batch, args.seed)
+        exported = {s: export_sparse(name, s, sparse[s][0], x, args, folder, timer) for s in sparsities}
+        errors = {}
+        with torch.inference_mode():
+            dense_error = max_diff(dense_session.run(None, {"input": x.numpy()})[0], dense(x))
+            for s, (_, session, _) in exported.items():
+                expected = sparse[s][0](x)
+                errors[s] = {"sparse_onnx_vs_eager": max_diff(session.run(None, {"input": x.numpy()})[0], expected),
+                             "scale": float(expected.abs().max()), "dense_onnx_vs_eager": dense_error}
+        fns = {"ort_dense": ort_run(dense_session, x), "eager_dense": eager_run(dense, x)}
+        for s, (_, session, _) in exported.items():
+            fns[f"ort_sparse@{s}"], fns[f"eager_sparse@{s}"] = ort_run(session, x), eager_run(sparse[s][0], x)
+        log(f"[{name}] batch {batch}: timing {', '.join(fns)}")
+        times, other, attempts = measure_uncontended(fns, warmup=args.warmup, repeats=args.repeats,
+                                                     max_total_s=args.max_case_s * len(fns) / 4,
+                                                     retries=args.retries, wait_s=args.retry_wait_s)
+        med = {k: m.median for k, m in times.items()}
+        previous = None
+        for s, (report, _, prepare_s) in exported.items():
+            sparse_s = med[f"ort_sparse@{s}"]
+            row = {"model": name, "sparsity": s, "batch": batch, "form": args.form, "forms": report.forms(),
+                   "gathers": report.gathers, "sparse_layers": len(report.layers),
+                   "overall_sparsity": sparse[s][1].sparsity, "ort_dense_s": med["ort_dense"],
+                   "ort_sparse_s": sparse_s, "eager_sparse_s": med[f"eager_sparse@{s}"],
+                   "eager_dense_s": med["eager_dense"], "ort_dense_iqr_s": times["ort_dense"].iqr,
+                   "ort_sparse_iqr_s": times[f"ort_sparse@{s}"].iqr,
+                   "dense_over_sparse": med["ort_dense"] / sparse_s,
+                   "less_sparse_over_sparse": None if previous is None else previous / sparse_s,
+                   "eager_sparse_over_ort_sparse": med[f"eager_sparse@{s}"] / sparse_s,
                    "eager_dense_over_ort_dense": med["eager_dense"] / med["ort_dense"],
-                   "errors": errors, "prepare_s": prepare_s, "other_cores": other, "attempts": attempts,
-                   "repeats": times["ort_sparse"].repeats,
-                   "measured": [{"name": c.name, "shape": c.shape, "g": c.num_blocks, "form": c.label,
-                                 "times_s": dict(c.times)} for c in report.layers if c.times]}
+                   "errors": errors[s], "prepare_s": prepare_s, "other_cores": other, "attempts": attempts,
+                   "repeats": times["ort_dense"].repeats,
+                   "measured": [{"name": c.name, "shape": c.shape, "input": c.input_shape, "g": c.num_blocks,
+                                 "form": c.label, "times_s": dict(c.times)} for c in report.layers if c.times]}
+            previous = sparse_s
             rows.append(row)
-            log(f"[{name}] sparsity {sparsity:g}, batch {batch}: ORT dense {fmt_time(med['ort_dense'])}, "
-                f"sparse {fmt_time(med['ort_sparse'])} ({row['dense_over_sparse']:.2f}x); eager sparse "
-                f"{fmt_time(med['eager_sparse'])}, eager dense {fmt_time(med['eager_dense'])}; other procs "
+            log(f"[{name}] sparsity {s:g}, batch {batch}: ORT dense {fmt_time(med['ort_dense'])}, sparse "
+                f"{fmt_time(sparse_s)} ({row['dense_over_sparse']:.2f}x); eager sparse "
+                f"{fmt_time(row['eager_sparse_s'])}, eager dense {fmt_time(med['eager_dense'])}; other procs "
                 f"{fmt_other_load(other)}")
-            on_row()
-            del session, deploy
-            gc.collect()
-        del sparse
+        on_row()
+        del exported, fns
         gc.collect()
 
 
-def monotone(rows: list[dict]) -> dict[tuple[str, int], bool]:
-    """Per (model, batch): whether the sparse export never got slower as the sparsity grew (10 % noise margin)."""
-    result: dict[tuple[str, int], bool] = {}
-    for key in {(r["model"], r["batch"]) for r in rows}:
-        times = [r["ort_sparse_s"] for r in sorted(rows, key=lambda r: r["sparsity"])
-                 if (r["model"], r["batch"]) == key]
-        result[key] = all(later <= 1.1 * earlier for earlier, later in itertools.pairwise(times))
-    return result
-
-
 def print_table(rows: list[dict]) -> None:
-    ok = monotone(rows)
+    def less_sparse(r: dict) -> str:
+        ratio = r["less_sparse_over_sparse"]
+        return "—" if ratio is None else f"{ratio:.2f}" + ("" if ratio >= 0.95 else " ✗")
+
     table = [[r["model"], f"{r['sparsity']:g}", r["batch"], fmt_time(r["ort_dense_s"]), fmt_time(r["ort_sparse_s"]),
-              f"{r['dense_over_sparse']:.2f}", fmt_time(r["eager_sparse_s"]),
-              f"{r['eager_sparse_over_ort_sparse']:.2f}",
-              fmt_time(r["eager_dense_s"]), ", ".join(f"{k} ×{v}" for k, v in sorted(r["forms"].items())),
-              r["gathers"], "yes" if ok[(r["model"], r["batch"])] else "**no**", fmt_other_load(r["other_cores"])]
+              f"{r['dense_over_sparse']:.2f}", less_sparse(r), fmt_time(r["eager_sparse_s"]),
+              f"{r['eager_sparse_over_ort_sparse']:.2f}", fmt_time(r["eager_dense_s"]),
+              ", ".join(f"{k} ×{v}" for k, v in sorted(r["forms"].items())), r["gathers"],
+              fmt_other_load(r["other_cores"])]
              for r in sorted(rows, key=lambda r: (list(MODELS).index(r["model"]), r["batch"], r["sparsity"]))]
-    print(markdown_table(["model", "sparsity", "batch", "ORT dense", "ORT sparse", "dense / sparse", "eager sparse",
-                          "eager / ORT (sparse)", "eager dense", "forms", "gathers", "sparser never slower",
-                          "other procs"], table, align="lrrrrrrrrlrll"))
+    print(markdown_table(["model", "sparsity", "batch", "ORT dense", "ORT sparse", "dense / sparse",
+                          "less sparse / sparse", "eager sparse", "eager / ORT (sparse)", "eager dense", "forms",
+                          "gathers", "other procs"], table, align="lrrrrrrrrrlrl"))
 
 
 def profile(spec: str, args: argparse.Namespace, folder: Path) -> None:
