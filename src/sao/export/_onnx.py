@@ -48,8 +48,10 @@ def exportable_example(example: Tensor) -> Tensor:
     return example if example.shape[0] >= 2 else example.expand(2, *example.shape[1:]).contiguous()
 
 
-def export_proto(module: nn.Module, example: Tensor, *, dynamic_batch: bool = True, optimize: bool = True) -> Any:
-    """``module`` as an ``onnx.ModelProto`` (input ``"input"``, output ``"output"``; a dynamic batch dimension).
+def export_proto(module: nn.Module, example: Tensor, *, dynamic_batch: bool = True, optimize: bool = True,
+                 outputs: int = 1) -> Any:
+    """``module`` as an ``onnx.ModelProto`` (input ``"input"``, output ``"output"``, or ``"output0"``,
+    ``"output1"``, … for a module returning a tuple of ``outputs`` tensors; a dynamic batch dimension).
 
     Raises:
         ImportError: without ``onnx``/``onnxscript`` (naming ``pip install "sao[deploy]"``).
@@ -61,7 +63,8 @@ def export_proto(module: nn.Module, example: Tensor, *, dynamic_batch: bool = Tr
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, (example,), dynamo=True, dynamic_shapes=dynamic, optimize=optimize,
-                                    input_names=[INPUT], output_names=[OUTPUT], verbose=False)
+                                    input_names=[INPUT], verbose=False,
+                                    output_names=[OUTPUT] if outputs == 1 else [f"{OUTPUT}{i}" for i in range(outputs)])
     return program.model_proto
 
 
