@@ -310,12 +310,11 @@ class _Folder:
         return self._exit_major(v)
 
     def _arg(self, old: Any) -> Any:
-        """The canonical new value of an old argument."""
+        """The canonical new value of an old argument (a gather where needed, at this point of the graph: a copy
+        made here sees what in-place ops did to the value before, as the original argument does)."""
         if not isinstance(old, fx.Node):
             return old
-        v = self._canonical(self.env[old])
-        self.env[old] = v  # later users of the old value reuse the canonical copy
-        return v.node
+        return self._canonical(self.env[old]).node
 
     def _copy(self, node: fx.Node, first: fx.Node | None = None) -> fx.Node:
         """``node`` copied into the new graph, arguments canonical (but ``first`` for its first argument)."""
