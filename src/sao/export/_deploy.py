@@ -219,12 +219,18 @@ def _replace_inside(container: nn.Module, sites: dict[int, _Site], lowered: dict
     return container
 
 
-def _max_error(a: Tensor, b: Tensor) -> float:
-    return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+def _tensors(output: Any) -> list[Tensor]:
+    """The tensors of a model's output (a tensor, or tuples, lists and dicts of them)."""
+    return [t for t in torch.utils._pytree.tree_leaves(output) if isinstance(t, Tensor)]
 
 
-def _check_close(error: float, reference: Tensor, what: str) -> None:
-    scale = float(reference.abs().max()) if reference.numel() else 0.0
+def _max_error(a: Any, b: Any) -> float:
+    pairs = list(zip(_tensors(a), _tensors(b), strict=True))
+    return max((float((x.float() - y.float()).abs().max()) for x, y in pairs if x.numel()), default=0.0)
+
+
+def _check_close(error: float, reference: Any, what: str) -> None:
+    scale = max((float(t.abs().max()) for t in _tensors(reference) if t.numel()), default=0.0)
     if not error <= ATOL + RTOL * scale:  # also catches NaN
         raise RuntimeError(f"{what} differs from the model by {error:.3g} (output scale {scale:.3g}): a bug in "
                            "sao.export; please report it with the model")

@@ -178,8 +178,9 @@ def _permute_columns(module: nn.Module, index: Tensor) -> None:
     module.weight.data = module.weight.data[:, index].contiguous()
 
 
-@torch.no_grad()
 def _permute_params(names: tuple[str, ...]) -> Callable[[nn.Module, Tensor], None]:
+    """A function permuting the tensors ``names`` of a module along their first axis."""
+    @torch.no_grad()
     def permute(module: nn.Module, p: Tensor) -> None:
         for name in names:
             tensor = getattr(module, name, None)
