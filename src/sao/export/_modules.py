@@ -133,8 +133,9 @@ class Standalone(nn.Module):
         axis = 1 if (feature_major or kind == "conv") else -1
         self.gather_in = None if in_index is None else Gather(axis, in_index)
         self.gather_out = None if out_index is None else Gather(axis, out_index)
-        self.register_buffer("weight", weight.detach().clone())
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        # for callers that read them (not in the state_dict; the export leaves them out, unused)
+        self.register_buffer("weight", weight.detach().clone(), persistent=False)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone(), persistent=False)
         out, inp = weight.shape[:2]
         names = ("in_channels", "out_channels") if kind == "conv" else ("in_features", "out_features")
         setattr(self, names[0], inp)
