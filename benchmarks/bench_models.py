@@ -406,7 +406,8 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict], info_rows: 
     _, shape, peer_wanted = MODELS[name]
     started = time.perf_counter()
     dense, _, _ = build(name, args.seed)
-    flops = macs_per_sample(standard_form(dense), shape)
+    standard = standard_form(dense)  # the dense model with the sparse model's layer names (attention projections)
+    flops = macs_per_sample(standard, shape)
     profiles: dict[str, dict[str, Any]] = {}
     inputs = {mode: data(shape, batch_of(mode, args), args.seed) for mode in args.modes}
     for sparsity in args.sparsities:
@@ -460,7 +461,7 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict], info_rows: 
             if mode not in profiles or not set(densities) <= set(profiles[mode]["layer_s"]):
                 log(f"[{name}] {mode}: profiling the dense layers")
                 wanted = set(densities) | set(profiles.get(mode, {}).get("layer_s", {}))
-                profiles[mode] = layer_profile(dense, fns["dense"], x, wanted, mode, args)
+                profiles[mode] = layer_profile(standard, fns["dense"], x, wanted, mode, args)
                 p = profiles[mode]
                 profile_rows.append({"model": name, "mode": mode, "batch": batch, "dense_s": p["dense_s"],
                                      "layer_s": p["layer_s"], "signatures": p["signatures"],

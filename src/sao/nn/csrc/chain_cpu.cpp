@@ -201,6 +201,12 @@ Chain<T> make_chain(const at::Tensor& x, const std::vector<at::Tensor>& blocks, 
   return ch;
 }
 
+// One layer with the identity activation: its backward needs only the input, so no output is saved.
+template <typename T>
+bool single_identity(const Chain<T>& ch) {
+  return ch.layers.size() == 1 && ch.layers[0].act == kIdentity;
+}
+
 // Vectors per tile: the fewest (1, 2 or 4) that hold one thread's share of the batch.
 template <typename T>
 int tile_vectors(int64_t batch) {
@@ -291,7 +297,7 @@ void backward_pass(const Chain<T>& ch, const T* xp, const T* gyp, const T* hp, c
     std::vector<T> xt(ch.n0 * TS), ga(ch.max_m * TS), gbuf(ch.max_m * TS);
     for (int64_t tau = lo; tau < hi; ++tau) {
       const int64_t s0 = tau * TS, len = std::min(TS, ch.batch - s0);
-      const T* htile = hp + tau * ch.total_m * TS;
+      const T* htile = hp ? hp + tau * ch.total_m * TS : nullptr;  // none saved: one identity layer
       std::fill(xt.begin(), xt.end(), T(0));
       for (int64_t s = 0; s < len; ++s)
         for (int64_t f = 0; f < ch.n0; ++f) xt[f * TS + s] = xp[(s0 + s) * ch.n0 + f];
@@ -304,7 +310,9 @@ void backward_pass(const Chain<T>& ch, const T* xp, const T* gyp, const T* hp, c
         const Layer<T>& L = ch.layers[l];
         const T* in = l ? htile + ch.layers[l - 1].h_off * TS : xt.data();
         const T* pf = l >= 2 ? htile + ch.layers[l - 2].h_off * TS : nullptr;
-        backward_dispatch<T, NV>(L, htile + L.h_off * TS, in, g, (l || gxp) ? gin : nullptr, gw + L.w_off,
+        // without saved outputs (one identity layer, whose derivative ignores them) h points at g: readable, unused
+        const T* h = htile ? htile + L.h_off * TS : g;
+        backward_dispatch<T, NV>(L, h, in, g, (l || gxp) ? gin : nullptr, gw + L.w_off,
                                  L.bias ? gb + L.b_off : nullptr, pf, l >= 2 ? ch.layers[l - 2].m : 0);
         std::swap(g, gin);
       }
@@ -341,6 +349,8 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const std::vector<at::
   const int nv = tile_vectors<T>(ch.batch);
   const int64_t ts = nv * kW<T>, tiles = (ch.batch + ts - 1) / ts;
   at::Tensor y = at::empty({ch.batch, ch.layers.back().m}, x.options());
+  // the backward of one identity layer needs only x: nothing of its output is saved
+  save = save && !single_identity(ch);
   at::Tensor H = save && tiles ? workspace(tiles * ts * ch.total_m, x.options()) : at::empty({0}, x.options());
   if (ch.batch > 0) {
     const T* xp = x.data_ptr<T>();
@@ -363,19 +373,20 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_y, const at::Tensor
   const Chain<T> ch = make_chain<T>(x, blocks, biases, gathers, row_perms, final_inverse, acts);
   TORCH_CHECK(nv == 1 || nv == 2 || nv == 4, "sao chain kernel: bad tile width");
   const int64_t ts = nv * kW<T>, tiles = (ch.batch + ts - 1) / ts;
-  TORCH_CHECK(H.numel() == tiles * ts * ch.total_m && H.is_contiguous(),
+  TORCH_CHECK((H.numel() == tiles * ts * ch.total_m || (H.numel() == 0 && single_identity(ch))) && H.is_contiguous(),
               "sao chain kernel: the saved outputs do not match this chain");
   TORCH_CHECK(grad_y.is_contiguous() && grad_y.scalar_type() == x.scalar_type() && grad_y.dim() == 2 &&
                   grad_y.size(0) == ch.batch && grad_y.size(1) == ch.layers.back().m,
               "sao chain kernel: grad_y must be a contiguous (B, m) tensor of x's dtype");
   at::Tensor gw_all = at::zeros({ch.total_w}, x.options());
   at::Tensor gb_all = at::zeros({ch.total_b}, x.options());
-  at::Tensor gx = need_x ? at::zeros({ch.batch, ch.n0}, x.options()) : at::Tensor();
+  // every element is written by the tile that holds its sample (backward_pass): no zero fill needed
+  at::Tensor gx = need_x ? at::empty({ch.batch, ch.n0}, x.options()) : at::Tensor();
   at::Tensor scratch = at::empty({0}, x.options());
   if (ch.batch > 0) {
     const T* xp = x.data_ptr<T>();
     const T* gyp = grad_y.data_ptr<T>();
-    const T* hp = H.data_ptr<T>();
+    const T* hp = H.numel() ? H.data_ptr<T>() : nullptr;
     const int64_t* fi = final_inverse.data_ptr<int64_t>();
     T* gxp = need_x ? gx.data_ptr<T>() : nullptr;
     T* gw = gw_all.data_ptr<T>();
