@@ -368,3 +368,54 @@ def test_without_the_deploy_extra(monkeypatch: pytest.MonkeyPatch, tmp_path) -> 
                  lambda: deployable(model, x, verbose=False), lambda: require("onnxruntime")):
         with pytest.raises(ImportError, match=r'pip install "sao\[deploy\]"'):
             call()
+
+
+class _InPlace(nn.Module):
+    """``h = b(tanh(a(x)))``, an in-place op on ``h`` whose result is unused, then ``o(h)``."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op, self.a, self.b, self.o = op, nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.b(torch.tanh(self.a(x)))
+        if self.op == "clamp_":
+            h.clamp_(min=0)
+        elif self.op == "mul_":
+            h.mul_(2)
+        elif self.op == "add_":
+            h.add_(h)
+        elif self.op == "relu_":
+            torch.relu_(h)
+        elif self.op == "sigmoid_":
+            h.sigmoid_()
+        return self.o(h)
+
+
+@pytest.mark.parametrize("op", ["clamp_", "mul_", "add_", "relu_", "sigmoid_"])
+@pytest.mark.parametrize("form", BLOCK_FORMS)
+def test_in_place_ops_with_unused_results_are_kept(op: str, form: str) -> None:
+    torch.manual_seed(0)
+    model = sao.sparsify(_InPlace(op), sparsity=0.75).eval()
+    x = torch.randn(8, 64)
+    deploy = deployable(model, x, form=form, check=False)
+    with torch.no_grad():
+        torch.testing.assert_close(deploy(x), model(x))
+
+
+class _ViewThenInPlace(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.o = nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.b(torch.relu(self.a(x)))
+        v = h[:, :32]
+        h.relu_()
+        return self.o(torch.cat([v, h[:, 32:]], 1))
+
+
+def test_in_place_op_on_a_viewed_tensor_is_refused() -> None:
+    model = sao.sparsify(_ViewThenInPlace(), sparsity=0.75).eval()
+    with pytest.raises(ValueError, match=r"in-place op 'relu_'.*out-of-place 'relu'"):
+        deployable(model, torch.randn(8, 64), form="grouped", check=False)

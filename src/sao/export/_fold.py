@@ -103,18 +103,85 @@ class Traced:
     why: str | None = None
 
 
+def _in_place(node: fx.Node) -> bool:
+    """Whether ``node`` is an in-place op (a method or function whose name ends in one ``_``, or an
+    ``operator.i*``): its result may be unused while its effect is not."""
+    if node.op not in ("call_method", "call_function"):
+        return False
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    if node.target in _IN_PLACE_OPERATORS:
+        return True
+    return name.endswith("_") and not name.endswith("__")
+
+
+_IN_PLACE_OPERATORS = frozenset({operator.iadd, operator.isub, operator.imul, operator.itruediv,
+                                 operator.ifloordiv, operator.imod, operator.ipow, operator.iand, operator.ior,
+                                 operator.ixor, operator.ilshift, operator.irshift, operator.imatmul})
+#: ops whose result shares its input's storage (a later in-place op on the input shows through)
+_VIEW_METHODS = frozenset({"view", "view_as", "reshape", "reshape_as", "transpose", "permute", "t", "narrow",
+                           "select", "unflatten", "flatten", "squeeze", "unsqueeze", "expand", "expand_as",
+                           "split", "chunk", "unbind", "as_strided", "diagonal", "movedim", "swapaxes",
+                           "detach", "__getitem__", "contiguous"})
+
+
+def _dead_code(graph: fx.Graph) -> None:
+    """Remove the unused nodes of ``graph``, never an in-place op (fx counts one with no users as dead)."""
+    graph.eliminate_dead_code(is_impure_node=lambda n: n.is_impure() or _in_place(n))
+
+
+def _check_aliasing(graph: fx.Graph) -> None:
+    """Refuse a graph where an in-place op changes a tensor that another node views (the folded graph may copy
+    the value — a gather, a layout change — so the view would not see the change).
+
+    Raises:
+        ValueError: naming the op, suggesting its out-of-place form.
+    """
+    order = {n: k for k, n in enumerate(graph.nodes)}
+    for node in graph.nodes:
+        if not _in_place(node) or not node.args or not isinstance(node.args[0], fx.Node):
+            continue
+        target = node.args[0]
+        op = _name(node)
+        views = [user for user in target.users if order[user] < order[node] and _is_view(user)]
+        if _is_view(target):
+            views.append(target)
+        if views:
+            out_of_place = op[1:] if op.startswith("i") and node.op == "call_function" else op.rstrip("_")
+            raise ValueError(f"sao.export cannot deploy the in-place op {op!r} on {target.name!r}: "
+                             f"{views[0].name!r} ({_name(views[0])!r}) views the same tensor, and the deployable "
+                             f"graph may copy it; use the out-of-place {out_of_place!r} in the model's forward")
+
+
+def _name(node: fx.Node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+
+
+def _is_view(node: fx.Node) -> bool:
+    """Whether ``node`` may view its first argument (an indexing of a tuple is no view)."""
+    if node.op not in ("call_method", "call_function"):
+        return False
+    if _name(node) == "getitem":
+        return bool(node.args) and _meta_shape(node.args[0]) is not None
+    return _name(node) in _VIEW_METHODS
+
+
 def trace(model: nn.Module, example: Tensor) -> Traced:
-    """Trace ``model`` (sparse layers as leaves) and record every value's shape on ``example``."""
+    """Trace ``model`` (sparse layers as leaves) and record every value's shape on ``example``.
+
+    Raises:
+        ValueError: if an in-place op changes a tensor that another value views (see :func:`_check_aliasing`).
+    """
     tracer = _Tracer()
     try:
         graph = tracer.trace(model)
     except Exception as err:  # the root itself cannot be traced: every layer self-contained
         return Traced(None, {"": model}, f"{type(err).__name__}: {err}")
     module = fx.GraphModule(model, graph)
-    module.graph.eliminate_dead_code()
+    _dead_code(module.graph)
     module.recompile()
     with torch.no_grad():
         ShapeProp(module).propagate(example)
+    _check_aliasing(module.graph)
     names = {id(m): n for n, m in model.named_modules()}
     return Traced(module, {names[i]: m for i, m in tracer.opaque.items() if i in names})
 
@@ -497,8 +564,11 @@ class _Folder:
                 self.graph.node_copy(node, self._arg)
             else:
                 self.env[node] = self._handler(node)(node)
+                if _in_place(node) and node.args and isinstance(node.args[0], fx.Node):
+                    # later users of the changed tensor read the value the op changed (maybe a copy of it)
+                    self.env[node.args[0]] = self.env[node]
         module = fx.GraphModule(self.old, self.graph)
-        module.graph.eliminate_dead_code()
+        _dead_code(module.graph)
         module.delete_all_unused_submodules()
         module.recompile()
         return module
