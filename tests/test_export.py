@@ -419,3 +419,14 @@ def test_in_place_op_on_a_viewed_tensor_is_refused() -> None:
     model = sao.sparsify(_ViewThenInPlace(), sparsity=0.75).eval()
     with pytest.raises(ValueError, match=r"in-place op 'relu_'.*out-of-place 'relu'"):
         deployable(model, torch.randn(8, 64), form="grouped", check=False)
+
+
+@pytest.mark.parametrize("form", [*BLOCK_FORMS, "dense"])
+def test_an_unbatched_input_keeps_the_eager_shape(form: str) -> None:
+    torch.manual_seed(0)
+    model = sao.sparsify(sao.models.fnn(depth=4), sparsity=0.875).eval()
+    deploy = deployable(model, torch.randn(8, 1024), form=form)
+    x = torch.randn(1024)
+    with torch.no_grad():
+        assert deploy(x).shape == model(x).shape == (10,)
+        torch.testing.assert_close(deploy(x), model(x))

@@ -347,7 +347,9 @@ class _Folder:
             v.flex.reorder(p)
             return replace(v, index=index, axis=axis)
         self.gathers += 1
-        node = self._call(Gather(1 if v.major is not None else axis, p), (v.node,), "gather")
+        # a feature axis counted from the end (when the rank is known) also holds for an unbatched input
+        at = 1 if v.major is not None else (axis - v.rank if v.rank is not None and axis >= 0 else axis)
+        node = self._call(Gather(at, p), (v.node,), "gather")
         return Value(node, v.rank, index, axis, v.major)
 
     def _exit_major(self, v: Value) -> Value:

@@ -41,15 +41,17 @@ class ToFeatureMajor(nn.Module):
 
 class FromFeatureMajor(nn.Module):
     """Feature-major ``(1, F, N)`` → ``(..., F)`` with the leading dims of ``ref`` (a tensor of the canonical
-    layout, ``(..., F')``); for ``rank == 2`` the leading dim is ``N`` itself (no shape arithmetic)."""
+    layout, ``(..., F')``, of any rank ≥ 1: an unbatched ``(F',)`` gives ``(F,)``); for a 2-d ``ref`` the
+    leading dim is ``N`` itself (no shape arithmetic). ``rank`` is the rank seen when traced (informative only:
+    the rank of ``ref`` at run time decides)."""
 
-    def __init__(self, rank: int) -> None:
+    def __init__(self, rank: int | None = None) -> None:
         super().__init__()
         self.rank = rank
 
     def forward(self, z: Tensor, ref: Tensor) -> Tensor:
         y = z.transpose(1, 2)
-        if self.rank == 2:
+        if ref.dim() == 2:
             return y.squeeze(0)
         return y.reshape(*ref.shape[:-1], z.shape[1])
 
