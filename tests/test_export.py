@@ -430,3 +430,12 @@ def test_an_unbatched_input_keeps_the_eager_shape(form: str) -> None:
     with torch.no_grad():
         assert deploy(x).shape == model(x).shape == (10,)
         torch.testing.assert_close(deploy(x), model(x))
+
+
+def test_a_model_on_the_meta_device_is_refused() -> None:
+    layers = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 8))
+    model = sao.sparsify(layers, sparsity=0.75).to("meta")
+    with pytest.raises(ValueError, match="meta device has no values to deploy; materialize it first"):
+        deployable(model, torch.randn(4, 32, device="meta"), form="grouped")
+    with pytest.raises(ValueError, match="meta device"):
+        deployable(model, torch.randn(4, 32), form="grouped")

@@ -117,6 +117,14 @@ def _check_example(example: object) -> Tensor:
     return example.detach()
 
 
+def _check_not_meta(model: nn.Module, example: Tensor) -> None:
+    """Raise a ``ValueError`` if ``model`` (a parameter or buffer) or ``example`` is on the meta device."""
+    tensors = [example, *model.parameters(), *model.buffers()]
+    if any(t.is_meta for t in tensors):
+        raise ValueError("a model on the meta device has no values to deploy; materialize it first "
+                         "(e.g. model.to_empty(device='cpu') and load its weights) and pass a real example_input")
+
+
 def _check_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -269,12 +277,14 @@ def deployable(model: nn.Module, example_input: Tensor, *, form: str = AUTO, bat
 
     Raises:
         ValueError: for an unknown form (naming the valid ones), a form a layer cannot take (naming the layer
-            and its valid forms), a bad ``batch_size``/``threads``.
+            and its valid forms), a bad ``batch_size``/``threads``, a model or example on the meta device, an
+            in-place op on a tensor another value views (naming the op).
         TypeError: if ``example_input`` is not a batched tensor.
         ImportError: ``form="auto"`` without ONNX Runtime (``pip install "sao[deploy]"``).
     """
     form = check_form(form)
     example = _check_example(example_input)
+    _check_not_meta(model, example)
     batch_size = _check_int(example.shape[0] if batch_size is None else batch_size, "batch_size")
     threads = _check_int(threads, "threads")
     prepared = unfuse(copy.deepcopy(model)).eval()
