@@ -439,3 +439,48 @@ def test_a_model_on_the_meta_device_is_refused() -> None:
         deployable(model, torch.randn(4, 32, device="meta"), form="grouped")
     with pytest.raises(ValueError, match="meta device"):
         deployable(model, torch.randn(4, 32), form="grouped")
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(32, 32), nn.Linear(32, 32), nn.Linear(32, 32)
+        self.o1, self.o2 = nn.Linear(32, 4), nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+        return self.o1(h), self.o2(torch.tanh(h))
+
+
+def test_to_onnx_writes_every_output_of_a_tuple(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = sao.sparsify(_TwoHeads(), sparsity=0.75).eval()
+    path = tmp_path / "two.onnx"
+    report = to_onnx(model, torch.randn(8, 32), path, form="grouped", verbose=False)
+    assert report.onnx_error is not None
+    from sao.export import ort_session
+
+    session = ort_session(path)
+    assert [o.name for o in session.get_outputs()] == ["output0", "output1"]
+    x = torch.randn(5, 32)
+    got = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        for a, b in zip(got, model(x), strict=True):
+            torch.testing.assert_close(torch.from_numpy(a), b, rtol=1e-4, atol=1e-5)
+
+
+def test_to_onnx_file_mode_follows_the_umask_and_a_missing_folder_is_refused(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    import os
+
+    model = sao.sparsify(_TwoHeads(), sparsity=0.75).eval()
+    with pytest.raises(FileNotFoundError, match="nope"):
+        to_onnx(model, torch.randn(4, 32), tmp_path / "nope" / "m.onnx", form="dense", verbose=False)
+    assert not (tmp_path / "nope").exists()
+    old = os.umask(0o022)
+    try:
+        to_onnx(model, torch.randn(4, 32), tmp_path / "m.onnx", form="dense", verbose=False)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.onnx").stat().st_mode & 0o777 == 0o644

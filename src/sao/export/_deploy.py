@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from sao._atomic import atomic_write_bytes
 from sao.export._fold import ELEMENTWISE_MODULES, fold, standalone, trace, unfuse
 from sao.export._forms import AUTO, FORMS, Lowered, check_form
 from sao.export._measure import Candidate, FormTimer
-from sao.export._onnx import batch_dim, export_proto, exportable_example, ort_session, run_session
+from sao.export._onnx import batch_dim, export_proto, exportable_example, ort_session
 from sao.export._spec import LayerSpec, layer_kind
 
 __all__ = ["DeployReport", "LayerChoice", "deployable", "export_program", "to_onnx"]
@@ -345,7 +346,9 @@ def export_program(model: nn.Module, example_input: Tensor, *, dynamic_batch: bo
 def to_onnx(model: nn.Module, example_input: Tensor, path: str | Path, *, dynamic_batch: bool = True,
             optimize: bool = True, check: bool = True, **options: Any) -> DeployReport:
     """Write :func:`deployable` ``(model, example_input, **options)`` (or ``model`` itself if already deployable)
-    as an ONNX file at ``path``: input ``"input"``, output ``"output"``, a dynamic batch dimension.
+    as an ONNX file at ``path``: input ``"input"``, output ``"output"`` (a model returning several tensors: outputs
+    ``"output0"``, ``"output1"``, … in the order of its flattened output), a dynamic batch dimension. The file's
+    mode follows the umask, as a file ``open()`` creates.
 
     Exported with ``torch.onnx.export(..., dynamo=True)`` and its ONNX optimizer (``optimize``), written
     atomically (a temporary file in the same folder, then renamed). With ``check``, the file's ONNX Runtime
@@ -357,19 +360,29 @@ def to_onnx(model: nn.Module, example_input: Tensor, path: str | Path, *, dynami
     Raises:
         ImportError: without the deploy extra (``pip install "sao[deploy]"``).
         RuntimeError: if the check fails.
+        FileNotFoundError: if the folder of ``path`` does not exist (naming it).
         as :func:`deployable`.
     """
     example = _check_example(example_input)
-    deploy = _deployed(model, example, {**options, "check": check})
-    proto = export_proto(deploy, example, dynamic_batch=dynamic_batch, optimize=optimize)
     path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the folder {str(path.parent)!r} of the ONNX file does not exist")
+    deploy = _deployed(model, example, {**options, "check": check})
+    with torch.no_grad():
+        expected = deploy(example)
+    outputs = len(_tensors(expected))
+    proto = export_proto(deploy, example, dynamic_batch=dynamic_batch, optimize=optimize, outputs=outputs)
     atomic_write_bytes(path, proto.SerializeToString())
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)  # as open() would create it (the temporary file is private)
     report = deploy.deploy_report
     onnx_error = None
     if check:
-        with torch.no_grad():
-            expected = deploy(example)
-        onnx_error = _max_error(run_session(ort_session(path), example), expected)
+        session = ort_session(path)
+        feed = {session.get_inputs()[0].name: example.cpu().numpy()}
+        got = [torch.from_numpy(a) for a in session.run(None, feed)]
+        onnx_error = _max_error(got, expected)
         _check_close(onnx_error, expected, "the ONNX Runtime session of the written file")
     return replace(report, path=str(path), onnx_error=onnx_error)
 
