@@ -484,3 +484,17 @@ def test_to_onnx_file_mode_follows_the_umask_and_a_missing_folder_is_refused(tmp
     finally:
         os.umask(old)
     assert (tmp_path / "m.onnx").stat().st_mode & 0o777 == 0o644
+
+
+def test_float64_models_auto_measures_in_their_dtype_and_grouped_onnx_is_refused(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = sao.sparsify(_TwoHeads(), sparsity=0.75).eval().double()
+    x = torch.randn(8, 32, dtype=torch.float64)
+    deploy = deployable(model, x, verbose=False)  # "auto": measured in float64, no grouped candidate
+    assert all(layer.form != "grouped" for layer in deploy.deploy_report.layers)
+    report = to_onnx(deploy, x, tmp_path / "a.onnx")
+    assert report.onnx_error is not None
+    with pytest.raises(ValueError, match=r"no torch.float64 Conv kernel.*form='matmul' or 'dense'"):
+        to_onnx(model, x, tmp_path / "g.onnx", form="grouped", verbose=False)
+    assert not (tmp_path / "g.onnx").exists()

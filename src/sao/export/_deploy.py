@@ -126,6 +126,16 @@ def _check_not_meta(model: nn.Module, example: Tensor) -> None:
                          "(e.g. model.to_empty(device='cpu') and load its weights) and pass a real example_input")
 
 
+def _check_ort_dtypes(deploy: nn.Module) -> None:
+    """Raise a ``ValueError`` before exporting if ``deploy`` holds a float64 convolution (ONNX Runtime's CPU
+    provider has no float64 ``Conv``: the ``"grouped"`` form, or a dense convolution)."""
+    for name, module in deploy.named_modules():
+        if isinstance(module, nn.modules.conv._ConvNd) and module.weight.dtype == torch.float64:
+            raise ValueError(f"ONNX Runtime (CPU) has no torch.float64 Conv kernel, and {name or 'the model'} is a "
+                             f"float64 {type(module).__name__}: use form='matmul' or 'dense' for linear layers, "
+                             "or convert the model to float32")
+
+
 def _check_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -361,6 +371,7 @@ def to_onnx(model: nn.Module, example_input: Tensor, path: str | Path, *, dynami
         ImportError: without the deploy extra (``pip install "sao[deploy]"``).
         RuntimeError: if the check fails.
         FileNotFoundError: if the folder of ``path`` does not exist (naming it).
+        ValueError: if the deployable model holds a float64 convolution (ONNX Runtime has no float64 ``Conv``).
         as :func:`deployable`.
     """
     example = _check_example(example_input)
@@ -368,6 +379,7 @@ def to_onnx(model: nn.Module, example_input: Tensor, path: str | Path, *, dynami
     if not path.parent.is_dir():
         raise FileNotFoundError(f"the folder {str(path.parent)!r} of the ONNX file does not exist")
     deploy = _deployed(model, example, {**options, "check": check})
+    _check_ort_dtypes(deploy)
     with torch.no_grad():
         expected = deploy(example)
     outputs = len(_tensors(expected))

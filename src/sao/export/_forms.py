@@ -29,7 +29,7 @@ from sao._registry import Registry
 from sao.export._modules import BlockMatmul, BlockMatmulConv1x1
 from sao.export._spec import LayerSpec
 
-__all__ = ["FORMS", "Form", "Lowered", "check_form", "form_names"]
+__all__ = ["FORMS", "Form", "Lowered", "check_form", "form_names", "ort_unavailable"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,3 +156,12 @@ def check_form(form: object) -> str:
     if not isinstance(form, str) or (form != AUTO and form not in FORMS):
         raise ValueError(f"form={form!r} is not an operator form; choose from {', '.join(form_names())}")
     return form
+
+
+def ort_unavailable(form: str, spec: LayerSpec) -> str | None:
+    """Why ONNX Runtime's CPU provider cannot run ``spec`` in ``form`` (``None`` if it can): it has no float64
+    ``Conv`` (the ``"grouped"`` form, and the ``"dense"`` form of a convolution)."""
+    dtype = spec.dense.weight.dtype
+    if dtype == torch.float64 and (form == "grouped" or (form == "dense" and spec.kind == "conv")):
+        return f"ONNX Runtime (CPU) has no {dtype} Conv kernel"
+    return None

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sao.export._forms import FORMS
+from sao.export._forms import FORMS, ort_unavailable
 from sao.export._modules import FromFeatureMajor, Gather, ToFeatureMajor
 from sao.export._onnx import export_proto, ort_session, require
 from sao.export._spec import LayerSpec
@@ -55,11 +55,12 @@ class Candidate:
 
 
 def candidates(spec: LayerSpec) -> list[Candidate]:
-    """Every candidate for ``spec``: ``dense``, then each available block form at each of its block counts."""
+    """Every candidate for ``spec``: ``dense``, then each available block form at each of its block counts (but
+    the forms ONNX Runtime cannot run in the layer's dtype, see :func:`~sao.export._forms.ort_unavailable`)."""
     found = [Candidate("dense")]
     for name in FORMS:
         form = FORMS.get(name)
-        if form.blocked and form.unavailable(spec) is None:
+        if form.blocked and form.unavailable(spec) is None and ort_unavailable(name, spec) is None:
             found += [Candidate(name, g) for g in spec.coarsenings()]
     return found
 
@@ -195,12 +196,13 @@ class FormTimer:
     def signature(spec: LayerSpec, shape: tuple[int, ...], activation: nn.Module | None,
                   standalone: bool = False) -> tuple:
         """What a layer's candidates depend on: kind, sizes, blocks, bias, convolution settings, the input shape
-        without its batch, the activation after it, whether it runs self-contained (gathers back its outputs)."""
+        without its batch, the activation after it, whether it runs self-contained (gathers back its outputs), the
+        dtype."""
         dense = spec.dense
         conv = ((tuple(dense.kernel_size), tuple(dense.stride), str(dense.padding), tuple(dense.dilation),
                  dense.padding_mode) if spec.kind == "conv" else ())
         return (spec.kind, spec.in_features, spec.out_features, spec.num_blocks, spec.bias is not None, conv,
-                tuple(shape[1:]), type(activation).__name__, standalone)
+                tuple(shape[1:]), type(activation).__name__, standalone, str(dense.weight.dtype))
 
     def measure(self, name: str, spec: LayerSpec, shape: tuple[int, ...], activation: nn.Module | None,
                 count: int = 1, standalone: bool = False) -> dict[str, float]:
@@ -212,7 +214,7 @@ class FormTimer:
         if key in self.cache:
             return self.cache[key]
         generator = torch.Generator().manual_seed(self.seed)
-        x = torch.randn(shape, generator=generator)
+        x = torch.randn(shape, generator=generator).to(spec.dense.weight.dtype)  # the model's dtype
         if signature not in self.exported:
             built = {c: _candidate_module(spec, c, activation, len(shape), generator, standalone)
                      for c in candidates(spec)}
