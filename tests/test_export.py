@@ -498,3 +498,28 @@ def test_float64_models_auto_measures_in_their_dtype_and_grouped_onnx_is_refused
     with pytest.raises(ValueError, match=r"no torch.float64 Conv kernel.*form='matmul' or 'dense'"):
         to_onnx(model, x, tmp_path / "g.onnx", form="grouped", verbose=False)
     assert not (tmp_path / "g.onnx").exists()
+
+
+class _Rows(nn.Module):
+    """Layers on ``(B·L, E)`` rows, as attention's projections run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(32, 32), nn.Linear(32, 32), nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.relu(self.b(torch.relu(self.a(x.reshape(-1, 32)))))).reshape(x.shape)
+
+
+class _RecordingTimer(FormTimer):
+    def measure(self, name, spec, shape, activation, count=1, standalone=False) -> dict[str, float]:
+        self.cache.setdefault("shapes", []).append(tuple(shape))
+        return {"dense": 1.0}
+
+
+@pytest.mark.parametrize(("batch_size", "rows"), [(None, 32), (8, 64)])
+def test_auto_measures_layers_at_the_rows_they_run_on(batch_size: int | None, rows: int) -> None:
+    model = sao.sparsify(_Rows(), sparsity=0.75).eval()
+    timer = _RecordingTimer(verbose=False)
+    deployable(model, torch.randn(4, 8, 32), batch_size=batch_size, timer=timer)
+    assert timer.cache["shapes"] and set(timer.cache["shapes"]) == {(rows, 32)}

@@ -199,8 +199,18 @@ def _forced(site: _Site, form: str) -> Lowered:
     return chosen.lower(site.spec)
 
 
-def _choose(sites: dict[int, _Site], form: str, batch_size: int, timer: FormTimer | None
-            ) -> tuple[dict[int, Lowered], list[LayerChoice]]:
+def _measured_shape(seen: tuple[int, ...], batch_size: int, example_batch: int) -> tuple[int, ...]:
+    """The input shape a layer is measured at: the one it saw on the example, its first dim scaled by
+    ``batch_size / example_batch`` where it is a multiple of the example's batch (rows ``L·B`` of attention's
+    projections become ``L·batch_size``), else as seen."""
+    first = seen[0]
+    if first % example_batch == 0:
+        first = first // example_batch * batch_size
+    return (first, *seen[1:])
+
+
+def _choose(sites: dict[int, _Site], form: str, batch_size: int, timer: FormTimer | None,
+            example_batch: int | None = None) -> tuple[dict[int, Lowered], list[LayerChoice]]:
     def signature(site: _Site) -> tuple:
         return FormTimer.signature(site.spec, site.shape or (), site.activation, site.standalone)
 
@@ -216,7 +226,7 @@ def _choose(sites: dict[int, _Site], form: str, batch_size: int, timer: FormTime
         elif site.shape is None:  # never called on the example: nothing to measure
             result = FORMS.get("dense").lower(site.spec)
         else:
-            shape = (batch_size, *site.shape[1:])
+            shape = _measured_shape(site.shape, batch_size, example_batch or batch_size)
             times = timer.measure(site.name, site.spec, shape, site.activation, counts[signature(site)],
                                   site.standalone)
             best = min(times, key=times.get)
@@ -276,7 +286,8 @@ def deployable(model: nn.Module, example_input: Tensor, *, form: str = AUTO, bat
         model: any module holding sparse layers (not changed).
         example_input: a batched input (batch on dim 0); the layers' input shapes come from one call on it.
         form: ``"auto"`` (default) or a form name, for every layer.
-        batch_size: the batch ``"auto"`` measures at (default: the example's).
+        batch_size: the batch ``"auto"`` measures at (default: the example's): each layer at the input shape it
+            saw on the example, its first dim scaled by ``batch_size`` / the example's batch where a multiple of it.
         threads: ONNX Runtime intra-op threads ``"auto"`` measures with.
         timer: a :class:`~sao.export.FormTimer` to reuse measurements across calls (default: a new one).
         verbose: print ``"auto"``'s measurements as they come (stderr).
@@ -307,7 +318,7 @@ def deployable(model: nn.Module, example_input: Tensor, *, form: str = AUTO, bat
         timer = timer or FormTimer(threads=threads, verbose=verbose)
         if timer.threads != threads:
             timer = replace(timer, threads=threads, cache={})
-    lowered, choices = _choose(sites, form, batch_size, timer)
+    lowered, choices = _choose(sites, form, batch_size, timer, example.shape[0])
     for module in traced.opaque.values():
         _replace_inside(module, sites, lowered)
     if traced.module is not None:
