@@ -376,6 +376,7 @@ class _InPlace(nn.Module):
     def __init__(self, op: str) -> None:
         super().__init__()
         self.op, self.a, self.b, self.o = op, nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 10)
+        self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.b(torch.tanh(self.a(x)))
@@ -389,10 +390,15 @@ class _InPlace(nn.Module):
             torch.relu_(h)
         elif self.op == "sigmoid_":
             h.sigmoid_()
+        elif self.op == "inplace=True":
+            torch.nn.functional.relu(h, inplace=True)
+        elif self.op == "ReLU(inplace=True)":
+            self.act(h)
         return self.o(h)
 
 
-@pytest.mark.parametrize("op", ["clamp_", "mul_", "add_", "relu_", "sigmoid_"])
+@pytest.mark.parametrize("op", ["clamp_", "mul_", "add_", "relu_", "sigmoid_", "inplace=True",
+                                "ReLU(inplace=True)"])
 @pytest.mark.parametrize("form", BLOCK_FORMS)
 def test_in_place_ops_with_unused_results_are_kept(op: str, form: str) -> None:
     torch.manual_seed(0)

@@ -104,13 +104,18 @@ class Traced:
 
 
 def _in_place(node: fx.Node) -> bool:
-    """Whether ``node`` is an in-place op (a method or function whose name ends in one ``_``, or an
-    ``operator.i*``): its result may be unused while its effect is not."""
+    """Whether ``node`` is an in-place op (a method or function whose name ends in one ``_``, an
+    ``operator.i*``, a call with ``inplace=True``, a module with ``inplace=True`` such as ``nn.ReLU(inplace=True)``):
+    its result may be unused while its effect is not."""
+    if node.op == "call_module":
+        owner = node.graph.owning_module
+        module = owner.get_submodule(node.target) if owner is not None else None
+        return getattr(module, "inplace", False) is True
     if node.op not in ("call_method", "call_function"):
         return False
-    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-    if node.target in _IN_PLACE_OPERATORS:
+    if node.kwargs.get("inplace") is True or node.target in _IN_PLACE_OPERATORS:
         return True
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
     return name.endswith("_") and not name.endswith("__")
 
 
@@ -146,7 +151,12 @@ def _check_aliasing(graph: fx.Graph) -> None:
         if _is_view(target):
             views.append(target)
         if views:
-            out_of_place = op[1:] if op.startswith("i") and node.op == "call_function" else op.rstrip("_")
+            if node.op == "call_module" or node.kwargs.get("inplace") is True:
+                out_of_place = f"{op} with inplace=False"
+            elif op.startswith("i") and node.op == "call_function":
+                out_of_place = op[1:]
+            else:
+                out_of_place = op.rstrip("_")
             raise ValueError(f"sao.export cannot deploy the in-place op {op!r} on {target.name!r}: "
                              f"{views[0].name!r} ({_name(views[0])!r}) views the same tensor, and the deployable "
                              f"graph may copy it; use the out-of-place {out_of_place!r} in the model's forward")
