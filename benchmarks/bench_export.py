@@ -75,6 +75,19 @@ MODELS: dict[str, tuple[tuple[int, ...], tuple[float, ...]]] = {
 }
 
 
+def measured_shapes(report: Any) -> list[dict]:
+    """The candidates' times once per measured layer signature (layers of one signature share one measurement),
+    with the count and the first layer's name: FNN-1000's 1000 layers are a few entries, not 1000."""
+    shapes: dict[tuple, dict] = {}
+    for c in report.layers:
+        if c.times:
+            key = (str(c.shape), tuple(c.input_shape), c.num_blocks, c.label, tuple(sorted(c.times.items())))
+            entry = shapes.setdefault(key, {"first": c.name, "layers": 0, "shape": c.shape, "input": c.input_shape,
+                                            "g": c.num_blocks, "form": c.label, "times_s": dict(c.times)})
+            entry["layers"] += 1
+    return list(shapes.values())
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -170,8 +183,7 @@ def run_model(name: str, args: argparse.Namespace, folder: Path, rows: list[dict
                    "eager_dense_over_ort_dense": med["eager_dense"] / med["ort_dense"],
                    "errors": errors[s], "prepare_s": prepare_s, "other_cores": other, "attempts": attempts,
                    "repeats": times["ort_dense"].repeats,
-                   "measured": [{"name": c.name, "shape": c.shape, "input": c.input_shape, "g": c.num_blocks,
-                                 "form": c.label, "times_s": dict(c.times)} for c in report.layers if c.times]}
+                   "measured": measured_shapes(report)}
             previous = sparse_s
             rows.append(row)
             log(f"[{name}] sparsity {s:g}, batch {batch}: ORT dense {fmt_time(med['ort_dense'])}, sparse "
