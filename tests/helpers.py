@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import os
@@ -158,3 +159,22 @@ def assert_round_trips(net: nn.Module, other: nn.Module, x: torch.Tensor, expect
     torch.save(net, buf)
     buf.seek(0)
     torch.testing.assert_close(torch.load(buf, weights_only=False)(x), expected, rtol=0, atol=0)
+
+
+def assert_trains_like(model: nn.Module, x: torch.Tensor, mode: str, twin_mode: str = "off", steps: int = 2,
+                       **tolerance: float) -> nn.Module:
+    """Train ``model`` under ``fusion(mode)`` and a deep copy under ``fusion(twin_mode)`` for ``steps`` SGD steps on
+    ``mean(model(x)²)``; assert their parameters stay equal (``tolerance`` for ``assert_close``); the twin."""
+    from sao.nn import fusion
+
+    twin = copy.deepcopy(model)
+    for m, m_mode in ((model, mode), (twin, twin_mode)):
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        for _ in range(steps):
+            opt.zero_grad()
+            with fusion(m_mode):
+                m(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, **tolerance)
+    return twin

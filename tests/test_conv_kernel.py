@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from helpers import gen
+from helpers import assert_trains_like, gen
 from sao.nn import SparseConv2d, fusion
 from sao.nn import _conv_kernel as ck
 from sao.nn.dispatch import CONV_ROUTES, RouteTimer
@@ -166,17 +166,8 @@ def test_layer_compiled_mode_matches_off_and_trains_the_same() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(_layer(8, 16, (3, 3), degree=4, padding=1), nn.ReLU(),
                           _layer(16, 16, (3, 3), degree=4, stride=2, padding=1, seed=2), nn.Tanh())
-    twin = copy.deepcopy(model)
-    x = torch.randn(3, 8, 10, 10, dtype=torch.float64, generator=gen(6))
-    for m, mode in ((model, "compiled"), (twin, "off")):
-        opt = torch.optim.SGD(m.parameters(), lr=0.1)
-        for _ in range(2):
-            opt.zero_grad()
-            with fusion(mode):
-                m(x).square().mean().backward()
-            opt.step()
-    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
-        torch.testing.assert_close(a, b, **TOL64)
+    twin = assert_trains_like(model, torch.randn(3, 8, 10, 10, dtype=torch.float64, generator=gen(6)), "compiled",
+                              **TOL64)
     assert model[0].last_decision.route == "compiled" and twin[0].last_decision.route == "plain"
 
 

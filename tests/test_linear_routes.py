@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from helpers import gen
+from helpers import assert_trains_like, gen
 from sao.nn import SparseLinear, fusion
 from sao.nn._chain_kernel import load_chain_kernel
 from sao.topology import valid_degrees
@@ -100,17 +100,8 @@ def test_hooks_and_parametrizations_are_honoured() -> None:
 @needs_kernel
 def test_training_with_the_compiled_route_equals_plain() -> None:
     model = nn.Sequential(layer(8, 16, 4), nn.Tanh(), layer(16, 16, 4, seed=7))
-    twin = copy.deepcopy(model)
-    x = torch.randn(6, 8, dtype=torch.float64, generator=gen(6))
-    for m, mode in ((model, "compiled"), (twin, "off")):
-        opt = torch.optim.SGD(m.parameters(), lr=0.1)
-        for _ in range(2):
-            opt.zero_grad()
-            with fusion(mode):
-                m(x).square().mean().backward()
-            opt.step()
-    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
-        torch.testing.assert_close(a, b, **TOL64)
+    twin = assert_trains_like(model, torch.randn(6, 8, dtype=torch.float64, generator=gen(6)), "compiled", **TOL64)
+    assert model[0].last_decision.route == "compiled" and twin[0].last_decision.route == "plain"
 
 
 def test_forced_compiled_refuses_a_call_the_kernel_cannot_run() -> None:
