@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from sao.methods.adapters import Adaptation, adapter_for
+from sao.methods.adapters import Adaptation, adapter_for, module_places
 from sao.nn import ECOConv2d, MaskedConv2d, MaskedLinear, SOCConv2d, SparseConv2d, SparseLinear, reparametrization
 
 __all__ = ["EXCLUDE_CHOICES", "WEIGHT_LAYER_KINDS", "Exclude", "LayerSlot", "find_layers", "layer_dims",
@@ -104,19 +104,9 @@ def weight_shape(module: nn.Module) -> tuple[int, ...]:
     return tuple(weight.shape)
 
 
-def _places(model: nn.Module) -> list[tuple[tuple[str, ...], nn.Module]]:
-    """Every module with all its names, in order of first appearance."""
-    names: dict[int, list[str]] = {}
-    modules: dict[int, nn.Module] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        names.setdefault(id(module), []).append(name)
-        modules.setdefault(id(module), module)
-    return [(tuple(names[key]), modules[key]) for key in names]
-
-
 def _weight_layers(model: nn.Module) -> list[LayerSlot]:
     """The weight layers (module docstring), not looking inside one another (an ECO layer's inner conv)."""
-    places = [(names, m) for names, m in _places(model)
+    places = [(names, m) for names, m in module_places(model)
               if isinstance(m, WEIGHT_LAYER_KINDS) or adapter_for(m) is not None]
     inside = {id(sub) for _, m in places for sub in m.modules() if sub is not m}
     return [LayerSlot(names, m) for names, m in places if id(m) not in inside]
@@ -171,7 +161,7 @@ def _with_siblings(slots: list[LayerSlot], i: int, adaptation: Adaptation) -> li
 def _owners(model: nn.Module) -> dict[int, list[str]]:
     """``{id(parameter): [first names of the modules holding it directly]}``."""
     owners: dict[int, list[str]] = {}
-    for names, module in _places(model):
+    for names, module in module_places(model):
         for p in module._parameters.values():
             if p is not None:
                 owners.setdefault(id(p), []).append(names[0])

@@ -57,7 +57,7 @@ from sao._registry import Registry
 from sao.nn import SparseMultiheadAttention, reparametrization
 
 __all__ = ["ADAPTERS", "Adaptation", "Adapted", "LayerAdapter", "adapt_layers", "adapter_for", "class_path",
-           "linear_from_transposed", "refusal", "restore_unchanged"]
+           "linear_from_transposed", "module_places", "refusal", "restore_unchanged"]
 
 
 @dataclass(frozen=True)
@@ -188,30 +188,34 @@ def adapt_layers(model: nn.Module) -> Adaptation:
     not adapted again). An adapter that raises leaves its module as it is (the error is the reason). Undo
     with :func:`restore_unchanged` (``everything=True``: all).
     """
-    names: dict[int, list[str]] = {}
-    modules: dict[int, nn.Module] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        if name and adapter_for(module) is not None:
-            names.setdefault(id(module), []).append(name)
-            modules.setdefault(id(module), module)
     done = Adaptation()
-    for key, module in modules.items():
-        if done.enclosing(names[key][0]) is not None:
-            continue  # inside a module already adapted: its standard form holds a copy
-        why = refusal(module, model, tuple(names[key]))
+    for names, module in module_places(model):
+        if names == ("",) or adapter_for(module) is None or done.enclosing(names[0]) is not None:
+            continue  # the model itself; not adaptable; inside a module already adapted (its copy is in there)
+        why = refusal(module, model, names)
         if why is None:
             try:
                 standard = adapter_for(module).to_standard(module)
             except Exception as err:
                 why = f"its standard form could not be built ({type(err).__name__}: {err})"
         if why is not None:
-            done.refused[key] = why
+            done.refused[id(module)] = why
             continue
         standard.train(module.training)
-        for name in names[key]:
+        for name in names:
             model.set_submodule(name, standard)
-        done.adapted.append(Adapted(tuple(names[key]), module, standard, dict(standard.named_modules())))
+        done.adapted.append(Adapted(names, module, standard, dict(standard.named_modules())))
     return done
+
+
+def module_places(model: nn.Module) -> list[tuple[tuple[str, ...], nn.Module]]:
+    """Every module of ``model`` with all the names it is reachable under, in order of first appearance."""
+    names: dict[int, list[str]] = {}
+    modules: dict[int, nn.Module] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+        modules.setdefault(id(module), module)
+    return [(tuple(names[key]), modules[key]) for key in names]
 
 
 def restore_unchanged(model: nn.Module, adaptation: Adaptation, *, everything: bool = False) -> list[Adapted]:
