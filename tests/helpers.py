@@ -7,6 +7,7 @@ import copy
 import io
 import json
 import os
+import pickle
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -178,3 +179,15 @@ def assert_trains_like(model: nn.Module, x: torch.Tensor, mode: str, twin_mode: 
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(a, b, **tolerance)
     return twin
+
+
+def copied(module: nn.Module, how: str) -> nn.Module:
+    """A copy of ``module`` made the way ``how`` says: ``"pickle"``, ``"deepcopy"`` or ``"torch.save"`` (and load)."""
+    if how == "pickle":
+        return pickle.loads(pickle.dumps(module))
+    if how == "deepcopy":
+        return copy.deepcopy(module)
+    buffer = io.BytesIO()
+    torch.save(module, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import io
 import math
-import pickle
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from helpers import assert_semi_orthogonal, deterministic, gen
+from helpers import assert_semi_orthogonal, copied, deterministic, gen
 from sao.nn import MaskedLinear, SparseLinear, SparseMultiheadAttention
 
 F64 = {"dtype": torch.float64}
@@ -444,15 +443,7 @@ def test_attributes_are_torchs() -> None:
 @pytest.mark.parametrize("how", ["pickle", "deepcopy", "torch.save"])
 def test_whole_module_round_trips(how: str) -> None:
     module = _module()
-    if how == "pickle":
-        other = pickle.loads(pickle.dumps(module))
-    elif how == "deepcopy":
-        other = copy.deepcopy(module)
-    else:
-        buffer = io.BytesIO()
-        torch.save(module, buffer)
-        buffer.seek(0)
-        other = torch.load(buffer, weights_only=False)
+    other = copied(module, how)
     _same_function(module, other)
     for (k, v), w in zip(module.state_dict().items(), other.state_dict().values(), strict=True):
         assert torch.equal(v, w) and v.data_ptr() != w.data_ptr(), k

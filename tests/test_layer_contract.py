@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import copy
-import io
-import pickle
 import re
 from collections.abc import Callable
 from unittest import mock
@@ -26,7 +24,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from helpers import deterministic, gen
+from helpers import copied, deterministic, gen
 from sao.nn import (
     BACKENDS,
     ECOConv2d,
@@ -164,15 +162,7 @@ def _same_outputs(a: nn.Module, b: nn.Module, name: str) -> None:
 @pytest.mark.parametrize("name, backend", CASES)
 def test_whole_module_round_trips(name: str, backend: str, how: str) -> None:
     layer = build(name, backend)
-    if how == "pickle":
-        other = pickle.loads(pickle.dumps(layer))
-    elif how == "deepcopy":
-        other = copy.deepcopy(layer)
-    else:
-        buffer = io.BytesIO()
-        torch.save(layer, buffer)
-        buffer.seek(0)
-        other = torch.load(buffer, weights_only=False)
+    other = copied(layer, how)
     _same_outputs(layer, other, name)
     for (k, v), w in zip(layer.state_dict().items(), other.state_dict().values(), strict=True):
         assert torch.equal(v, w), k
