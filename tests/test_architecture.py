@@ -71,6 +71,10 @@ _MUTATIONS = {
                                       "sao.topology._graph -> scipy"),
     "library-imports-extra-package-lazily": ("nn/linear.py", "def _plot():\n    import matplotlib.pyplot",
                                              "library-dependencies", "sao.nn.linear -> matplotlib"),
+    "library-imports-transformers": ("methods/adapters.py", "def _conv1d():\n    import transformers.pytorch_utils",
+                                     "library-dependencies", "sao.methods.adapters -> transformers"),
+    "deploy-package-outside-export": ("nn/linear.py", "def _proto():\n    import onnx", "deploy-in-export",
+                                      "sao.nn.linear -> onnx"),
     "root-imports-harness": ("__init__.py", "import sao.analysis.spectrum", "root-is-library",
                              "sao -> sao.analysis.spectrum"),
     "root-imports-extra-package": ("__init__.py", "import typing\nif typing.TYPE_CHECKING:\n    import tqdm",
@@ -118,7 +122,8 @@ def _contracts() -> dict[str, dict]:
 
 def test_the_cut_is_exhaustive() -> None:
     """Every child of ``sao`` is on one side of the cut: library (source) or harness (forbidden); the library's
-    contracts have the same sources; ``import sao`` is held to the same; the extras' packages are all forbidden."""
+    contracts have the same sources; ``import sao`` is held to the same; the extras' packages are all forbidden (the
+    deploy extra's outside sao.export); the ground floor may import no module above it."""
     from sao._extras import EXTRAS
 
     contracts = _contracts()
@@ -129,9 +134,14 @@ def test_the_cut_is_exhaustive() -> None:
     assert library | harness == children, sorted(children ^ (library | harness))
     assert set(contracts["library-dependencies"]["source_modules"]) == library
     externals = set(contracts["library-dependencies"]["forbidden_modules"])
-    assert externals >= {module for packages in EXTRAS.values() for module in packages} | {"ray"}
+    assert externals >= set(EXTRAS["experiments"]) | {"ray", "transformers"}
+    deploy = set(contracts["deploy-in-export"]["forbidden_modules"])
+    assert deploy == set(EXTRAS["deploy"]) and set(EXTRAS) == {"experiments", "deploy"}
+    assert set(contracts["deploy-in-export"]["source_modules"]) == library - {f"{PACKAGE}.export"}
     root = set(contracts["root-is-library"]["forbidden_modules"])
-    assert root >= harness | externals
+    assert root >= harness | externals | deploy
+    ground = set(contracts["ground-floor"]["source_modules"])
+    assert set(contracts["ground-floor"]["forbidden_modules"]) == children - ground  # every module above it
     assert {f"{module}.**" for module in harness if (ROOT / "src" / Path(*module.split("."))).is_dir()} <= root
 
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import sao
+from sao._extras import MissingExtra
 from sao.export import (
     FORMS,
     FormTimer,
@@ -366,7 +367,8 @@ def test_without_the_deploy_extra(monkeypatch: pytest.MonkeyPatch, tmp_path) -> 
     export_program(deploy, x)
     for call in (lambda: to_onnx(model, x, tmp_path / "m.onnx", form="dense"),
                  lambda: deployable(model, x, verbose=False), lambda: require("onnxruntime")):
-        with pytest.raises(ImportError, match=r'pip install "sao\[deploy\]"'):
+        with pytest.raises(MissingExtra, match=r"needs the deploy extra: pip install 'sao\[deploy\]' \(not installed: "
+                                               r"onnx, onnxruntime, onnxscript\)"):
             call()
 
 

@@ -27,7 +27,8 @@ from sao.topology import components
 ROOT = Path(__file__).resolve().parents[1]
 
 #: The import names of every package the extras add (the library must run without any of them).
-BLOCKED = ("PIL", "matplotlib", "mlxtend", "ray", "scipy", "torchvision", "tqdm")
+BLOCKED = ("PIL", "matplotlib", "mlxtend", "onnx", "onnxruntime", "onnxscript", "ray", "scipy", "torchvision", "tqdm",
+           "transformers")
 
 #: The harness packages: each must refuse to import without the experiments extra, naming it.
 HARNESS = ("sao.data", "sao.training", "sao.analysis", "sao.experiments", "sao.reports")
@@ -105,9 +106,24 @@ assert sao.topology.reachability([mask, mask]).shape == (64, 64)
 kernel = torch.randn(4, 4, 3, 3, dtype=torch.float64)
 assert sao.spectral.conv_singular_values(kernel, 8).numel() == 4 * 64
 
+# A deployable model runs in PyTorch alone; the ONNX side names the deploy extra.
+import sao.export
+
+deploy = sao.export.deployable(net.eval(), x, form="grouped", verbose=False)
+assert torch.allclose(deploy(x), net(x), atol=1e-5)
+sao.export.export_program(deploy, x)
+try:
+    sao.export.to_onnx(net, x, "never-written.onnx", form="dense")
+except ImportError as err:
+    assert type(err).__name__ == "MissingExtra", repr(err)
+    message = "needs the deploy extra: pip install 'sao[deploy]' (not installed: onnx, onnxruntime, onnxscript)"
+    assert message in str(err), str(err)
+else:
+    raise AssertionError("to_onnx ran without the deploy extra")
+
 # The library pulled in no harness module.
 harness = {harness!r}
-loaded = sorted(m for m in sys.modules if m.startswith(harness) or m in ("sao._files", "sao._extras", "sao.cli"))
+loaded = sorted(m for m in sys.modules if m.startswith(harness) or m in ("sao._files", "sao.cli"))
 assert not loaded, loaded
 
 # Each harness package (and any module in it) refuses with one error naming the extra.
@@ -190,16 +206,18 @@ def test_core_dependencies_are_torch_numpy_and_ninja() -> None:
 
 
 def test_extras_match_the_import_time_check() -> None:
-    """The experiments extra is what ``sao._extras`` checks; ray and test build on it; test has everything."""
+    """The experiments and deploy extras are what ``sao._extras`` checks; ray and test build on experiments; test
+    has everything."""
     extras = _pyproject()["project"]["optional-dependencies"]
-    assert {_name(r) for r in extras["experiments"]} == set(EXTRAS["experiments"].values())
+    for name, packages in EXTRAS.items():
+        assert {_name(r) for r in extras[name]} == set(packages.values()), name
     for name in ("ray", "test"):
         own = [r for r in extras[name] if _name(r) == "sao"]
         assert own and "experiments" in set().union(*map(_extras_of, own)), (name, extras[name])
     assert "ray" in {_name(r) for r in extras["ray"]}
     test_extras = set().union(*(_extras_of(r) for r in extras["test"] if _name(r) == "sao"))
     assert test_extras == set(extras) - {"test"}, test_extras  # `pip install -e ".[test]"` installs every extra
-    assert set(BLOCKED) >= {module for packages in EXTRAS.values() for module in packages} | {"ray"}
+    assert set(BLOCKED) >= {module for packages in EXTRAS.values() for module in packages} | {"ray", "transformers"}
 
 
 # --- connected components without scipy ---------------------------------------------------------------------------

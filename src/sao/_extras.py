@@ -1,14 +1,15 @@
-"""The harness's optional packages: one check, one clear error naming the extra to install.
+"""The optional packages: one check, one clear error naming the extra to install.
 
 ``pip install sao`` gives the library (sao.topology, sao.init, sao.nn, sao.methods, sao.models,
-sao.spectral) with torch and numpy only. The harness that reproduces the paper (sao.data,
+sao.spectral, sao.export) with torch and numpy only. The harness that reproduces the paper (sao.data,
 sao.training, sao.analysis, sao.experiments, sao.reports and the ``sao`` commands built on them)
-needs the ``experiments`` extra, ``pip install 'sao[experiments]'``. Each harness package calls
-:func:`require_extra` before importing anything else, so a missing package is one
+needs the ``experiments`` extra, ``pip install 'sao[experiments]'``: each harness package calls
+:func:`require_extra` before importing anything else. sao.export's ONNX side (export, ONNX Runtime)
+needs the ``deploy`` extra and checks it before each lazy import. A missing package is therefore one
 :class:`MissingExtra` naming the extra rather than a ``ModuleNotFoundError`` from deep inside.
 
-This module imports nothing outside the standard library; the library never imports it (the
-``library-standalone`` contract in pyproject.toml).
+This module imports nothing outside the standard library and nothing of sao (the ground floor in
+pyproject.toml's import layers): it imports no optional package, it only looks for them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ EXTRAS: Mapping[str, Mapping[str, str]] = {
         "scipy": "scipy",
         "torchvision": "torchvision",
         "tqdm": "tqdm",
+    },
+    "deploy": {
+        "onnx": "onnx",
+        "onnxruntime": "onnxruntime",
+        "onnxscript": "onnxscript",
     },
 }
 

@@ -6,7 +6,7 @@ layer takes an *operator form* (:data:`FORMS`: ``"dense"``, ``"grouped"``, ``"ma
 which one ONNX Runtime runs fastest for each layer shape) and the permutations between layers are folded away;
 ``to_onnx(model, example, path)`` writes it as an ONNX file; ``export_program(model, example)`` gives its
 ``torch.export.ExportedProgram``. ``import sao.export`` needs only torch; the ONNX side needs the ``deploy``
-extra (``pip install "sao[deploy]"``: onnx, onnxscript, onnxruntime).
+extra (``pip install 'sao[deploy]'``: onnx, onnxscript, onnxruntime).
 
 Example:
     >>> import torch, sao
@@ -24,11 +24,10 @@ Example:
 from sao.export._deploy import DeployReport, LayerChoice, deployable, export_program, to_onnx
 from sao.export._forms import FORMS, Form, Lowered, form_names
 from sao.export._measure import Candidate, FormTimer
-from sao.export._onnx import DEPLOY_EXTRA, ort_session
+from sao.export._onnx import ort_session
 from sao.export._spec import LAYER_KINDS, LayerKind, LayerSpec, block_structure, layer_spec
 
 __all__ = [
-    "DEPLOY_EXTRA",
     "FORMS",
     "LAYER_KINDS",
     "Candidate",

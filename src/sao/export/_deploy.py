@@ -302,7 +302,7 @@ def deployable(model: nn.Module, example_input: Tensor, *, form: str = AUTO, bat
             and its valid forms), a bad ``batch_size``/``threads``, a model or example on the meta device, an
             in-place op on a tensor another value views (naming the op).
         TypeError: if ``example_input`` is not a batched tensor.
-        ImportError: ``form="auto"`` without ONNX Runtime (``pip install "sao[deploy]"``).
+        MissingExtra: ``form="auto"`` without the deploy extra (``pip install 'sao[deploy]'``).
     """
     form = check_form(form)
     example = _check_example(example_input)
@@ -379,7 +379,7 @@ def to_onnx(model: nn.Module, example_input: Tensor, path: str | Path, *, dynami
         The :class:`DeployReport` (with ``path`` and ``onnx_error``).
 
     Raises:
-        ImportError: without the deploy extra (``pip install "sao[deploy]"``).
+        MissingExtra: without the deploy extra (``pip install 'sao[deploy]'``).
         RuntimeError: if the check fails.
         FileNotFoundError: if the folder of ``path`` does not exist (naming it).
         ValueError: if the deployable model holds a float64 convolution (ONNX Runtime has no float64 ``Conv``).

@@ -3,7 +3,7 @@
 ``onnx``, ``onnxscript`` (the exporter's IR) and ``onnxruntime`` are imported inside the functions that use
 them, so ``import sao.export`` (and everything that runs in PyTorch only: :func:`~sao.export.deployable` with a
 forced form, :func:`~sao.export.export_program`) works without them; a function that needs one of them raises
-one :class:`ImportError` naming ``pip install "sao[deploy]"``.
+one :class:`~sao._extras.MissingExtra` (an :class:`ImportError`) naming ``pip install 'sao[deploy]'``.
 
 The exporter is ``torch.onnx.export(..., dynamo=True)`` (the ``torch.export``-based one, PyTorch's default since
 2.9; the TorchScript-based one is deprecated), with its ONNX optimizer (constant folding, dead code) on.
@@ -23,19 +23,22 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DEPLOY_EXTRA", "export_proto", "ort_session", "require", "run_session"]
+from sao._extras import require_extra
 
-DEPLOY_EXTRA = 'pip install "sao[deploy]"'
+__all__ = ["export_proto", "ort_session", "require", "run_session"]
+
 INPUT, OUTPUT = "input", "output"
 
 
 def require(name: str) -> ModuleType:
-    """Import ``name`` (``onnx``, ``onnxscript``, ``onnxruntime``), or raise an ``ImportError`` naming the extra."""
-    try:
-        return importlib.import_module(name)
-    except ImportError as err:
-        raise ImportError(f"sao.export needs the package {name!r} for this (ONNX export and ONNX Runtime): "
-                          f"{DEPLOY_EXTRA}") from err
+    """Import ``name`` (``onnx``, ``onnxscript``, ``onnxruntime``).
+
+    Raises:
+        MissingExtra: (an ``ImportError``) when a package of the ``deploy`` extra is not installed, naming the
+            extra and the missing packages.
+    """
+    require_extra("sao.export's ONNX side (ONNX export and ONNX Runtime)", "deploy")
+    return importlib.import_module(name)
 
 
 def batch_dim(example: Tensor) -> dict[int, Any]:
@@ -54,7 +57,7 @@ def export_proto(module: nn.Module, example: Tensor, *, dynamic_batch: bool = Tr
     ``"output1"``, … for a module returning a tuple of ``outputs`` tensors; a dynamic batch dimension).
 
     Raises:
-        ImportError: without ``onnx``/``onnxscript`` (naming ``pip install "sao[deploy]"``).
+        MissingExtra: without the deploy extra (naming ``pip install 'sao[deploy]'``).
     """
     require("onnx")
     require("onnxscript")
@@ -74,7 +77,7 @@ def ort_session(model: Any, threads: int = 1, *, profile: str | None = None) -> 
     ONNX Runtime's profiler on (``session.end_profiling()`` writes the JSON trace and returns its path).
 
     Raises:
-        ImportError: without ``onnxruntime`` (naming ``pip install "sao[deploy]"``).
+        MissingExtra: without the deploy extra (naming ``pip install 'sao[deploy]'``).
     """
     ort = require("onnxruntime")
     options = ort.SessionOptions()
