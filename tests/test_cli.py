@@ -97,6 +97,31 @@ def test_programming_errors_keep_their_traceback(tmp_path: Path, monkeypatch: py
         main(["reproduce", "table7", "--out", str(tmp_path)])
 
 
+@pytest.mark.parametrize("error", [MemoryError(), torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
+                                   RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                                                "can't allocate memory: you tried to allocate 8 bytes.")])
+def test_running_out_of_memory_is_one_line_exit_1(error: BaseException, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Sizes too large for the machine are not a bug: one line naming it, no traceback (once 31 lines)."""
+    import sao.cli.reproduce as reproduce
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(reproduce, "run_grid", out_of_memory)
+    assert main(["reproduce", "table7", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sao reproduce: out of memory") and "enforce" not in err, err
+
+
+def test_a_size_no_memory_holds_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", "reachability", "--width", "1000000000", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "out of memory: DefaultCPUAllocator: can't allocate memory" in err, err
+    assert main(["demo", "--width", str(2**63 - 1), "--degree", "1"]) == 1  # once: a hang while checking --degree
+    assert "out of memory: Storage size calculation overflowed" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [["train", "--model", "nope"], ["train", "--depth", "2.5"], ["reproduce"],
                                   ["report"], ["nope"]])
 def test_argument_errors_are_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -271,6 +296,19 @@ def test_an_input_folder_must_be_a_folder(tmp_path: Path, capsys: pytest.Capture
     (tmp_path / "afile").write_text("")
     assert "argument sweep: no such folder" in _refused(["report", str(tmp_path / "missing")], capsys)
     assert "argument sweep: is not a folder" in _refused(["report", str(tmp_path / "afile")], capsys)
+    for command in (["train", "--depth", "2"], ["reproduce", "table7", "--preset", "quick"]):  # once: ignored
+        err = _refused([*command, "--data-root", str(tmp_path / "afile"), "--out", str(tmp_path / "o")], capsys)
+        assert f"argument --data-root: '{tmp_path / 'afile'}' is a file, not a folder" in err, err
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no folder can be made")
+def test_an_output_folder_that_cannot_be_made_is_one_line_before_any_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Once every run of the grid failed on it, each with its traceback, and the sweep exited 1."""
+    out = "/proc/sao-no-such-folder/sweep"
+    assert main(["reproduce", "table7", "--preset", "quick", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sao reproduce: error: ") and "sao-no-such-folder" in err, err
 
 
 def test_errors_of_the_console_command_are_one_line() -> None:

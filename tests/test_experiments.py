@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,21 @@ def test_grid_with_worker_processes_matches_serial(tmp_path: Path) -> None:
     parallel = run_grid(runs, square, tmp_path / "parallel", workers=2, log=quiet)
     assert [r["value"] for r in serial] == [r["value"] for r in parallel]
     assert {r["config_hash"] for r in serial} == {r["config_hash"] for r in parallel}
+
+
+def test_a_grid_starts_no_more_worker_processes_than_runs_to_go(tmp_path: Path) -> None:
+    """``--workers 100000`` for 2 runs: 2 processes (once the log said 100000), and 1 run goes in this process."""
+    runs = [Run(f"x{x}", {"x": x}) for x in range(3)]
+    run_grid(runs[:1], square, tmp_path, log=quiet)
+    lines: list[str] = []
+    results = run_grid(runs, square, tmp_path, workers=100_000, log=lines.append)
+    assert [r["value"] for r in results] == [0, 1, 4]
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert f"2 worker processes, {threads} thread(s) each" in lines, lines
+    CALLS.clear()
+    run_grid([*runs, Run("x3", {"x": 3})], square, tmp_path, workers=8, log=lines.append)
+    assert CALLS == [{"x": 3}] and not any("worker processes" in line for line in lines[lines.index(
+        "4 runs: 3 finished, 1 to run (launcher local)"):])  # ran here: CALLS is this process's
 
 
 def test_grid_errors(tmp_path: Path) -> None:

@@ -253,6 +253,16 @@ def test_target_is_required_exactly_by_methods_that_need_one(name: str) -> None:
         assert [r.status for r in summary.layers] == ["excluded", "applied", "applied", "excluded"]
 
 
+@pytest.mark.parametrize("name", METHODS.names())
+@pytest.mark.parametrize("generator", [5, "seed", torch.tensor(0), torch.Generator().manual_seed(0).get_state()])
+def test_every_method_refuses_a_generator_that_is_not_one(name: str, generator: object) -> None:
+    """Whether or not the method draws from it: once ``rg-t`` failed with an AttributeError from deep inside and
+    ``lmp-t``/``gmp-t`` accepted ``generator=5`` silently."""
+    target = {"degree": 4} if METHODS.get(name).needs_target else {}
+    with pytest.raises(TypeError, match=f"generator must be a torch.Generator or None, got {type(generator).__name__}"):
+        sao.sparsify(mlp(), name, **target, generator=generator)
+
+
 def test_dense_takes_no_target() -> None:
     assert not METHODS.get("dense").needs_target
     with pytest.raises(ValueError, match="takes no target"):

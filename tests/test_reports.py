@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from sao.experiments import EXPERIMENTS, DataConfig, MethodConfig, ModelConfig, Run, RunConfig, run_one
 from sao.experiments.store import Guard
 from sao.reports import aggregate, table_rows, write_report
-from sao.reports.sweep import deviations_note, load_results, training_curves
+from sao.reports.sweep import deviations_note, load_results, settings_note, training_curves
 from sao.training import TrainConfig
 
 
@@ -151,8 +152,26 @@ def test_a_setting_identity_leaves_out_at_its_old_value_is_still_a_deviation() -
     paper = t7.runs("paper")[0]
     feature = RunConfig(paper.model, paper.method, DataConfig("mnist", batch_size=paper.data.batch_size,
                                                               normalize="feature"), paper.train, "table7")
+    runs = len(t7.runs("paper"))
     assert deviations_note([(c, {}) for c in t7.runs("paper") if c != paper] + [(feature, {})], t7) == (
-        "Deviations from the paper's settings: normalize feature (paper dataset).")
+        f"Deviations from the paper's settings: normalize feature (paper dataset; 1 of {runs} runs).")
+
+
+def test_a_setting_whose_value_is_none_in_some_runs_varies() -> None:
+    """``None`` is a value (``amp None``: no autocast), not "unset": runs with and without amp vary in amp, and the
+    deviations say how many runs deviate. Once the settings line said "amp bf16" of a sweep where half the runs
+    had none. A method's target stays unset where the method takes none (the dense baseline's degree)."""
+    t7 = EXPERIMENTS.get("table7")
+    quick = t7.runs("quick")
+    results = [(c, {}) for c in quick] + [(dataclasses.replace(c, train=dataclasses.replace(c.train, amp="bf16")), {})
+                                          for c in quick]
+    settings = settings_note(results).split("; ")
+    assert not any(part.startswith("amp") for part in settings[0].split(", ")), settings  # not shared
+    assert any(part.startswith("amp None (N=") and ", bf16 (N=" in part for part in settings[1:]), settings
+    assert not any(part.startswith("degree") for part in settings[1:]), settings  # dense's unset degree: no variation
+    assert f"amp bf16 (paper None; {len(quick)} of {len(results)} runs)" in deviations_note(results, t7)
+    everywhere = [(dataclasses.replace(c, train=dataclasses.replace(c.train, amp="bf16")), {}) for c in quick]
+    assert "amp bf16 (paper None)" in deviations_note(everywhere, t7)
 
 
 def _add_table8_run(out: Path) -> None:

@@ -60,6 +60,30 @@ def test_valid_degrees_match_the_definition(m: int, n: int) -> None:
 
 
 @FAST
+@given(st.integers(2, 96), st.integers(2, 96), st.integers(-2, 100), st.booleans())
+def test_resolve_degree_takes_exactly_the_valid_degrees(m: int, n: int, degree: int, mirrored: bool) -> None:
+    """The check of one degree (no list) agrees with the list, for plain and mirrored topologies."""
+    if mirrored and (m % 2 or n % 2):
+        return
+    if degree in valid_degrees(m, n, mirrored):
+        assert resolve_degree(m, n, degree, mirrored=mirrored) == degree
+        assert degree_for_sparsity(m, n, 1 - degree / max(m, n), mirrored) == degree
+    else:
+        with pytest.raises(ValueError, match="not valid"):
+            resolve_degree(m, n, degree, mirrored=mirrored)
+
+
+def test_degrees_of_huge_layers_are_checked_without_listing_every_divisor() -> None:
+    """Once ``sao demo --width 9223372036854775807`` hung while its flags were checked (a loop up to the width)."""
+    huge = 2**63 - 1
+    assert resolve_degree(huge, huge, degree=1) == 1 and resolve_degree(2**62, 2**62, degree=2**31) == 2**31
+    assert degree_for_sparsity(2**62, 2**62, 0.5) == 2**61
+    assert valid_degrees(2**40, 2**40) == [2**k for k in range(41)]  # square-root time: 2**20 steps
+    with pytest.raises(ValueError, match=r"nearest valid: degree=2 \(.*\), degree=4 "):
+        resolve_degree(2**40, 2**40, degree=3)
+
+
+@FAST
 @given(block_shapes())
 def test_degree_for_sparsity_round_trips(shape: tuple[int, int, int]) -> None:
     m, n, d = shape

@@ -178,7 +178,7 @@ def test_schedules_take_any_config_with_the_attributes_they_read() -> None:
 @pytest.mark.parametrize(("field", "value", "match"), [
     ("schedule", "linear", "unknown lr schedule 'linear'; choose from: constant, cosine, multistep"),
     ("epochs", 0, r"TrainConfig.epochs must be an integer >= 1, got 0"),
-    ("lr", float("nan"), r"TrainConfig.lr must be a finite number in \(0, inf\], got nan"),
+    ("lr", float("nan"), r"TrainConfig.lr must be a finite number in \(0, inf\), got nan"),
     ("device", "tpu", "device='tpu'"),
     ("nesterov", True, "nesterov"),
 ])

@@ -319,3 +319,20 @@ def test_checks_run_in_torch_order_dims_then_dtype_then_empty() -> None:
         orthogonal_(torch.zeros(0, 4, dtype=torch.int64))
     with pytest.raises(TypeError, match="must be a real number"):
         sao_(torch.empty(0, 4), degree=4, gain="1")  # shape-free arguments are still checked
+
+
+@pytest.mark.parametrize(("bounds", "words"), [
+    ({"low": 0.0, "low_open": True}, "in (0, inf)"),
+    ({"low": 0.0}, "in [0, inf)"),
+    ({"high": 1.0}, "in (-inf, 1]"),
+    ({"high": 1.0, "high_open": True}, "in (-inf, 1)"),
+    ({}, "in (-inf, inf)"),
+    ({"low": 0.0, "high": 1.0, "high_open": True}, "in [0, 1)"),
+])
+def test_a_range_names_its_infinite_ends_open(bounds: dict, words: str) -> None:
+    """Infinities are refused, so an unbounded end is open: once ``gain=inf`` was refused as outside ``(0, inf]``."""
+    from sao._validation import as_real
+
+    for value in (float("inf"), float("-inf"), float("nan")):
+        with pytest.raises(ValueError, match=re.escape(f"gain must be a finite number {words}, got {value!r}")):
+            as_real(value, "gain", **bounds)

@@ -96,7 +96,7 @@ def as_real(value: object, name: str, *, low: float | None = None, high: float |
     if not math.isfinite(result) or below or above:
         lo = "-inf" if low is None else f"{low:g}"
         hi = "inf" if high is None else f"{high:g}"
-        allowed = f" in {'(' if low_open else '['}{lo}, {hi}{')' if high_open else ']'}"
+        allowed = f" in {'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
         raise ValueError(f"{name} must be a finite number{allowed}, got {value!r}")
     return result
 

@@ -10,7 +10,8 @@ flags together by ``resolve``; either error is one line naming the flag, exit st
 status rather than exiting, and turns the user errors of a run into one line on stderr: a
 ``ValueError`` (bad settings, unknown names) or an ``OSError`` (missing data, unreadable folders)
 exits 2, a grid with failed runs exits 1 naming them (:class:`sao.experiments.FailedRuns`), as
-does a run another driver is training (:class:`sao.experiments.RunClaimed`); Ctrl-C exits 130
+does a run another driver is training (:class:`sao.experiments.RunClaimed`) and running out of memory
+(sizes too large for this machine: one line, exit 1); Ctrl-C exits 130
 (a sweep stops at once and resumes on the next call). Anything else is a bug and keeps its
 traceback.
 
@@ -29,6 +30,8 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any, NoReturn
+
+import torch
 
 from sao import __version__
 from sao._extras import MissingExtra
@@ -134,6 +137,23 @@ def _run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as err:
+        if not _out_of_memory(err):
+            raise
+        print(f"{prog}: out of memory{': ' * bool(str(err))}{_first_line(err)} (smaller sizes?)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says memory ran out: Python's, torch's (CPU and CUDA), or a size torch cannot address."""
+    return isinstance(err, MemoryError | torch.OutOfMemoryError) or any(
+        words in str(err) for words in ("can't allocate memory", "Storage size calculation overflowed"))
+
+
+def _first_line(err: BaseException) -> str:
+    """The message of ``err`` without torch's source location (``[enforce fail at alloc_cpu.cpp:127] err == 0.``)."""
+    line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return line.split(". ", 1)[1] if line.startswith("[enforce fail") and ". " in line else line

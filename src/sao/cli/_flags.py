@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from sao.cli._types import SEED, Integer, Real, blame
+from sao.cli._types import SEED, Folder, Integer, Real, blame
 from sao.data import NORMALIZATIONS, list_datasets
 from sao.experiments import DataConfig, MethodConfig, ModelConfig, RunConfig
 from sao.methods import METHODS
@@ -51,7 +51,12 @@ _CHOICES: dict[tuple[str, str], Callable[[], list[str]]] = {
 _TYPES: dict[Any, Callable[[str], Any]] = {int: Integer(), float: Real()}
 
 #: Fields whose values need a narrower type than their annotation's: ``(section, field) → type``.
-_NARROWER: dict[tuple[str, str], Callable[[str], Any]] = {("train", "seed"): SEED}
+def _folder_name(text: str) -> str:
+    """A config field holding a folder's name (``--data-root``): a folder, or none yet, never a file."""
+    return str(Folder()(text))
+
+
+_NARROWER: dict[tuple[str, str], Callable[[str], Any]] = {("train", "seed"): SEED, ("data", "root"): _folder_name}
 
 
 def _flag(field: dataclasses.Field) -> str:

@@ -178,23 +178,25 @@ def launch_local(todo: list[Run], run_fn: RunFunction, store: RunStore, options:
     """Run ``todo`` on this machine; report the runs that raised and those another driver holds.
 
     With ``options.workers == 1`` the runs go one after another in this process (a failure is
-    logged with its traceback). Otherwise ``workers`` processes (started with ``spawn``, so
-    ``run_fn`` must be a module-level function) each get ``cpu_count // workers`` intra-op threads;
+    logged with its traceback), as they do when only one run is to go. Otherwise ``min(workers, runs)``
+    processes (started with ``spawn``, so ``run_fn`` must be a module-level function) each get
+    ``cpu_count // processes`` intra-op threads;
     their claim messages go to their standard error. Ctrl-C (``KeyboardInterrupt`` here, or SIGINT
     in a worker) stops every worker's run and starts no other; it returns once the workers have
     stopped (their runs unfinished, to be resumed) and raises ``KeyboardInterrupt``.
     """
-    if options.workers == 1:
+    workers = min(options.workers, len(todo))  # no idle processes: their cores go to the runs' threads
+    if workers <= 1:
         report = LaunchReport()
         for i, run in enumerate(todo, 1):
             report.record(run, f"[{i}/{len(todo)}]", lambda run=run: attempt(run, run_fn, store, log), log,
                           trace=True)
         return report
-    threads = max(1, (os.cpu_count() or 1) // options.workers)
-    log(f"{options.workers} worker processes, {threads} thread(s) each")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    log(f"{workers} worker processes, {threads} thread(s) each")
     context = multiprocessing.get_context("spawn")
     stop = context.RawValue("b", 0)
-    pool = ProcessPoolExecutor(max_workers=options.workers, mp_context=context, initializer=_init_worker,
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
                                initargs=(threads, stop))
     try:
         report = _collect_local(pool, todo, run_fn, store, log)

@@ -59,6 +59,7 @@ def run_grid(runs: Sequence[Run], run_fn: RunFunction, out: Path, workers: int =
     Raises:
         ValueError: unknown launcher, invalid options, two runs with the same config, or a
             ``store`` of another folder — before anything runs.
+        OSError: ``out`` cannot be created (a file on its path, no permission) — before anything runs.
         FailedRuns: (a ``RuntimeError``) at the end, if runs failed; it names them.
     """
     launch = LAUNCHERS.get(launcher)
@@ -66,6 +67,8 @@ def run_grid(runs: Sequence[Run], run_fn: RunFunction, out: Path, workers: int =
     store = _store(out, store)
     _check_unique(runs, store)
     todo = [r for r in runs if store.result(r) is None]
+    if todo:
+        store.root.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails here, not in each run
     log(f"{len(runs)} runs: {len(runs) - len(todo)} finished, {len(todo)} to run (launcher {launcher})")
     failed: list[str] = []
     while todo:

@@ -75,7 +75,7 @@ from typing import Any, Literal, TypeVar, overload
 import torch
 from torch import Tensor, nn
 
-from sao._random import check_activation
+from sao._random import check_activation, check_generator
 from sao._registry import Registry
 from sao._validation import as_int, as_real
 from sao.methods._layers import (
@@ -479,7 +479,8 @@ def sparsify(model: M, method: str = "sao", *, degree: int | None = None, sparsi
             takes no target), a value out of range, a model that is itself a weight layer, or with
             ``strict=True`` a layer that cannot take the request (the message names the layer
             and the valid values).
-        TypeError: a model that is not an ``nn.Module``, a non-bool ``strict``, a setting the
+        TypeError: a model that is not an ``nn.Module``, a non-bool ``strict``, a ``generator`` that is
+            not a ``torch.Generator`` (for every method, also one that draws nothing), a setting the
             method does not take (the message names those it takes),
             ``degree`` not an integer or ``sparsity``/``gain`` not a real number.
 
@@ -500,6 +501,7 @@ def sparsify(model: M, method: str = "sao", *, degree: int | None = None, sparsi
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be True or False, got {strict!r}")
+    check_generator(generator)  # for every method, also those that draw nothing from it
     chosen = METHODS.get(method)
     degree, sparsity = _target(degree, sparsity, chosen)
     request = SparsifyRequest(degree, sparsity, chosen.settings(**settings), generator, strict)

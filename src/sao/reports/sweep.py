@@ -276,6 +276,10 @@ def _flat(config: RunConfig) -> dict[str, Any]:
             for k, v in values.items()}
 
 
+#: A method's target: ``None`` there is "not given" (the dense baseline's degree, the sparsity of a run given a
+#: degree), so it neither varies nor is printed; elsewhere ``None`` is a value like any other (``amp None``).
+_TARGET = ("method.degree", "method.sparsity")
+
 #: Settings named in every note; the others only where they differ from the dataclasses' defaults.
 _ALWAYS = ("model.name", "data.name", "data.batch_size", "train.epochs", "train.lr")
 _NAMES = {"model.name": "model", "data.name": "dataset", "data.batch_size": "batch", "train.lr": "lr"}
@@ -305,8 +309,7 @@ def settings_note(results: Sequence[Result]) -> str:
     configs = [(config, _flat(config.resolved())) for config, _ in results]
     defaults = _flat(RunConfig(model=dataclasses.replace(ModelConfig(), name=results[0][0].model.name)).resolved())
     keys = [k for k in configs[0][1] if k not in _GRID_KEYS]
-    # None is "not set" (the dense baseline's degree): it says nothing, so it neither varies nor is printed
-    values = {k: [flat[k] for _, flat in configs if flat.get(k) is not None] for k in keys}
+    values = {k: [flat[k] for _, flat in configs if not (k in _TARGET and flat.get(k) is None)] for k in keys}
     shared = [k for k in keys if all(v == values[k][0] for v in values[k])]
     parts = [f"{_short(k)} {_value(values[k][0])}" for k in sorted(shared, key=_order)
              if values[k] and (k in _ALWAYS or values[k][0] != defaults.get(k))]
@@ -335,13 +338,16 @@ def deviations_note(results: Sequence[Result], experiment: ExperimentSpec | None
         return ""
     ours: dict[str, set[str]] = defaultdict(set)
     paper: dict[str, set[str]] = defaultdict(set)
+    runs: Counter[str] = Counter()  # how many runs deviate in each setting
     for config, _ in results:
         mine, theirs = (_flat_canonical(c) for c in (config, experiment.twin("paper", config)))
         for key in mine.keys() & theirs.keys() - set(_SAME_CELL) - {"train.device"}:
             if mine[key] != theirs[key]:
                 ours[key].add(_value(mine[key]))
                 paper[key].add(_value(theirs[key]))
-    parts = [f"{_short(k)} {', '.join(sorted(ours[k]))} (paper {', '.join(sorted(paper[k]))})"
+                runs[key] += 1
+    parts = [f"{_short(k)} {', '.join(sorted(ours[k]))} (paper {', '.join(sorted(paper[k]))}"
+             + (f"; {runs[k]} of {len(results)} runs" if runs[k] < len(results) else "") + ")"
              for k in sorted(ours, key=_order)]
     seeds, paper_seeds = len({c.train.seed for c, _ in results}), len(experiment.preset("paper").seeds)
     if seeds != paper_seeds:

@@ -174,8 +174,24 @@ def valid_degrees(m: int, n: int, mirrored: bool = False) -> list[int]:
         ([3, 6], [2, 4, 8])
     """
     m, n = _check_shape(m, n, mirrored)
-    common = math.gcd(m // 2, n // 2) if mirrored else math.gcd(m, n)
-    return sorted(max(m, n) // g for g in range(1, common + 1) if common % g == 0)
+    return sorted(max(m, n) // g for g in _divisors(_common(m, n, mirrored)))
+
+
+def _common(m: int, n: int, mirrored: bool) -> int:
+    """The number every group count ``g = max(m, n) / d`` must divide."""
+    return math.gcd(m // 2, n // 2) if mirrored else math.gcd(m, n)
+
+
+def _is_valid(m: int, n: int, degree: int, mirrored: bool) -> bool:
+    """Whether ``degree`` is in :func:`valid_degrees` (without listing them: a huge layer has many)."""
+    larger = max(m, n)
+    return 1 <= degree <= larger and larger % degree == 0 and _common(m, n, mirrored) % (larger // degree) == 0
+
+
+def _divisors(k: int) -> list[int]:
+    """The divisors of ``k >= 1`` (trial division up to its square root)."""
+    small = [g for g in range(1, math.isqrt(k) + 1) if k % g == 0]
+    return sorted({*small, *(k // g for g in small)})
 
 
 def degree_for_sparsity(m: int, n: int, sparsity: float, mirrored: bool = False) -> int:
@@ -190,11 +206,10 @@ def degree_for_sparsity(m: int, n: int, sparsity: float, mirrored: bool = False)
     m, n = _check_shape(m, n, mirrored)
     sparsity = as_real(sparsity, "sparsity", low=0.0, high=1.0, high_open=True)
     degree = max(m, n) * (1.0 - sparsity)
-    valid = valid_degrees(m, n, mirrored)
-    if abs(degree - round(degree)) > 1e-6 * max(m, n) or round(degree) not in valid:
-        raise ValueError(f"sparsity={sparsity} is not achievable for a {m}x{n} layer{_kind(mirrored)}; "
-                         f"nearest valid: {_nearest(valid, degree, max(m, n))}")
-    return round(degree)
+    if abs(degree - round(degree)) <= 1e-6 * max(m, n) and _is_valid(m, n, round(degree), mirrored):
+        return round(degree)
+    raise ValueError(f"sparsity={sparsity} is not achievable for a {m}x{n} layer{_kind(mirrored)}; "
+                     f"nearest valid: {_nearest(valid_degrees(m, n, mirrored), degree, max(m, n))}")
 
 
 def resolve_degree(m: int, n: int, degree: int | None = None, sparsity: float | None = None,
@@ -218,11 +233,11 @@ def resolve_degree(m: int, n: int, degree: int | None = None, sparsity: float | 
     if sparsity is not None:
         return degree_for_sparsity(m, n, sparsity, mirrored)
     degree = as_int(degree, "degree")
+    if _is_valid(m, n, degree, mirrored):
+        return degree
     valid = valid_degrees(m, n, mirrored)
-    if degree not in valid:
-        raise ValueError(f"degree={degree!r} is not valid for a {m}x{n} layer{_kind(mirrored)}; "
-                         f"nearest valid: {_nearest(valid, degree, max(m, n))}; all valid: {valid}")
-    return degree
+    raise ValueError(f"degree={degree!r} is not valid for a {m}x{n} layer{_kind(mirrored)}; "
+                     f"nearest valid: {_nearest(valid, degree, max(m, n))}; all valid: {valid}")
 
 
 def nearest_degree(m: int, n: int, degree: int | None = None, sparsity: float | None = None,
