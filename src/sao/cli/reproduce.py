@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sao.cli._flags import add_config_flags, check_device, flag_name, given
+from sao.cli._lease import add_lease_flags, lease_settings, run_store
 from sao.cli._types import Folder, Integer, Real, blame
 from sao.experiments import (
     EXPERIMENTS,
@@ -22,8 +23,6 @@ from sao.experiments import (
     LaunchOptions,
     Run,
     RunConfig,
-    RunStore,
-    identity,
     run_experiment,
     run_grid,
 )
@@ -67,6 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                         "(default 1)")
     p.add_argument("--gpus-per-run", type=Real(), default=None,
                    help="ray: GPUs per run, fractions below 1 share a GPU (default 0)")
+    add_lease_flags(p)
 
 
 #: The launcher flags: flag → (the :class:`LaunchOptions` field it sets, the launcher it is for).
@@ -100,6 +100,7 @@ def resolve(args: argparse.Namespace) -> None:
     """``args.options`` (:class:`LaunchOptions`) and ``args.configs`` (the runs) of the flags, on devices
     this machine has."""
     args.options = _options(args)
+    args.lease = lease_settings(args)
     args.configs = _configs(args)
     for device in sorted({c.train.device for c in args.configs}):
         check_device(device)
@@ -117,7 +118,7 @@ def check_data(configs: list[RunConfig]) -> None:
 def run(args: argparse.Namespace) -> int:
     spec, configs = EXPERIMENTS.get(args.experiment), args.configs
     out = args.out or Path("runs") / f"{args.experiment}-{args.preset}"
-    store = RunStore(out, identity=identity)
+    store = run_store(args, out)
     runs = [Run(label, c.to_dict()) for label, c in zip(spec.run_labels(args.preset), configs, strict=True)]
     check_data([c for c, run in zip(configs, runs, strict=True) if store.result(run) is None])
     start = time.perf_counter()

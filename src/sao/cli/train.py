@@ -14,15 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from sao.cli._flags import add_config_flags, apply_flags, check_device, given
+from sao.cli._lease import add_lease_flags, lease_settings, run_store
 from sao.cli._types import Folder
 from sao.experiments import (
     EXPERIMENTS,
     ModelConfig,
     Run,
     RunConfig,
-    RunStore,
     experiment_for_model,
-    identity,
     run_experiment,
     run_one,
 )
@@ -46,10 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "takes that table's settings.")
     parser.add_argument("--out", type=Folder(), default=Path("runs/train"),
                         help="parent folder of the run folder (default runs/train)")
+    add_lease_flags(parser)
 
 
 def resolve(args: argparse.Namespace) -> None:
-    """``args.config``: the run config of the flags (:func:`run_config`), on a device this machine has."""
+    """``args.config``: the run config of the flags (:func:`run_config`), on a device this machine has;
+    ``args.lease``: the run store's lease settings."""
+    args.lease = lease_settings(args)
     args.config = run_config(args)
     check_device(args.config.train.device)
 
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     init_from_env(config.train.device)
     main = is_main_process()  # asked before the group is gone
     try:
-        store = RunStore(args.out, identity=identity)
+        store = run_store(args, args.out)
         run = Run(f"{config.model.name}-{config.label}", config.to_dict())  # one folder may hold several models
         result: dict[str, Any] = run_one(run, run_experiment, store)
     finally:
