@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +210,19 @@ def test_a_report_of_one_table_leaves_out_the_runs_of_others_and_says_how_many(t
     write_report(tmp_path, tmp_path / "all")  # without a table: every run, and which tables they are of
     text = (tmp_path / "all" / "report.md").read_text()
     assert text.startswith("## Sweep ") and "The runs are of several tables: table7 (8 runs), table8 (1 run)" in text
+
+
+def test_the_notes_are_the_same_text_in_every_process() -> None:
+    """The deviations were listed in a set's order, which changes with the string hash seed of the process: two
+    reports of one sweep differed in text. Now in the fields' order."""
+    import subprocess
+    import sys
+
+    script = ("from sao.experiments import EXPERIMENTS\nfrom sao.reports.sweep import deviations_note, settings_note\n"
+              "t = EXPERIMENTS.get('table9')\nr = [(c, {}) for c in t.runs('quick')]\n"
+              "print(deviations_note(r, t)); print(settings_note(r))")
+    texts = {subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONHASHSEED": str(seed)},
+                            capture_output=True, text=True, check=True).stdout for seed in range(4)}
+    assert len(texts) == 1, texts
+    assert "dataset mnist5k (paper cinic10), epochs 3 (paper 200)" in texts.pop()
+

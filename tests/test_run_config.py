@@ -132,7 +132,8 @@ def test_identity_ignores_what_does_not_change_a_run() -> None:
 
 
 def test_the_execution_only_settings_are_declared_on_the_fields() -> None:
-    assert set(execution_settings()) == {"data.root", "train.device", "train.cudnn_benchmark", "train.fused"}
+    assert set(execution_settings()) == {"data.root", "train.device", "train.cudnn_benchmark", "train.fused",
+                                         "train.deterministic"}
     declared = {f"{part}.{f.name}" for part in PARTS for f in dataclasses.fields(type(getattr(RunConfig(), part)))
                 if f.metadata.get(EXECUTION)}
     assert declared == set(execution_settings())
@@ -148,7 +149,7 @@ OTHER_VALUE: dict[str, Any] = {
     "train.epochs": 3, "train.lr": 0.1, "train.momentum": 0.5, "train.weight_decay": 0.0, "train.nesterov": True,
     "train.schedule": "cosine", "train.milestones": (1,), "train.gamma": 0.5, "train.warmup_epochs": 1,
     "train.seed": 1, "train.device": "cpu", "train.isometry_probe": 0, "train.max_grad_norm": 1.0,
-    "train.amp": "bf16", "train.cudnn_benchmark": True, "train.fused": False,
+    "train.amp": "bf16", "train.cudnn_benchmark": True, "train.fused": False, "train.deterministic": False,
 }
 IDENTITY_BASE = RunConfig(ModelConfig("cnn", 4, width=8), MethodConfig("lmp-s", degree=4), DataConfig(),
                           TrainConfig(epochs=2), experiment="table8")

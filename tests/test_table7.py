@@ -239,10 +239,10 @@ def test_reproduce_sweep_flags_enter_the_run_configs(tmp_path: Path, monkeypatch
     plain = [RunConfig.from_dict(r.config) for r in seen.pop("runs")]
     assert plain == EXPERIMENTS.get("table7").runs("quick")
     assert main(["reproduce", "table7", "--preset", "quick", "--amp", "bf16", "--cudnn-benchmark", "--no-fused",
-                 "--device", "cpu", "--data-root", "data", "--out", str(tmp_path)]) == 130
+                 "--no-deterministic", "--device", "cpu", "--data-root", "data", "--out", str(tmp_path)]) == 130
     mixed = [RunConfig.from_dict(r.config) for r in seen["runs"]]
-    assert all((c.train.amp, c.train.cudnn_benchmark, c.train.fused, c.train.device, c.data.root)
-               == ("bf16", True, False, "cpu", "data") for c in mixed)
+    assert all((c.train.amp, c.train.cudnn_benchmark, c.train.fused, c.train.deterministic, c.train.device, c.data.root)
+               == ("bf16", True, False, False, "cpu", "data") for c in mixed)
     assert [c.label for c in mixed] == [c.label for c in plain]
 
 

@@ -34,7 +34,7 @@ __all__ = ["HELP", "LAUNCH_FLAGS", "add_arguments", "resolve", "run"]
 HELP = "reproduce a table of the paper: sweep, resume, report"
 
 #: Config fields a sweep may set for all its runs (where and how they run, not the grid).
-SWEEP_FLAGS = ("data.root", "train.device", "train.amp", "train.cudnn_benchmark", "train.fused")
+SWEEP_FLAGS = ("data.root", "train.device", "train.amp", "train.cudnn_benchmark", "train.fused", "train.deterministic")
 
 
 def _presets() -> str:

@@ -341,7 +341,7 @@ def deviations_note(results: Sequence[Result], experiment: ExperimentSpec | None
     runs: Counter[str] = Counter()  # how many runs deviate in each setting
     for config, _ in results:
         mine, theirs = (_flat_canonical(c) for c in (config, experiment.twin("paper", config)))
-        for key in mine.keys() & theirs.keys() - set(_SAME_CELL) - {"train.device"}:
+        for key in [k for k in mine if k in theirs and k not in _SAME_CELL and k != "train.device"]:  # field order
             if mine[key] != theirs[key]:
                 ours[key].add(_value(mine[key]))
                 paper[key].add(_value(theirs[key]))

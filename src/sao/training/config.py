@@ -51,7 +51,7 @@ def decisive(config: Any) -> dict[str, Any]:
 
     Example:
         >>> sorted(set(TrainConfig().to_dict()) - set(decisive(TrainConfig())))
-        ['cudnn_benchmark', 'device', 'fused', 'gamma', 'milestones']
+        ['cudnn_benchmark', 'deterministic', 'device', 'fused', 'gamma', 'milestones']
     """
     values = config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
     out = {}
@@ -108,6 +108,10 @@ class TrainConfig:
         "run chains of blocked SparseLinear layers and blocked SparseConv2d layers on their fastest exact route "
         "(fused, dense or compiled where measured faster, else plain; sao.nn.dispatch): same function, an "
         "execution detail", execution=True))
+    deterministic: bool = field(default=True, metadata=_help(
+        "same seed, same numbers on this machine: train under torch.use_deterministic_algorithms (warn only), so "
+        "sparse layers take fixed routes instead of timed ones (routes differ in float rounding); off: the "
+        "fastest measured routes", execution=True))
 
     def __post_init__(self) -> None:
         def check(name: str, checker: Any, **bounds: Any) -> None:
@@ -134,6 +138,7 @@ class TrainConfig:
         _check("amp", self.amp, self.amp is None or self.amp in AMP_DTYPES, f"None or one of {', '.join(AMP_DTYPES)}")
         _check("cudnn_benchmark", self.cudnn_benchmark, isinstance(self.cudnn_benchmark, bool), "True or False")
         _check("fused", self.fused, isinstance(self.fused, bool), "True or False")
+        _check("deterministic", self.deterministic, isinstance(self.deterministic, bool), "True or False")
         SCHEDULES.get(self.schedule)  # ValueError listing the known schedules
 
     def to_dict(self) -> dict[str, Any]:

@@ -30,6 +30,12 @@ runs forward and loss under ``torch.autocast`` in bf16 or fp16 (fp16 with a grad
 whose state is checkpointed); ``config.cudnn_benchmark`` sets ``torch.backends.cudnn.benchmark``
 for CUDA runs. Evaluation and the Jacobian probe run in float32.
 
+**Reproducibility.** With ``config.deterministic`` (the default) the call runs under
+``torch.use_deterministic_algorithms(True, warn_only=True)`` (as Lightning's ``Trainer(deterministic=True)``;
+on CUDA with ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless set), restored afterwards: sparse layers and
+chains then take fixed routes (:func:`sao.nn.dispatch.deterministic_route`) instead of timed ones, which
+differ in float rounding, so the same seed gives the same numbers on the same machine and thread count.
+
 **Data parallel.** Inside a ``torch.distributed`` process group (see
 :mod:`sao.training.distributed`; ``sao train`` under ``torchrun``) the model is wrapped in
 ``DistributedDataParallel``, the train loader must be sharded (``loaders(..., shard=(rank, W))``),
@@ -41,9 +47,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +225,22 @@ def _result(rows: list[dict[str, Any]], run_dir: Path, epoch: int, status: str) 
             "seconds": sum(r["seconds"] or 0.0 for r in rows), "run_dir": str(run_dir)}
 
 
+@contextlib.contextmanager
+def _reproducible(config: TrainConfig, device: torch.device) -> Iterator[None]:
+    """Deterministic algorithms for the block when ``config.deterministic`` (module docstring), then as before."""
+    if not config.deterministic or torch.are_deterministic_algorithms_enabled():  # off, or on as the caller set it
+        yield
+        return
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic workspace
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False, warn_only=warn_only)
+
+
 def train(model: nn.Module, loaders: Mapping[str, DataLoader], config: TrainConfig, run_dir: Path | str,
           progress: bool = True, on_epoch_end: Callable[[dict[str, Any]], None] | None = None, *,
           guard: Callable[[], None] | None = None) -> dict[str, Any]:
@@ -247,6 +270,14 @@ def train(model: nn.Module, loaders: Mapping[str, DataLoader], config: TrainConf
         ValueError: on missing/unknown loader keys, an unreadable checkpoint (naming the file) or a
             checkpoint written under a different config.
     """
+    with _reproducible(config, device_for_rank(resolve_device(config.device))):
+        return _train(model, loaders, config, run_dir, progress, on_epoch_end, guard=guard)
+
+
+def _train(model: nn.Module, loaders: Mapping[str, DataLoader], config: TrainConfig, run_dir: Path | str,
+          progress: bool = True, on_epoch_end: Callable[[dict[str, Any]], None] | None = None, *,
+          guard: Callable[[], None] | None = None) -> dict[str, Any]:
+    """:func:`train` itself, under the algorithms ``config.deterministic`` asks for."""
     if "train" not in loaders or "val" not in loaders or set(loaders) - set(LOADER_KEYS):
         raise ValueError(f"loaders must have keys 'train' and 'val' (and optionally 'test'), got {sorted(loaders)}")
     _check_sharded(loaders["train"])
