@@ -352,6 +352,7 @@ def test_the_lease_flags_reach_the_run_store(tmp_path: Path, monkeypatch: pytest
                                                                                defaults.heartbeat)] * 2
     capsys.readouterr()
     err = _refused(["reproduce", "table7", "--stale-after", "20", "--heartbeat", "30"], capsys)
-    assert "arguments --stale-after, --heartbeat: stale_after must be a finite number in (30, inf), got 20.0" in err
-    assert "argument --heartbeat: stale_after must be" in _refused(["train", "--heartbeat", "200"], capsys)
+    assert "arguments --stale-after, --heartbeat: --stale-after (20 s) must be longer than --heartbeat (30 s)" in err
+    assert ("argument --heartbeat: --stale-after (120 s, the default) must be longer than --heartbeat (200 s)"
+            in _refused(["train", "--heartbeat", "200"], capsys))
 

@@ -290,6 +290,9 @@ def _short(key: str) -> str:
 
 
 def _value(value: Any) -> str:
+    """A setting's value as the report shows it: ``0.001``, ``"2 4"`` for a list, ``"none"`` for ``None``."""
+    if value is None:
+        return "none"
     return " ".join(map(str, value)) if isinstance(value, list | tuple) else f"{value:g}" if isinstance(
         value, float) else str(value)
 
@@ -366,10 +369,13 @@ def _order(key: str) -> int:
 
 
 def _varying(key: str, configs: Sequence[tuple[RunConfig, dict[str, Any]]]) -> str:
-    """``"lr 0.01 (N=10, 50), 0.001 (N=200)"``: each value of a varying setting and the depths that have it."""
+    """``"lr 0.01 (N=10, 50), 0.001 (N=200)"``: each value of a varying setting and the depths that have it;
+    ``"amp none, bf16 (by row)"`` where values share a depth (the table's rows name each run's)."""
     depths: dict[str, set[int]] = defaultdict(set)
     for config, flat in configs:
         depths[_value(flat.get(key))].add(config.model.depth)
+    if sum(map(len, depths.values())) > len(set().union(*depths.values())):  # not by depth: the rows tell them apart
+        return f"{_short(key)} {', '.join(depths)} (by row)"
     return f"{_short(key)} " + ", ".join(f"{value} (N={', '.join(map(str, sorted(ds)))})"
                                           for value, ds in sorted(depths.items(), key=lambda kv: min(kv[1])))
 
