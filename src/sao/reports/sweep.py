@@ -70,7 +70,7 @@ def row_labels(results: Sequence[Result]) -> list[str]:
     ...             (RunConfig(ModelConfig(depth=3)), {})])
     ['sao (gain 1)', 'sao (gain 1.1)', 'sao (gain 1)']
     """
-    flats = [_flat(config.resolved()) for config, _ in results]
+    flats = [_flat(config) for config, _ in results]
     groups: dict[tuple[str, int], list[int]] = defaultdict(list)
     for i, (config, _) in enumerate(results):
         groups[row_label(config), config.model.depth].append(i)
@@ -271,7 +271,8 @@ _GRID_KEYS = ("method.name", "model.depth", "train.seed", "method.sparsity", *ex
 
 
 def _flat(config: RunConfig) -> dict[str, Any]:
-    """The settings that decide the run (:meth:`RunConfig.identity`: no execution-only or inapplicable ones), flat."""
+    """The settings that decide the run (:meth:`RunConfig.identity`, which resolves the config: no execution-only or
+    inapplicable ones), flat: ``{"part.field": value}``."""
     return {f"{part}.{k}": v for part, values in config.identity().items() if isinstance(values, dict)
             for k, v in values.items()}
 
@@ -309,8 +310,8 @@ def settings_note(results: Sequence[Result]) -> str:
     lr 0.01 (N=10), 0.001 (N=200)
     the rest at their defaults (sao train --help).
     """
-    configs = [(config, _flat(config.resolved())) for config, _ in results]
-    defaults = _flat(RunConfig(model=dataclasses.replace(ModelConfig(), name=results[0][0].model.name)).resolved())
+    configs = [(config, _flat(config)) for config, _ in results]
+    defaults = _flat(RunConfig(model=dataclasses.replace(ModelConfig(), name=results[0][0].model.name)))
     keys = [k for k in configs[0][1] if k not in _GRID_KEYS]
     values = {k: [flat[k] for _, flat in configs if not (k in _TARGET and flat.get(k) is None)] for k in keys}
     shared = [k for k in keys if all(v == values[k][0] for v in values[k])]
@@ -343,7 +344,7 @@ def deviations_note(results: Sequence[Result], experiment: ExperimentSpec | None
     paper: dict[str, set[str]] = defaultdict(set)
     runs: Counter[str] = Counter()  # how many runs deviate in each setting
     for config, _ in results:
-        mine, theirs = (_flat_canonical(c) for c in (config, experiment.twin("paper", config)))
+        mine, theirs = (_flat(c) for c in (config, experiment.twin("paper", config)))
         for key in [k for k in mine if k in theirs and k not in _SAME_CELL and k != "train.device"]:  # field order
             if mine[key] != theirs[key]:
                 ours[key].add(_value(mine[key]))
@@ -356,12 +357,6 @@ def deviations_note(results: Sequence[Result], experiment: ExperimentSpec | None
     if seeds != paper_seeds:
         parts.append(f"{seeds} seed{'s' * (seeds > 1)} (paper {paper_seeds})")
     return f"Deviations from the paper's settings: {', '.join(parts)}." if parts else ""
-
-
-def _flat_canonical(config: RunConfig) -> dict[str, Any]:
-    """What decides a run (:meth:`RunConfig.identity`), flat: ``{"part.field": value}``."""
-    return {f"{part}.{k}": v for part, values in config.identity().items() if isinstance(values, dict)
-            for k, v in values.items()}
 
 
 def _order(key: str) -> int:

@@ -270,14 +270,15 @@ def train(model: nn.Module, loaders: Mapping[str, DataLoader], config: TrainConf
         ValueError: on missing/unknown loader keys, an unreadable checkpoint (naming the file) or a
             checkpoint written under a different config.
     """
-    with _reproducible(config, device_for_rank(resolve_device(config.device))):
-        return _train(model, loaders, config, run_dir, progress, on_epoch_end, guard=guard)
+    device = device_for_rank(resolve_device(config.device))
+    with _reproducible(config, device):
+        return _train(model, loaders, config, run_dir, progress, on_epoch_end, guard=guard, device=device)
 
 
 def _train(model: nn.Module, loaders: Mapping[str, DataLoader], config: TrainConfig, run_dir: Path | str,
           progress: bool = True, on_epoch_end: Callable[[dict[str, Any]], None] | None = None, *,
-          guard: Callable[[], None] | None = None) -> dict[str, Any]:
-    """:func:`train` itself, under the algorithms ``config.deterministic`` asks for."""
+          guard: Callable[[], None] | None = None, device: torch.device) -> dict[str, Any]:
+    """:func:`train` itself on ``device``, under the algorithms ``config.deterministic`` asks for."""
     if "train" not in loaders or "val" not in loaders or set(loaders) - set(LOADER_KEYS):
         raise ValueError(f"loaders must have keys 'train' and 'val' (and optionally 'test'), got {sorted(loaders)}")
     _check_sharded(loaders["train"])
@@ -285,7 +286,6 @@ def _train(model: nn.Module, loaders: Mapping[str, DataLoader], config: TrainCon
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
-    device = device_for_rank(resolve_device(config.device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = config.cudnn_benchmark
     model.to(device)
